@@ -1,0 +1,1 @@
+from .official import convert_official_state_dict, is_official_glip_state_dict

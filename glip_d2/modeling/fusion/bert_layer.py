@@ -1,0 +1,63 @@
+"""The text-side layer of each fused DyHead block: one BERT encoder layer with fp16 clamps."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bi_attention import CLAMP_VALUE
+
+
+class BertEncoderLayer(nn.Module):
+    """Post-LN BERT layer (self-attention + GELU MLP) whose attention scores are clamped to
+    +-50000 before the padding mask is added, as in GLIP's own copy of `modeling_bert`."""
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        clamp_min: bool = True,
+        clamp_max: bool = True,
+    ):
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden_size {hidden_size} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.clamp_min, self.clamp_max = clamp_min, clamp_max
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.attn_out = nn.Linear(hidden_size, hidden_size)
+        self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.ffn_in = nn.Linear(hidden_size, intermediate_size)
+        self.ffn_out = nn.Linear(intermediate_size, hidden_size)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        for lin in [self.query, self.key, self.value, self.attn_out, self.ffn_in, self.ffn_out]:
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, T, D); mask: (B, T) with 1 for real tokens. Returns (B, T, D)."""
+        q, k, v = self._split(self.query(hidden)), self._split(self.key(hidden)), self._split(
+            self.value(hidden)
+        )
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if self.clamp_min:
+            scores = scores.clamp(min=-CLAMP_VALUE)
+        if self.clamp_max:
+            scores = scores.clamp(max=CLAMP_VALUE)
+        ext = (1.0 - mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
+        probs = self.dropout((scores + ext).softmax(dim=-1))
+        ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(hidden.shape)
+        attn = self.attn_norm(self.dropout(self.attn_out(ctx)) + hidden)
+        out = self.ffn_out(F.gelu(self.ffn_in(attn)))
+        return self.ffn_norm(self.dropout(out) + attn)

@@ -1,0 +1,211 @@
+"""GLIP's one-stage grounding head: VL-DyHead tower + ATSS box/centerness + region-word logits."""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from detectron2.config import configurable
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.utils import comm
+from torch import nn
+
+from ..fusion import build_fusion_tower
+from . import box_coder
+from .anchors import grid_anchors
+from .atss_assigner import atss_assign
+from .losses import centerness_targets, giou_loss, token_sigmoid_focal_loss
+from .postprocess import select_detections
+from .region_word import RegionWordScorer
+
+
+class Scale(nn.Module):
+    """A learned scalar multiplier (one per pyramid level)."""
+
+    def __init__(self, init: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([init]))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if comm.get_world_size() > 1 and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class GLIPATSSHead(nn.Module):
+    """Dense grounding head. Besides the GLIP meta-architecture, it can serve as the proposal
+    generator of a two-stage model (`forward` returns scored boxes for any prompt)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        tower: nn.Module,
+        channels: int,
+        language_dim: int,
+        num_levels: int = 5,
+        anchor_sizes=(64, 128, 256, 512, 1024),
+        anchor_strides=(8, 16, 32, 64, 128),
+        prior_prob: float = 0.01,
+        log_scale: float = 0.0,
+        clamp_dot_product: bool = True,
+        use_fused_text: bool = True,
+        topk: int = 9,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        cls_weight: float = 1.0,
+        reg_weight: float = 2.0,
+        ctr_weight: float = 1.0,
+        score_thresh: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.6,
+        detections_per_img: int = 100,
+        score_agg: str = "MEAN",
+    ):
+        super().__init__()
+        if len(anchor_sizes) != num_levels or len(anchor_strides) != num_levels:
+            raise ValueError(
+                f"MODEL.ATSS.ANCHOR_SIZES/ANCHOR_STRIDES need {num_levels} entries (one per input "
+                f"feature), got {list(anchor_sizes)} / {list(anchor_strides)}"
+            )
+        self.tower = tower
+        self.bbox_pred = nn.Conv2d(channels, 4, kernel_size=1)
+        self.centerness = nn.Conv2d(channels, 1, kernel_size=1)
+        for conv in (self.bbox_pred, self.centerness):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)])
+        self.scorer = RegionWordScorer(channels, language_dim, prior_prob, log_scale, clamp_dot_product)
+        self.anchor_sizes, self.anchor_strides = list(anchor_sizes), list(anchor_strides)
+        self.use_fused_text = use_fused_text
+        self.topk = topk
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.loss_weights = dict(loss_cls=cls_weight, loss_box_reg=reg_weight, loss_centerness=ctr_weight)
+        self.test_args = dict(
+            score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img, score_agg=score_agg,
+        )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None, language_dim: Optional[int] = None):
+        a, fc = cfg.MODEL.ATSS, cfg.MODEL.DYHEAD.FUSE_CONFIG
+        language_dim = language_dim or cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM
+        return dict(
+            tower=build_fusion_tower(cfg, language_dim),
+            channels=cfg.MODEL.DYHEAD.CHANNELS,
+            language_dim=language_dim,
+            num_levels=len(cfg.MODEL.GLIP.IN_FEATURES),
+            anchor_sizes=a.ANCHOR_SIZES,
+            anchor_strides=a.ANCHOR_STRIDES,
+            prior_prob=a.PRIOR_PROB,
+            log_scale=a.LOG_SCALE,
+            clamp_dot_product=fc.CLAMP_DOT_PRODUCT,
+            use_fused_text=fc.EARLY_FUSE_ON and fc.USE_FUSED_FEATURES_DOT_PRODUCT,
+            topk=a.TOPK,
+            focal_alpha=a.FOCAL_ALPHA,
+            focal_gamma=a.FOCAL_GAMMA,
+            cls_weight=a.CLS_LOSS_WEIGHT,
+            reg_weight=a.REG_LOSS_WEIGHT,
+            ctr_weight=a.CENTERNESS_LOSS_WEIGHT,
+            score_thresh=a.INFERENCE_TH,
+            pre_nms_top_n=a.PRE_NMS_TOP_N,
+            nms_thresh=a.NMS_TH,
+            detections_per_img=a.DETECTIONS_PER_IMG,
+            score_agg=a.SCORE_AGG,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, features: List[torch.Tensor], lang: Dict[str, torch.Tensor]) -> Dict:
+        """
+        Args:
+            features: P3..P7, each (B, C, H, W).
+            lang: language backbone output ("hidden", "embedded", "masks").
+        Returns:
+            dict with per-level "box_regression" (B, 4, H, W), "centerness" (B, 1, H, W),
+            "token_logits" (B, H*W, T), "visual" (tower output) and "text" (B, T, D), plus
+            "anchors" per level (H*W, 4) in the official convention.
+        """
+        mask = lang["masks"]
+        visual, text = self.tower(features, lang["hidden"], mask)
+        embedding = text if self.use_fused_text else lang["embedded"]
+        proj, bias = self.scorer.encode_tokens(embedding)
+        box_reg, ctr, logits = [], [], []
+        for lvl, v in enumerate(visual):
+            box_reg.append(self.scales[lvl](self.bbox_pred(v)))
+            ctr.append(self.centerness(v))
+            logits.append(self.scorer.score(v.flatten(2).transpose(1, 2), proj, bias))
+        anchors = grid_anchors(
+            self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
+        )
+        return dict(box_regression=box_reg, centerness=ctr, token_logits=logits, visual=visual,
+                    text=text, anchors=anchors, text_mask=mask)
+
+    # ------------------------------------------------------------------ training
+    def losses(self, out: Dict, gt_boxes: List[torch.Tensor], gt_positive_maps: List[torch.Tensor]):
+        """
+        Args:
+            out: output of `forward`.
+            gt_boxes: per image (G, 4) Detectron2 xyxy boxes in network-input pixels.
+            gt_positive_maps: per image (G, T_map) bool: which tokens name each box.
+        Returns:
+            dict of scalar losses (already weighted).
+        """
+        anchors = out["anchors"]
+        flat_anchors = torch.cat(anchors)
+        num_tokens = out["token_logits"][0].shape[-1]
+        token_targets, reg_targets, pos_masks = [], [], []
+        for boxes, pmap in zip(gt_boxes, gt_positive_maps):
+            gt = box_coder.to_official(boxes.to(flat_anchors.dtype))
+            assigned = atss_assign(anchors, gt, self.topk)
+            pos = assigned >= 0
+            pm = torch.zeros(pmap.shape[0], num_tokens, dtype=torch.bool, device=flat_anchors.device)
+            w = min(num_tokens, pmap.shape[1])
+            pm[:, :w] = pmap[:, :w]
+            tgt = torch.zeros(flat_anchors.shape[0], num_tokens, dtype=torch.bool, device=pm.device)
+            reg = torch.zeros_like(flat_anchors)
+            if pos.any():
+                tgt[pos] = pm[assigned[pos]]
+                reg[pos] = box_coder.encode(gt[assigned[pos]], flat_anchors[pos])
+            token_targets.append(tgt)
+            reg_targets.append(reg)
+            pos_masks.append(pos)
+        token_targets = torch.stack(token_targets)
+        pos_mask = torch.stack(pos_masks)  # (B, A)
+        reg_targets = torch.stack(reg_targets)
+
+        logits = torch.cat(out["token_logits"], dim=1).float()  # (B, A, T)
+        box_reg = torch.cat([r.permute(0, 2, 3, 1).reshape(r.shape[0], -1, 4) for r in out["box_regression"]], 1)
+        ctr = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1) for c in out["centerness"]], 1)
+        num_gpus = comm.get_world_size()
+        num_pos = _reduce_sum(pos_mask.sum().float().reshape(1)).item()
+        num_pos_avg = max(num_pos / num_gpus, 1.0)
+
+        loss_cls = token_sigmoid_focal_loss(
+            logits, token_targets, out["text_mask"], self.focal_alpha, self.focal_gamma
+        ) / num_pos_avg
+        if pos_mask.any():
+            anc = flat_anchors.unsqueeze(0).expand_as(reg_targets)[pos_mask]
+            reg_t = reg_targets[pos_mask]
+            ctr_t = centerness_targets(box_coder.decode(reg_t, anc), anc)
+            ctr_sum = _reduce_sum(ctr_t.sum().detach().reshape(1)).item() / num_gpus
+            loss_reg = giou_loss(box_reg[pos_mask].float(), reg_t, anc, ctr_t) / max(ctr_sum, 1e-6)
+            loss_ctr = nn.functional.binary_cross_entropy_with_logits(
+                ctr[pos_mask].float(), ctr_t, reduction="sum"
+            ) / num_pos_avg
+        else:
+            loss_reg = box_reg.sum() * 0.0
+            loss_ctr = ctr.sum() * 0.0
+        raw = dict(loss_cls=loss_cls, loss_box_reg=loss_reg, loss_centerness=loss_ctr)
+        return {k: v * self.loss_weights[k] for k, v in raw.items()}
+
+    # ------------------------------------------------------------------ inference
+    def inference(self, out: Dict, positive_maps: List[torch.Tensor], image_sizes, apply_nms: bool = True):
+        """Detections per image in the official box convention (see `postprocess.select_detections`)."""
+        return select_detections(
+            out["box_regression"], out["centerness"], out["token_logits"], out["anchors"],
+            positive_maps, image_sizes, apply_nms=apply_nms, **self.test_args,
+        )

@@ -1,0 +1,52 @@
+"""GLIP's ATSS losses: token-level sigmoid focal loss, centerness-weighted GIoU, centerness BCE."""
+import torch
+import torch.nn.functional as F
+
+from . import box_coder
+
+
+def token_sigmoid_focal_loss(logits, targets, text_mask, alpha: float = 0.25, gamma: float = 2.0):
+    """Sum of binary focal losses over real tokens.
+
+    Args:
+        logits, targets: (B, A, T); targets binary. text_mask: (B, T), 1 = real token.
+    """
+    keep = (text_mask > 0)[:, None, :].expand_as(logits)
+    x, t = logits[keep], targets[keep].to(logits.dtype)
+    p = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return loss.sum()
+
+
+def centerness_targets(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) of anchor centres inside their boxes."""
+    cx = (anchors[:, 2] + anchors[:, 0]) / 2
+    cy = (anchors[:, 3] + anchors[:, 1]) / 2
+    lr = torch.stack([cx - gt_boxes[:, 0], gt_boxes[:, 2] - cx], dim=1)
+    tb = torch.stack([cy - gt_boxes[:, 1], gt_boxes[:, 3] - cy], dim=1)
+    return torch.sqrt(
+        (lr.min(dim=1)[0] / lr.max(dim=1)[0]) * (tb.min(dim=1)[0] / tb.max(dim=1)[0])
+    )
+
+
+def giou_loss(pred_deltas, target_deltas, anchors, weight):
+    """Sum over positives of weight * (1 - GIoU) between decoded boxes (official convention)."""
+    p = box_coder.decode(pred_deltas, anchors)
+    g = box_coder.decode(target_deltas, anchors)
+    px1, py1 = p[:, 0], p[:, 1]
+    px2, py2 = torch.max(p[:, 0], p[:, 2]), torch.max(p[:, 1], p[:, 3])
+    p_area = (px2 - px1) * (py2 - py1)
+    g_area = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    iw = (torch.min(px2, g[:, 2]) - torch.max(px1, g[:, 0])).clamp(min=0)
+    ih = (torch.min(py2, g[:, 3]) - torch.max(py1, g[:, 1])).clamp(min=0)
+    inter = iw * ih
+    enclose = (torch.max(px2, g[:, 2]) - torch.min(px1, g[:, 0])) * (
+        torch.max(py2, g[:, 3]) - torch.min(py1, g[:, 1])
+    ) + 1e-7
+    union = p_area + g_area - inter + 1e-7
+    giou = inter / union - (enclose - union) / enclose
+    return ((1 - giou) * weight).sum()

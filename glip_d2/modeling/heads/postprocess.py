@@ -1,0 +1,87 @@
+"""Test-time selection of GLIP detections (official ATSS post-processing with token scores)."""
+from typing import List, Tuple
+
+import torch
+from torchvision.ops import batched_nms
+
+from . import box_coder
+
+
+def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN") -> torch.Tensor:
+    """(N, T) token probabilities and (L, T') bool label->token map -> (N, L) label scores."""
+    pm = positive_map[:, : token_probs.shape[-1]].to(token_probs.dtype)
+    if mode.upper() == "MEAN":
+        return token_probs @ pm.t() / pm.sum(dim=1).clamp(min=1)
+    if mode.upper() == "MAX":
+        masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("-inf"))
+        return masked.max(dim=-1)[0].clamp(min=0)
+    raise ValueError(f"Unknown score aggregation {mode!r}; use 'MEAN' or 'MAX'.")
+
+
+def class_wise_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, thresh: float):
+    """NMS within each label with the official +1 IoU convention; kept indices, ascending."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    plus1 = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    keep = batched_nms(plus1.float(), scores.float(), labels, thresh)
+    return keep.sort()[0]
+
+
+def select_detections(
+    box_regression: List[torch.Tensor],
+    centerness: List[torch.Tensor],
+    token_logits: List[torch.Tensor],
+    anchors: List[torch.Tensor],
+    positive_maps: List[torch.Tensor],
+    image_sizes: List[Tuple[int, int]],
+    *,
+    score_thresh: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    score_agg: str = "MEAN",
+    apply_nms: bool = True,
+):
+    """Pick detections per image.
+
+    Args:
+        box_regression: per level (B, 4, H, W). centerness: per level (B, 1, H, W).
+        token_logits: per level (B, H*W, T). anchors: per level (H*W, 4).
+        positive_maps: per image (L, T) bool label->token maps.
+        image_sizes: per image (h, w) of the (unpadded) network input.
+    Returns:
+        per image a dict with boxes (official xyxy, clipped to w-1/h-1), scores (sqrt of
+        prob x centerness), labels (0-based), anchor_index (global over levels).
+    """
+    results = []
+    offsets = [0]
+    for a in anchors[:-1]:
+        offsets.append(offsets[-1] + a.shape[0])
+    for i, (h, w) in enumerate(image_sizes):
+        per_level = []
+        for lvl, (reg, ctr, logit, anc) in enumerate(zip(box_regression, centerness, token_logits, anchors)):
+            probs = label_scores(logit[i].sigmoid(), positive_maps[i], score_agg)  # (HW, L)
+            cand = probs > score_thresh
+            ctr_p = ctr[i].permute(1, 2, 0).reshape(-1).sigmoid()
+            scored = probs * ctr_p[:, None]
+            vals = scored[cand]
+            k = min(int(cand.sum()), pre_nms_top_n)
+            vals, top = vals.topk(k, sorted=False)
+            loc_lab = cand.nonzero()[top]
+            loc, lab = loc_lab[:, 0], loc_lab[:, 1]
+            deltas = reg[i].permute(1, 2, 0).reshape(-1, 4)[loc]
+            boxes = box_coder.decode(deltas, anc[loc])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w - 1)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h - 1)
+            per_level.append((boxes, vals.sqrt(), lab, loc + offsets[lvl]))
+        boxes, scores, labels, anchor_idx = (torch.cat(t) for t in zip(*per_level))
+        if apply_nms:
+            keep = class_wise_nms(boxes, scores, labels, nms_thresh)
+            boxes, scores, labels, anchor_idx = boxes[keep], scores[keep], labels[keep], anchor_idx[keep]
+            n = scores.numel()
+            if n > detections_per_img > 0:
+                kth = torch.kthvalue(scores.detach().cpu().float(), n - detections_per_img + 1)[0]
+                keep = (scores >= kth.item()).nonzero().squeeze(1)
+                boxes, scores, labels, anchor_idx = boxes[keep], scores[keep], labels[keep], anchor_idx[keep]
+        results.append(dict(boxes=boxes, scores=scores, labels=labels, anchor_index=anchor_idx))
+    return results

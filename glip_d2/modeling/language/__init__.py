@@ -1,0 +1,2 @@
+from .hf_bert import HFBertLanguageBackbone, packaged_minilm_dir, resolve_text_model_path
+from .registry import LANGUAGE_BACKBONE_REGISTRY, build_language_backbone

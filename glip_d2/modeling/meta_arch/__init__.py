@@ -1,0 +1,1 @@
+from .glip import GLIP

