@@ -1,0 +1,201 @@
+"""GroundingDatasetMapper on a tiny in-memory dataset of generated images."""
+
+import random
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+
+from glip_d2.config import add_glip_config
+from glip_d2.data.mapper import GroundingDatasetMapper
+from glip_d2.text import load_tokenizer
+
+H, W = 32, 48
+CAPTION = "a dog on the left of a red ball"  # tokens: [CLS] a dog on the left of a red ball [SEP]
+DOG, BALL = [0, 5], [21, 31]
+NAMES = {0: "dog", 1: "cat", 2: "traffic_light", 3: "ball"}
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    path = str(tmp_path_factory.mktemp("images") / "img.png")
+    cv2.imwrite(path, image)
+    return path, image
+
+
+def _box(x, y, w, h, **extra):
+    return {"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "iscrowd": 0, **extra}
+
+
+def _grounding_dict(path, caption=CAPTION):
+    return {
+        "file_name": path,
+        "height": H,
+        "width": W,
+        "image_id": 7,
+        "caption": caption,
+        "annotations": [
+            _box(2, 4, 10, 8, tokens_positive=[DOG]),
+            _box(5, 5, 4, 4, tokens_positive=[DOG], iscrowd=1),  # crowd: dropped in training
+            _box(20, 10, 0, 5, tokens_positive=[BALL]),  # empty box: filtered with its spans
+            _box(30, 6, 12, 12, tokens_positive=[BALL]),
+        ],
+    }
+
+
+def _detection_dict(path, annotations=None):
+    annos = [_box(2, 4, 10, 8, category_id=2), _box(30, 6, 12, 12, category_id=0)]
+    return {
+        "file_name": path,
+        "height": H,
+        "width": W,
+        "image_id": 8,
+        "annotations": annos if annotations is None else annotations,
+    }
+
+
+def _mapper(is_train=True, augmentations=(), **kwargs):
+    kwargs.setdefault("category_names", NAMES)
+    return GroundingDatasetMapper(
+        is_train,
+        augmentations=[T.Resize((2 * H, 2 * W)), *augmentations],
+        image_format="BGR",
+        **kwargs,
+    )
+
+
+def _rows(positive_map):
+    return [row.nonzero().flatten().tolist() for row in positive_map]
+
+
+def test_grounding_training_sample(image_file):
+    path, image = image_file
+    original = _grounding_dict(path)
+    out = _mapper()(original)
+    assert original == _grounding_dict(path)  # input untouched (deep copy)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 2 * H, 2 * W)
+    resized = T.ResizeTransform(H, W, 2 * H, 2 * W).apply_image(image)
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), resized)
+    inst = out["instances"]
+    assert inst.gt_boxes.tensor.tolist() == [[4, 8, 24, 24], [60, 12, 84, 36]]
+    assert inst.gt_classes.tolist() == [0, 1]  # phrase indices
+    assert inst.gt_positive_map.dtype == torch.bool and inst.gt_positive_map.shape == (2, 256)
+    assert _rows(inst.gt_positive_map) == [[1, 2], [7, 8, 9]]
+    assert out["caption"] == CAPTION and out["phrase_spans"] == [[DOG], [BALL]]
+
+
+def test_flip_swaps_left_and_right_and_moves_spans(image_file):
+    path, _ = image_file
+    out = _mapper(augmentations=[T.RandomFlip(prob=1.0)])(_grounding_dict(path))
+    assert out["caption"] == "a dog on the right of a red ball"
+    assert [out["caption"][s:e] for (s, e), in out["phrase_spans"]] == ["a dog", "a red ball"]
+    assert out["phrase_spans"][1] == [[22, 32]]
+    inst = out["instances"]
+    assert inst.gt_boxes.tensor.tolist() == [[72, 8, 92, 24], [12, 12, 36, 36]]
+    assert _rows(inst.gt_positive_map) == [[1, 2], [7, 8, 9]]
+
+
+def test_flip_skip_mode(image_file):
+    path, image = image_file
+    mapper = _mapper(augmentations=[T.RandomFlip(prob=1.0)], flip_left_right="skip")
+    out = mapper(_grounding_dict(path))  # mentions "left": not flipped
+    assert out["caption"] == CAPTION
+    assert out["instances"].gt_boxes.tensor.tolist()[0] == [4, 8, 24, 24]
+    out = mapper(_grounding_dict(path, caption="a dog near a cat and a red ball"))
+    assert out["instances"].gt_boxes.tensor.tolist()[0] == [72, 8, 92, 24]  # flipped
+    with pytest.raises(ValueError, match="'sideways' is not one of"):
+        _mapper(flip_left_right="sideways")
+
+
+def test_detection_sample_gets_a_training_prompt(image_file):
+    path, _ = image_file
+    random.seed(0)
+    mapper = _mapper(num_negatives=1)
+    tokenizer = load_tokenizer("bert-base-uncased")
+    for _ in range(3):
+        out = mapper(_detection_dict(path))
+        caption = out["caption"]
+        assert caption.count(". ") == 2  # 2 positives + 1 negative
+        assert "dog" in caption and "traffic light" in caption
+        inst = out["instances"]
+        assert inst.gt_classes.tolist() == [2, 0]
+        tokens = tokenizer(caption).tokens()
+        rows = _rows(inst.gt_positive_map)
+        assert [tokens[i] for i in rows[0]] == ["traffic", "light"]
+        assert [tokens[i] for i in rows[1]] == ["dog"]
+
+
+def test_empty_image_and_crowd_only_give_no_instances(image_file):
+    path, _ = image_file
+    for annos in ([], [_box(2, 4, 10, 8, category_id=1, iscrowd=1)]):
+        out = _mapper()(_detection_dict(path, annos))
+        assert len(out["instances"]) == 0
+        assert out["instances"].gt_positive_map.shape == (0, 256)
+        assert out["caption"]  # negatives only
+    out = _mapper()({**_grounding_dict(path), "annotations": []})
+    assert len(out["instances"]) == 0 and out["caption"] == CAPTION
+
+
+def test_span_outside_caption_names_the_image(image_file):
+    path, _ = image_file
+    bad = _grounding_dict(path)
+    bad["annotations"][0]["tokens_positive"] = [[25, 40]]
+    with pytest.raises(ValueError, match=r"\[25, 40\) of image 7 lies outside its caption"):
+        _mapper()(bad)
+
+
+def test_spans_past_the_token_limit_are_dropped(image_file):
+    path, _ = image_file
+    caption = "a dog " + "and more words " * 10 + "a red ball"
+    d = _grounding_dict(path, caption)
+    d["annotations"] = [
+        d["annotations"][0],
+        _box(30, 6, 12, 12, tokens_positive=[[len(caption) - 10, len(caption)]]),
+    ]
+    out = _mapper(max_query_len=16)(d)
+    assert len(out["instances"]) == 1 and _rows(out["instances"].gt_positive_map) == [[1, 2]]
+    assert out["instances"].gt_positive_map.shape == (1, 16)
+
+
+def test_inference_keeps_caption_only_for_grounding(image_file):
+    path, _ = image_file
+    mapper = _mapper(is_train=False)
+    out = mapper(_grounding_dict(path))
+    assert out["caption"] == CAPTION and out["phrase_spans"] == [[DOG], [BALL]]
+    assert "instances" not in out and "annotations" not in out
+    out = mapper(_detection_dict(path))
+    assert "caption" not in out and "instances" not in out and "annotations" not in out
+    assert out["image"].shape == (3, 2 * H, 2 * W)
+
+
+def test_from_config_reads_glip_keys(image_file):
+    path, _ = image_file
+    name = f"test_mapper_{uuid.uuid4().hex[:8]}"
+    MetadataCatalog.get(name).set(thing_classes=["person", "traffic_light"])
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 200
+    cfg.INPUT.GROUNDING.RANDOM_SAMPLE_NEG = 0
+    cfg.INPUT.GROUNDING.SEPARATION_TOKENS = " ; "
+    cfg.INPUT.GROUNDING.FLIP_LEFT_RIGHT = "skip"
+    cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 64
+    mapper = GroundingDatasetMapper(cfg, is_train=True)
+    assert (mapper.max_query_len, mapper.separator, mapper.num_negatives) == (64, " ; ", 0)
+    assert mapper.flip_left_right == "skip" and mapper.tokenizer.is_fast
+    kinds = [type(a) for a in mapper.augmentations.augs]
+    assert kinds == [T.ResizeShortestEdge, T.RandomFlip]
+    d = _detection_dict(path, [_box(2, 4, 10, 8, category_id=1)])
+    out = mapper(d)
+    assert out["caption"] == "traffic light"  # names from the metadata, no negatives
+    assert out["image"].shape[1] == 64
+    assert _rows(out["instances"].gt_positive_map) == [[1, 2]]
+    MetadataCatalog.remove(name)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from glip_d2.text import aggregate_token_scores
+
+
+def _scores():
+    # (batch=2, anchors=2, tokens=4)
+    return torch.tensor(
+        [[[0.1, 0.2, 0.6, 0.9], [0.5, 0.5, 0.0, 1.0]], [[1.0, 0.0, 0.3, 0.3], [0.2, 0.4, 0.8, 0.6]]]
+    )
+
+
+def test_mean_and_max_aggregation_values():
+    positive_map = torch.zeros(2, 256, dtype=torch.bool)
+    positive_map[0, 1:3] = True  # label 0 = tokens 1, 2
+    positive_map[1, 3] = True  # label 1 = token 3
+    mean = aggregate_token_scores(_scores(), positive_map, "mean")
+    assert mean.shape == (2, 2, 2)
+    torch.testing.assert_close(
+        mean, torch.tensor([[[0.4, 0.9], [0.25, 1.0]], [[0.15, 0.3], [0.6, 0.6]]])
+    )
+    best = aggregate_token_scores(_scores(), positive_map, "MAX")
+    torch.testing.assert_close(
+        best, torch.tensor([[[0.6, 0.9], [0.5, 1.0]], [[0.3, 0.3], [0.8, 0.6]]])
+    )
+
+
+def test_mean_matches_official_float_map():
+    positive_map = torch.zeros(1, 6)
+    positive_map[0, [0, 2, 3]] = 1 / 3  # official normalised map
+    scores = torch.rand(5, 4, generator=torch.Generator().manual_seed(0))
+    expected = scores[:, [0, 2, 3]].mean(-1, keepdim=True)
+    torch.testing.assert_close(aggregate_token_scores(scores, positive_map), expected)
+
+
+def test_aggregation_errors():
+    positive_map = torch.zeros(2, 3, dtype=torch.bool)
+    positive_map[0, 0] = True
+    with pytest.raises(ValueError, match=r"Labels \[1\] have no token"):
+        aggregate_token_scores(torch.rand(2, 3), positive_map)
+    with pytest.raises(ValueError, match=r"\(num_labels, >= 4\).*\(2, 3\)"):
+        aggregate_token_scores(torch.rand(2, 4), positive_map)
+    with pytest.raises(ValueError, match="Unknown score aggregation 'median'"):
+        aggregate_token_scores(torch.rand(2, 3), positive_map, "median")

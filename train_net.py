@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Train / evaluate GLIP with Detectron2.
+
+    python train_net.py --config-file configs/glip_swin_t.yaml --num-gpus 8
+    python train_net.py --config-file configs/glip_swin_t.yaml --eval-only MODEL.WEIGHTS glip_tiny_model_o365_goldg.pth
+"""
+import logging
+from collections import OrderedDict
+
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
+
+from glip_d2 import add_glip_config
+from glip_d2.checkpoint import GLIPCheckpointer
+from glip_d2.data import GroundingDatasetMapper
+from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
+                            check_datasets_present, set_test_vocabulary)
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.checkpointer = GLIPCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        self.ema = None
+        if cfg.SOLVER.EMA_DECAY > 0:
+            self.ema = ModelEMA(self.model, cfg.SOLVER.EMA_DECAY)
+            self.checkpointer.add_checkpointable("ema", self.ema)
+            self.register_hooks([EMAHook(self.ema, self.model)])
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_glip_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_glip_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate each test dataset with its own class names as the prompt vocabulary."""
+        results = OrderedDict()
+        for name in cfg.DATASETS.TEST:
+            if not len(cfg.MODEL.GLIP.VOCABULARY):
+                set_test_vocabulary(model, name)
+            loader = cls.build_test_loader(cfg, name)
+            res = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name))
+            results[name] = res
+            if comm.is_main_process():
+                logging.getLogger("glip_d2").info(f"Evaluation results for {name}:")
+                print_csv_format(res)
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
