@@ -130,3 +130,22 @@ def test_parameter_counts_equal_official(config, expected):
     with torch.device("meta"):
         m = build_model(cfg)
     assert sum(p.numel() for p in m.parameters()) == expected
+
+
+@pytest.fixture(scope="module")
+def model_dcn():
+    cfg = tiny_cfg()
+    cfg.MODEL.DYHEAD.USE_DFCONV = True  # the deformable path must survive autocast too
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_losses_finite_under_autocast(model_dcn, dtype):
+    net = copy.deepcopy(model_dcn).train()
+    with torch.autocast("cpu", dtype=dtype):
+        losses = net(_batch(net))
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

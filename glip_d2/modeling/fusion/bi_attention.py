@@ -88,9 +88,12 @@ class BiMultiHeadAttention(nn.Module):
 
         if mask_l is not None:
             # Official quirk kept for parity: real tokens get +1 (a softmax no-op), padding -9e15.
+            # -9e15 overflows fp16: use the dtype's lowest value there (logits are clamped to
+            # +-50000, so padding still gets probability exactly 0).
+            pad = max(PADDING_LOGIT, torch.finfo(logits.dtype).min)
             add = torch.where(
                 mask_l == 0,
-                torch.full_like(mask_l, PADDING_LOGIT, dtype=logits.dtype),
+                torch.full_like(mask_l, pad, dtype=logits.dtype),
                 mask_l.to(logits.dtype),
             )
             logits = (logits.view(bsz, self.num_heads, n_v, n_l) + add[:, None, None, :]).view(
