@@ -1,5 +1,6 @@
 """Conversion of official GLIP checkpoints (microsoft/GLIP, maskrcnn-benchmark names) to
 glip_d2's module names, through an explicit key-mapping table."""
+
 import re
 from typing import Dict, List, Tuple
 
@@ -9,10 +10,16 @@ from ..modeling.backbone.swin_fpn import convert_official_backbone_state_dict
 
 # Keys of the official model that glip_d2 does not have, with the reason.
 IGNORED_OFFICIAL_KEYS = [
-    (r"^rpn\.head\.cls_logits\.", "unused by the dot-product head (only sets the width of the score matrix)"),
+    (
+        r"^rpn\.head\.cls_logits\.",
+        "unused by the dot-product head (only sets the width of the score matrix)",
+    ),
     (r"^rpn\.anchor_generator\.", "anchors are computed, not stored"),
     (r"^language_backbone\.body\.model\.pooler\.", "GLIP uses no BERT pooler"),
-    (r"^language_backbone\.body\.model\.embeddings\.position_ids$", "a constant buffer (persistent in transformers < 4.31)"),
+    (
+        r"^language_backbone\.body\.model\.embeddings\.position_ids$",
+        "a constant buffer (persistent in transformers < 4.31)",
+    ),
 ]
 
 # (official regex, glip_d2 replacement), applied to keys without the 'module.' prefix.
@@ -27,7 +34,7 @@ HEAD_KEY_MAP: List[Tuple[str, str]] = [
     (r"^rpn\.head\.scales\.(\d+)\.scale$", r"head.scales.\1.scale"),
 ]
 
-# Inside one tower module (official `rpn.head.dyhead_tower.{m}.`): the VLFuse, the text layer, DyConv.
+# Inside one official tower module (`rpn.head.dyhead_tower.{m}.`): VLFuse, BERT layer, DyConv.
 FUSE_KEY_MAP = [
     (r"^b_attn\.layer_norm_v\.", "norm_v."),
     (r"^b_attn\.layer_norm_l\.", "norm_l."),
@@ -76,14 +83,18 @@ def convert_official_state_dict(sd: Dict[str, torch.Tensor]):
         dropped, with reasons) and "unmapped" (official keys with no rule: likely another
         variant or a newer official feature).
     """
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
     fused = any(".b_attn." in k for k in sd)
     out, ignored, unmapped = {}, [], []
-    backbone = {k: v for k, v in sd.items() if k.startswith("backbone.")}
-    for k, v in convert_official_backbone_state_dict(backbone).items():
-        out["backbone." + k] = v
     for key, value in sd.items():
         if key.startswith("backbone."):
+            # One key at a time, so that a key without a rule is reported, not fatal.
+            try:
+                ((new, value),) = convert_official_backbone_state_dict({key: value}).items()
+            except KeyError:
+                unmapped.append(key)
+            else:
+                out["backbone." + new] = value
             continue
         reason = next((r for p, r in IGNORED_OFFICIAL_KEYS if re.search(p, key)), None)
         if reason:
@@ -94,7 +105,11 @@ def convert_official_state_dict(sd: Dict[str, torch.Tensor]):
             idx, rest = int(m.group(1)), m.group(2)
             if fused:
                 block, kind = divmod(idx, 3)
-                table, sub = [(FUSE_KEY_MAP, "fuse"), (TEXT_LAYER_KEY_MAP, "text_layer"), (DYCONV_KEY_MAP, "dyconv")][kind]
+                table, sub = [
+                    (FUSE_KEY_MAP, "fuse"),
+                    (TEXT_LAYER_KEY_MAP, "text_layer"),
+                    (DYCONV_KEY_MAP, "dyconv"),
+                ][kind]
             else:
                 block, table, sub = idx, DYCONV_KEY_MAP, "dyconv"
             new = _apply(table, rest)

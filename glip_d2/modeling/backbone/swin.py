@@ -353,7 +353,7 @@ class SwinTransformer(Backbone):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
 
         # Stochastic depth rises linearly over all blocks (computed exactly as the official code).
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         self.layers = nn.ModuleList()
         for i in range(num_stages):
             start = sum(depths[:i])

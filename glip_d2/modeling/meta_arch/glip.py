@@ -36,6 +36,9 @@ class GLIP(nn.Module):
     indices into the vocabulary (or phrase indices), so Detectron2's evaluators work unchanged.
     """
 
+    # Prompt encodings kept at test time (vocabulary chunks + recent grounding captions).
+    TEXT_CACHE_SIZE = 256
+
     @configurable
     def __init__(
         self,
@@ -114,11 +117,12 @@ class GLIP(nn.Module):
     # ------------------------------------------------------------------ text
     def set_vocabulary(self, names: Sequence[str]):
         """Set the names detected when inputs carry no caption; chunked to fit the token limit."""
-        self.vocabulary = list(names)
-        self._chunks = chunk_vocabulary(
-            self.vocabulary, self.tokenizer, chunk_size=self.test_chunk_size,
+        names = list(names)
+        chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
+            names, self.tokenizer, chunk_size=self.test_chunk_size,
             max_len=self.max_query_len, separator=self.separator,
         )
+        self.vocabulary, self._chunks = names, chunks
         self._text_cache.clear()
 
     def encode_text(self, captions: Sequence[str]):
@@ -136,6 +140,8 @@ class GLIP(nn.Module):
             pmap = create_positive_map(tok, spans_per_label, max_len=tok["input_ids"].shape[1])
             if self.training:
                 return lang, pmap.to(self.device)
+            if len(self._text_cache) >= self.TEXT_CACHE_SIZE:  # drop the oldest entry
+                self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = (lang, pmap.to(self.device))
         return self._text_cache[key]
 

@@ -1,0 +1,368 @@
+"""Command-line demo: detect a vocabulary or ground a caption in images, draw and save results.
+
+    python -m glip_d2.demo --config-file configs/demo_glip_tiny_shapes.yaml \\
+        --input datasets/shapes/val/ --output output/demo_vis \\
+        --opts MODEL.WEIGHTS output/demo_shapes/model_final.pth
+
+    --vocabulary coco|lvis            builtin names (default: the config's vocabulary)
+    --custom-vocabulary "a,b,c"       your own names
+    --caption "a man riding a bike"   grounding; --phrases "a man,a bike" (default: noun phrases)
+
+``--output DIR`` receives one PNG per image (boxes labelled with name/phrase and score) and one
+``detections.json`` in COCO results format: "image_id" (the image's 1-based position among the
+inputs), "category_id" (COCO / LVIS ids for those vocabularies, else the 1-based label index),
+"bbox" (XYWH), "score", plus "category_name", "file_name" and, with --caption, "phrase".
+
+Unusual images (grayscale, alpha, 16-bit, tiny) are converted with a note on stderr; a missing or
+broken image is reported on stderr and skipped. Exit status: 0 when at least one image was
+processed, 1 when none could be, 2 for a setup error (config, checkpoint, vocabulary, caption).
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["ImageReadError", "collect_inputs", "get_parser", "main", "read_image_file", "setup_cfg"]
+
+logger = logging.getLogger("glip_d2.demo")
+
+IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .bmp .tif .tiff .webp .gif .ppm .pgm".split())
+# Drawings of small images are scaled up to about this short side, so labels stay legible.
+_DRAW_SHORT_SIDE = 480
+_MAX_DRAW_SCALE = 8.0
+
+
+class ImageReadError(ValueError):
+    """An input file that is missing, unreadable or not an image."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m glip_d2.demo",
+        description="GLIP open-vocabulary detection / phrase grounding on images.",
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="glip_d2 config file")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="image files, glob patterns (quoted) or directories (their images, not recursive)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="folder for one PNG per image and detections.json (COCO results format); without it "
+        "only a summary is printed",
+    )
+    parser.add_argument(
+        "--vocabulary",
+        choices=["coco", "lvis", "custom"],
+        help="names to detect: builtin coco / lvis, or custom (see --custom-vocabulary); "
+        "default: the config's vocabulary (MODEL.GLIP.VOCABULARY or DATASETS.TEST[0])",
+    )
+    parser.add_argument(
+        "--custom-vocabulary", metavar="NAMES", help='comma-separated names, e.g. "cat,dog"'
+    )
+    parser.add_argument(
+        "--caption", help="ground the phrases of this caption instead of a vocabulary"
+    )
+    parser.add_argument(
+        "--phrases",
+        metavar="PHRASES",
+        help="comma-separated phrases of --caption to ground (default: its noun phrases)",
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.3, help="minimum score (default 0.3)"
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. --opts MODEL.WEIGHTS model.pth",
+    )
+    return parser
+
+
+def setup_cfg(args):
+    """glip_d2 config from ``--config-file`` and ``--opts``; CUDA falls back to CPU if absent."""
+    from detectron2.config import get_cfg
+
+    from .config import add_glip_config
+
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"Config file {args.config_file!r} does not exist.")
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using CPU."
+        )
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def collect_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
+    """Expand ``--input`` into image paths.
+
+    Returns:
+        (paths in order without repeats, error messages for inputs that gave nothing).
+    """
+    paths, errors = [], []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f))
+            )
+            if not found:
+                errors.append(
+                    f"{pattern}: the directory has no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+        elif any(c in pattern for c in "*?["):  # a glob the shell did not expand
+            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+            if not found:
+                errors.append(f"{pattern}: the pattern matches no file")
+        else:
+            found = [pattern]  # a missing file is reported when it is read
+        paths += [p for p in found if p not in paths]
+    return paths, errors
+
+
+def read_image_file(path: str) -> Tuple[np.ndarray, List[str]]:
+    """Read an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Returns:
+        (image, notes): notes say how an unusual image was converted (grayscale, alpha,
+        16-bit, tiny).
+
+    Raises:
+        ImageReadError: for a missing, unreadable, truncated or non-image file.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from .predictor import to_rgb_uint8
+
+    if not os.path.exists(path):
+        raise ImageReadError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: not a file")
+    notes = []
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode in ("1", "L", "LA") or (mode in ("P", "PA") and _palette_is_gray(img)):
+                notes.append(f"grayscale image (mode {mode}): copied to 3 channels")
+            elif mode.startswith("I") or mode == "F":
+                notes.append(
+                    f"high bit depth grayscale image (mode {mode}, e.g. a 16-bit PNG): scaled "
+                    "to 8 bits and copied to 3 channels"
+                )
+            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+                notes.append(f"image with transparency (mode {mode}): alpha channel ignored")
+            rgb = to_rgb_uint8(img)
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"{path}: not an image file (or a format Pillow cannot read)"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused, too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(
+            f"{path}: cannot be decoded, the file is truncated or corrupt ({e})"
+        ) from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < 8:
+        notes.append(
+            f"tiny image ({w}x{h} pixels): it is upscaled to the test size, so detections are "
+            "unlikely to mean anything"
+        )
+    return rgb, notes
+
+
+def _palette_is_gray(img) -> bool:
+    palette = img.getpalette() or []
+    return all(
+        palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3)
+    )
+
+
+def _query(args, parser) -> Dict:
+    """The predictor's keyword arguments (vocabulary or caption + phrases) from the CLI."""
+    if args.caption is not None:
+        if args.vocabulary or args.custom_vocabulary:
+            parser.error(
+                "--caption grounds phrases; do not combine it with --vocabulary / "
+                "--custom-vocabulary"
+            )
+        phrases = _split(args.phrases) if args.phrases is not None else None
+        if phrases is not None and not phrases:
+            parser.error("--phrases gave no phrase")
+        return {"caption": args.caption, "phrases": phrases}
+    if args.phrases is not None:
+        parser.error("--phrases needs --caption")
+    if args.custom_vocabulary is not None:
+        if args.vocabulary not in (None, "custom"):
+            parser.error("--custom-vocabulary goes with --vocabulary custom (or alone)")
+        names = _split(args.custom_vocabulary)
+        if not names:
+            parser.error("--custom-vocabulary gave no name")
+        return {"vocabulary": names}
+    if args.vocabulary == "custom":
+        parser.error('--vocabulary custom needs --custom-vocabulary "name1,name2,..."')
+    return {"vocabulary": args.vocabulary}
+
+
+def _split(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _category_ids(query: Dict, num_labels: int, cfg) -> List[int]:
+    """The "category_id" of each label in detections.json: the dataset's ids for a builtin
+    vocabulary or for the config's test dataset, else 1..N."""
+    if isinstance(query.get("vocabulary"), str):
+        from .vocabularies import get_vocabulary
+
+        return list(get_vocabulary(query["vocabulary"]).category_ids)
+    if "caption" not in query and query.get("vocabulary") is None:
+        if not len(cfg.MODEL.GLIP.VOCABULARY) and len(cfg.DATASETS.TEST):
+            from detectron2.data import MetadataCatalog
+
+            id_map = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get(
+                "thing_dataset_id_to_contiguous_id"
+            )
+            if id_map and sorted(id_map.values()) == list(range(num_labels)):
+                return [d for d, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
+    return list(range(1, num_labels + 1))
+
+
+def _output_name(path: str, used: set) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    name, k = stem + ".png", 1
+    while name in used:
+        name, k = f"{stem}_{k}.png", k + 1
+    used.add(name)
+    return name
+
+
+def _results(image_id: int, path: str, inst, labels, category_ids, query) -> List[Dict]:
+    boxes = inst.pred_boxes.tensor.tolist()
+    out = []
+    for (x0, y0, x1, y1), score, c in zip(boxes, inst.scores.tolist(), inst.pred_classes.tolist()):
+        r = {
+            "image_id": image_id,
+            "file_name": path,
+            "category_id": int(category_ids[c]),
+            "category_name": labels[c],
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "score": round(float(score), 5),
+        }
+        if "caption" in query:
+            r["phrase"] = labels[c]
+        out.append(r)
+    return out
+
+
+def _summary(path: str, inst, labels) -> str:
+    top = [f"{labels[c]} {s:.2f}" for c, s in zip(inst.pred_classes.tolist(), inst.scores.tolist())]
+    more = ", ..." if len(top) > 5 else ""
+    return f"{path}: {len(inst)} detections" + (f" ({', '.join(top[:5])}{more})" if top else "")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the demo; returns 0 when at least one image was processed, else 1 (2 = setup error)."""
+    from tqdm import tqdm
+
+    from .data.visualize import draw_grounding
+    from .predictor import GLIPPredictor
+
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error("--confidence-threshold must lie in [0, 1]")
+    query = _query(args, parser)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def report(msg):
+        tqdm.write(msg, file=sys.stderr)
+
+    paths, errors = collect_inputs(args.input)
+    for e in errors:
+        report(f"error: {e}")
+    if not paths:
+        report("error: no input image")
+        return 1
+    try:
+        cfg = setup_cfg(args)
+        predictor = GLIPPredictor(
+            cfg, input_format="RGB", confidence_threshold=args.confidence_threshold
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as e:  # config, checkpoint, variant
+        report(f"error: {e}")
+        return 2
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+
+    results, used_names, done, category_ids = [], set(), 0, None
+    for image_id, path in enumerate(
+        tqdm(paths, desc="glip_d2 demo", unit="image", file=sys.stderr), 1
+    ):
+        try:
+            rgb, notes = read_image_file(path)
+        except ImageReadError as e:
+            report(f"error: {e}; skipped")
+            continue
+        try:
+            out = predictor(rgb, **query)
+        except ValueError as e:  # the vocabulary / caption: wrong for every image
+            report(f"error: {e}")
+            return 2
+        for note in notes:
+            report(f"note: {path}: {note}")
+        inst, labels = out["instances"].to("cpu"), out["labels"]
+        if category_ids is None:
+            category_ids = _category_ids(query, len(labels), cfg)
+        results += _results(image_id, path, inst, labels, category_ids, query)
+        report(_summary(path, inst, labels))
+        if args.output:
+            scale = min(_MAX_DRAW_SCALE, max(1.0, _DRAW_SHORT_SIDE / min(rgb.shape[:2])))
+            drawing = draw_grounding(
+                rgb,
+                inst.pred_boxes,
+                [labels[c] for c in inst.pred_classes.tolist()],
+                inst.scores.tolist(),
+                scale=scale,
+            )
+            _save_png(drawing, os.path.join(args.output, _output_name(path, used_names)))
+        done += 1
+    if args.output:
+        with open(os.path.join(args.output, "detections.json"), "w") as f:
+            json.dump(results, f)
+        report(f"Wrote {done} drawings and {len(results)} detections to {args.output}")
+    if not done:
+        report("error: no image could be processed")
+        return 1
+    return 0
+
+
+def _save_png(rgb: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

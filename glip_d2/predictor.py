@@ -1,0 +1,396 @@
+"""GLIPPredictor: open-vocabulary detection and phrase grounding on raw images, in the spirit of
+Detectron2's ``DefaultPredictor``.
+
+    predictor = GLIPPredictor(cfg)
+    out = predictor(image_bgr, vocabulary=["person", "bicycle"])      # or vocabulary="coco"
+    out = predictor(image_bgr, caption="a man riding a bicycle")      # phrases found by glip_d2.nlp
+    out["instances"].pred_classes  # indices into out["labels"]
+"""
+
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from PIL import Image
+
+from .checkpoint import GLIPCheckpointer
+from .nlp import find_noun_phrases
+from .text import count_tokens
+from .vocabularies import get_vocabulary
+
+__all__ = ["GLIPPredictor", "locate_phrases", "to_rgb_uint8"]
+
+logger = logging.getLogger(__name__)
+
+# Grounding captions whose text encodings stay cached besides the vocabulary's prompts.
+_TEXT_CACHE_CAPTIONS = 64
+# [CLS] and [SEP].
+_NUM_SPECIAL_TOKENS = 2
+
+Span = Tuple[int, int]
+
+
+def to_rgb_uint8(image, input_format: str = "RGB") -> np.ndarray:
+    """Any common image -> (H, W, 3) uint8 RGB.
+
+    Args:
+        image: a numpy array (H, W) (grayscale), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha is
+            dropped), or a PIL image. uint16 values are scaled to 8 bits (x / 257); float values
+            are taken as 0..255 (like Detectron2's inputs) and clipped; other integer types are
+            kept when within 0..255, else taken as 16-bit when within 0..65535.
+        input_format: channel order of 3/4-channel arrays, "RGB" or "BGR" (PIL images are RGB).
+
+    Returns:
+        a new or the same array; (H, W, 3), uint8, RGB.
+
+    Raises:
+        ValueError: for another type, shape or channel count, an empty image, or values that
+            are not valid 8-bit intensities.
+    """
+    if input_format not in ("RGB", "BGR"):
+        raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}.")
+    if isinstance(image, Image.Image):
+        image, input_format = _pil_to_array(image), "RGB"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"Expected an image as a numpy array (H, W[, C]) or a PIL image, got "
+            f"{type(image).__name__}."
+        )
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(
+            f"Expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got "
+            f"{tuple(image.shape)}; after conversion an image must have 3 channels."
+        )
+    image = image[:, :, :3]
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"The image is empty: shape {tuple(image.shape)}.")
+    image = _to_uint8(image)
+    if input_format == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def _pil_to_array(image: "Image.Image") -> np.ndarray:
+    """Pixels of a PIL image: (H, W) for grayscale (16-bit ones as uint16 / int32), else
+    (H, W, 3 or 4) RGB(A)."""
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        has_alpha = image.mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif image.mode not in ("L", "RGB", "RGBA", "I", "F") and not image.mode.startswith("I;16"):
+        image = image.convert("RGB")  # LA, CMYK, YCbCr, LAB, HSV
+    return np.asarray(image)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return np.round(image / 257.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("The image holds NaN or infinite values.")
+        return np.clip(np.round(image), 0, 255).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer) and image.dtype != np.bool_:
+        lo, hi = int(image.min()), int(image.max())
+        if lo >= 0 and hi <= 255:
+            return image.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:  # e.g. PIL's mode "I" for a 16-bit PNG
+            return np.round(image / 257.0).astype(np.uint8)
+        raise ValueError(f"Integer image values must lie in 0..65535, got {lo}..{hi}.")
+    raise ValueError(f"Unsupported image dtype {image.dtype}; use uint8, uint16 or float.")
+
+
+class GLIPPredictor:
+    """Build a GLIP model from a config, load ``cfg.MODEL.WEIGHTS`` and run it on raw images.
+
+    Like Detectron2's ``DefaultPredictor``: the model is in eval mode, images are resized with
+    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, their channels reordered to
+    ``INPUT.FORMAT``, and boxes come back in the original image's coordinates. A list of images
+    is run as one batch.
+
+    Text encodings are cached by the model, so repeated calls with one vocabulary encode it once;
+    a vocabulary longer than one prompt is split into chunks, each scored against the same image
+    features (the image backbone runs once per batch).
+
+    Attributes:
+        model: the GLIP meta-architecture.
+        cfg: a frozen clone of the config.
+    """
+
+    def __init__(self, cfg, *, input_format: str = "BGR", confidence_threshold: float = 0.0):
+        """
+        Args:
+            cfg: a glip_d2 config (``add_glip_config``); ``MODEL.WEIGHTS`` is loaded with
+                :class:`~glip_d2.checkpoint.GLIPCheckpointer` (empty = random weights, warned).
+            input_format: channel order of the 3/4-channel numpy arrays you will pass, "BGR"
+                (OpenCV, Detectron2's ``read_image`` default) or "RGB"; PIL images are always RGB.
+            confidence_threshold: default minimum score of returned detections.
+
+        Raises:
+            FileNotFoundError: if ``MODEL.WEIGHTS`` is a local path that does not exist.
+            ValueError: if the checkpoint is another GLIP variant than the config, or an
+                argument is invalid.
+        """
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(
+                f"GLIPPredictor supports INPUT.FORMAT 'RGB' or 'BGR', not {cfg.INPUT.FORMAT!r}."
+            )
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}.")
+        weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} does not exist.")
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        self.input_format = input_format
+        self.confidence_threshold = _check_threshold(confidence_threshold)
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if weights:
+            GLIPCheckpointer(self.model).load(weights)
+        else:
+            logger.warning(
+                "MODEL.WEIGHTS is empty: GLIPPredictor runs a randomly initialised model."
+            )
+        self.aug = T.ResizeShortestEdge(
+            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
+            self.cfg.INPUT.MAX_SIZE_TEST,
+        )
+        # The config's vocabulary (MODEL.GLIP.VOCABULARY / DATASETS.TEST[0]), used when a call
+        # gives neither a vocabulary nor a caption.
+        self.default_vocabulary = list(self.model.vocabulary) if self.model.vocabulary else None
+
+    def __call__(
+        self,
+        image,
+        vocabulary: Union[None, str, Sequence[str]] = None,
+        caption: Union[None, str, Sequence[str]] = None,
+        phrases: Optional[Sequence] = None,
+        confidence_threshold: Optional[float] = None,
+    ) -> Union[Dict, List[Dict]]:
+        """Detect a vocabulary or ground a caption's phrases.
+
+        Args:
+            image: one image (numpy (H, W[, C]) in ``input_format``, or PIL) or a list of them
+                (run as one batch).
+            vocabulary: names to detect, or "coco" / "lvis"; None = the config's vocabulary.
+            caption: text whose phrases are grounded (one caption for all images, or one per
+                image); excludes ``vocabulary``.
+            phrases: the phrases of ``caption`` to ground: strings (located in the caption,
+                whole words first) or ``(start, end)`` character spans; None = the noun phrases
+                :func:`glip_d2.nlp.find_noun_phrases` finds. With one caption per image, give one
+                such list per image.
+            confidence_threshold: minimum score; None = the predictor's default.
+
+        Returns:
+            for one image a dict {"instances": Instances (pred_boxes, scores, pred_classes; on
+            the model's device), "labels": [str]}, where ``labels[pred_classes[i]]`` names
+            detection i (the vocabulary, or the phrases; grounding also gives "caption" and
+            "phrase_spans"); for a list of images a list of such dicts.
+
+        Raises:
+            ValueError: for an invalid image, an empty or unknown vocabulary, a name or caption
+                longer than the model's token limit, a phrase absent from the caption, or both a
+                vocabulary and a caption.
+        """
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        if not images:
+            raise ValueError("Got an empty list of images.")
+        threshold = (
+            self.confidence_threshold
+            if confidence_threshold is None
+            else _check_threshold(confidence_threshold)
+        )
+        if vocabulary is not None and caption is not None:
+            raise ValueError(
+                "Give either a vocabulary (detection) or a caption (grounding), not both."
+            )
+        if caption is None and phrases is not None:
+            raise ValueError("phrases need a caption to be found in.")
+        if caption is None:
+            labels = self.set_vocabulary(vocabulary)
+            extras = [{"labels": labels} for _ in images]
+        else:
+            extras = self._grounding_inputs(caption, phrases, len(images))
+        inputs = [self.preprocess(x) for x in images]
+        if caption is not None:
+            for x, e in zip(inputs, extras):
+                x["caption"] = e["caption"]
+                x["phrase_spans"] = [[list(s)] for s in e["phrase_spans"]]
+        with torch.no_grad():
+            outputs = self.model(inputs)
+        self._trim_text_cache()
+        results = []
+        for out, extra in zip(outputs, extras):
+            inst = out["instances"]
+            results.append(dict(extra, instances=inst[inst.scores >= threshold]))
+        return results[0] if single else results
+
+    def preprocess(self, image) -> Dict:
+        """One model input: {"image": (3, H', W') float32 tensor resized for the test size, in
+        INPUT.FORMAT, "height": H, "width": W} (see :func:`to_rgb_uint8` for what ``image``
+        may be)."""
+        rgb = to_rgb_uint8(image, self.input_format)
+        img = rgb if self.cfg.INPUT.FORMAT == "RGB" else rgb[:, :, ::-1]
+        height, width = img.shape[:2]
+        resized = self.aug.get_transform(img).apply_image(img)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+        return {"image": tensor, "height": height, "width": width}
+
+    def set_vocabulary(self, vocabulary: Union[None, str, Sequence[str]] = None) -> List[str]:
+        """Point the model at a vocabulary; it is chunked (and its prompts encoded) only when it
+        changes. Calls with a vocabulary do this themselves.
+
+        Args:
+            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary.
+
+        Returns:
+            the labels: ``labels[pred_classes[i]]`` names detection i.
+
+        Raises:
+            ValueError: for an empty or unknown vocabulary, a repeated name, or a name longer
+                than the model's token limit; the model keeps its previous vocabulary.
+        """
+        if vocabulary is None:
+            if self.default_vocabulary is None:
+                raise ValueError(
+                    "No vocabulary: pass vocabulary=[...] or 'coco'/'lvis', a caption, or set "
+                    "MODEL.GLIP.VOCABULARY / DATASETS.TEST in the config."
+                )
+            labels, prompt_names = self.default_vocabulary, self.default_vocabulary
+        elif isinstance(vocabulary, str):
+            vocab = get_vocabulary(vocabulary)
+            labels, prompt_names = list(vocab.names), list(vocab.prompt_names)
+        else:
+            labels = list(vocabulary)
+            if not labels:
+                raise ValueError("The vocabulary is empty; give at least one name.")
+            bad = [n for n in labels if not isinstance(n, str)]
+            if bad:
+                raise ValueError(f"Vocabulary names must be strings, got {bad[0]!r}.")
+            prompt_names = labels
+        if self.model.vocabulary != prompt_names:
+            old = (self.model.vocabulary, self.model._chunks)
+            try:
+                self.model.set_vocabulary(prompt_names)
+            except (TypeError, ValueError) as e:
+                # leave the model on its previous, valid vocabulary
+                self.model.vocabulary, self.model._chunks = old
+                raise ValueError(f"Invalid vocabulary: {e}") from e
+        return list(labels)
+
+    def _grounding_inputs(self, caption, phrases, num_images: int) -> List[Dict]:
+        if isinstance(caption, str):
+            return [self._ground_one(caption, phrases)] * num_images
+        captions = list(caption)
+        if len(captions) != num_images:
+            raise ValueError(f"Got {len(captions)} captions for {num_images} images.")
+        if phrases is not None and len(phrases) != num_images:
+            raise ValueError("With one caption per image, give one list of phrases per image.")
+        return [
+            self._ground_one(c, None if phrases is None else phrases[i])
+            for i, c in enumerate(captions)
+        ]
+
+    def _ground_one(self, caption, phrases) -> Dict:
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"The caption must be a non-empty string, got {caption!r}.")
+        max_len = self.model.max_query_len
+        n = count_tokens(self.model.tokenizer, caption)
+        if n + _NUM_SPECIAL_TOKENS > max_len:
+            raise ValueError(
+                f"The caption is {n} tokens; the model reads at most "
+                f"{max_len - _NUM_SPECIAL_TOKENS} (MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN). "
+                "Shorten it or split it into several calls."
+            )
+        if phrases is None:
+            found = find_noun_phrases(caption)
+            if not found:
+                raise ValueError(f"No phrase found in the caption {caption!r}; pass phrases=[...].")
+            spans = [p.span for p in found]
+        else:
+            spans = locate_phrases(caption, phrases)
+        return {
+            "caption": caption,
+            "phrase_spans": spans,
+            "labels": [caption[s:e] for s, e in spans],
+        }
+
+    def _trim_text_cache(self):
+        """Bound the model's text cache: the vocabulary's prompts plus recent captions."""
+        cache = self.model._text_cache
+        keep = {c.caption for c in (self.model._chunks or [])}
+        extra = [k for k in cache if k[0] not in keep]
+        for key in extra[: max(0, len(extra) - _TEXT_CACHE_CAPTIONS)]:
+            del cache[key]
+
+
+def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:
+    """Character spans of ``phrases`` in ``caption``.
+
+    Each phrase is a ``(start, end)`` span or a string, found as whole words first (exact case,
+    then any case), else as any substring; a string given twice takes its next occurrence.
+
+    Raises:
+        ValueError: if a string is not in the caption, is empty, or a span is out of range.
+    """
+    if isinstance(phrases, str):
+        raise ValueError(f"phrases must be a list, got the string {phrases!r}; wrap it in a list.")
+    if len(phrases) == 0:
+        raise ValueError("phrases is empty; give at least one phrase, or None to find them.")
+    spans, searched_from = [], {}
+    for p in phrases:
+        if isinstance(p, str):
+            if not p.strip():
+                raise ValueError("A phrase is empty.")
+            text = p.strip()
+            start = searched_from.get(text, 0)
+            span = _find(caption, text, start)
+            if span is None:
+                again = " again (it is given more often than it occurs)" if start else ""
+                raise ValueError(f"Phrase {p!r} is not in the caption {caption!r}{again}.")
+            searched_from[text] = span[1]
+        else:
+            try:
+                span = tuple(int(v) for v in p)
+            except (TypeError, ValueError):
+                span = ()
+            if len(span) != 2 or not 0 <= span[0] < span[1] <= len(caption):
+                raise ValueError(
+                    f"Phrase {p!r} is neither a string nor a (start, end) span inside the "
+                    f"caption (length {len(caption)})."
+                )
+        spans.append(span)
+    return spans
+
+
+def _find(caption: str, text: str, start: int) -> Optional[Span]:
+    for pattern, flags in (
+        (r"(?<!\w)" + re.escape(text) + r"(?!\w)", 0),
+        (r"(?<!\w)" + re.escape(text) + r"(?!\w)", re.IGNORECASE),
+        (re.escape(text), 0),
+        (re.escape(text), re.IGNORECASE),
+    ):
+        m = re.compile(pattern, flags).search(caption, start)
+        if m:
+            return m.span()
+    return None
+
+
+def _check_threshold(value) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"The confidence threshold must lie in [0, 1], got {value}.")
+    return value
