@@ -16,8 +16,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format, verify
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper
+from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
                             check_datasets_present, set_test_vocabulary)
+from glip_d2.evaluation import odinw_suite_summary
 
 
 class Trainer(DefaultTrainer):
@@ -61,6 +63,11 @@ class Trainer(DefaultTrainer):
             if comm.is_main_process():
                 logging.getLogger("glip_d2").info(f"Evaluation results for {name}:")
                 print_csv_format(res)
+        for suite, res in odinw_suite_summary(results).items():  # ODinW suite averages
+            results[suite] = res
+            if comm.is_main_process():
+                logging.getLogger("glip_d2").info(f"ODinW {suite}: mean over its datasets")
+                print_csv_format(res)
         return results
 
 
@@ -69,6 +76,7 @@ def setup(args):
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_datasets_from_config(cfg)  # DATASETS.CUSTOM entries
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

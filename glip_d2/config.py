@@ -6,9 +6,12 @@ under their own nodes so they never collide with upstream keys.
 """
 from detectron2.config import CfgNode as CN
 
+from .config_datasets import add_dataset_config
+
 
 def add_glip_config(cfg):
     """Add glip_d2's keys to a Detectron2 config, in place. Idempotent."""
+    add_dataset_config(cfg)
     _C = cfg
     if "GLIP" in _C.MODEL:
         return cfg

@@ -1,5 +1,6 @@
 """Grounding data: mapper, registration helpers, the embedded shapes dataset, visualization."""
 from . import builtin  # noqa: F401  (registers shapes_train, shapes_val, shapes_val_novel, shapes_train_grounding)
+from . import datasets  # noqa: F401  (registers the benchmark datasets present under $DETECTRON2_DATASETS)
 from .builtin import register_all_shapes, register_shapes_split
 from .mapper import GroundingDatasetMapper
 from .register import register_detection_as_grounding, register_grounding_instances

@@ -1,29 +1,127 @@
-"""Evaluator choice by dataset metadata, and per-dataset test vocabularies."""
+"""Evaluator choice by dataset metadata, and per-dataset test vocabularies.
+
+=================  =========================================================================
+evaluator_type     evaluator
+=================  =========================================================================
+``coco``           Detectron2's COCOEvaluator (COCO, Objects365, custom jsons)
+``odinw``          COCOEvaluator per dataset; ``odinw_suite_summary`` averages a suite
+``lvis``           Detectron2's LVISEvaluator (``TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE``), plus
+                   FixedAP when ``TEST.BENCHMARK.LVIS_FIXED_AP``
+``flickr``         Recall@k, any-box and merged-box protocols (per phrase type with the
+                   Flickr30k Entities release)
+``grounding``      the same recall on any grounding dataset
+``refcoco``        Acc@k of the referred box
+=================  =========================================================================
+"""
+
 import os
 
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+from ..config_datasets import add_dataset_config
+from ..evaluation import FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator
+
+# Datasets whose inputs carry their own caption: no vocabulary prompt.
+GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
+
+
+def _benchmark_options(cfg) -> CfgNode:
+    """``cfg.TEST.BENCHMARK``, or its defaults for a config built without add_dataset_config."""
+    if "BENCHMARK" in cfg.TEST:
+        return cfg.TEST.BENCHMARK
+    return add_dataset_config(CfgNode({"DATASETS": CfgNode(), "TEST": CfgNode()})).TEST.BENCHMARK
+
+
+def _ensure_vocabulary_metadata(dataset_name: str) -> None:
+    """Load a lazily registered dataset once, so its metadata has the category names and the
+    id map (the evaluators map ``pred_classes`` back to dataset ids with it)."""
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", "coco")
+    if kind in GROUNDING_EVALUATOR_TYPES:
+        return
+    needed = ["thing_classes"]
+    if kind in ("coco", "odinw"):  # LVISEvaluator falls back to id = class + 1
+        needed.append("thing_dataset_id_to_contiguous_id")
+    if not all(hasattr(meta, k) for k in needed) and dataset_name in DatasetCatalog.list():
+        DatasetCatalog.get(dataset_name)
 
 
 def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
-    """COCOEvaluator / LVISEvaluator chosen by the dataset's `evaluator_type`."""
+    """The evaluator of a dataset, chosen by its ``evaluator_type`` (table in the module doc).
+
+    Args:
+        cfg: the config (``MODEL.ATSS.DETECTIONS_PER_IMG``, ``TEST.BENCHMARK``).
+        dataset_name: a registered dataset.
+        output_folder: where evaluators write their files; default
+            ``OUTPUT_DIR/inference/<dataset_name>``.
+
+    Raises:
+        NotImplementedError: for an evaluator_type not in the table.
+    """
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-    if kind == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder,
-                             max_dets_per_image=cfg.MODEL.ATSS.DETECTIONS_PER_IMG)
+    _ensure_vocabulary_metadata(dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", "coco")
+    opts = _benchmark_options(cfg)
+    if kind in ("coco", "odinw"):
+        max_dets = cfg.MODEL.ATSS.DETECTIONS_PER_IMG
+        return COCOEvaluator(
+            dataset_name,
+            output_dir=output_folder,
+            max_dets_per_image=max_dets if max_dets > 0 else None,
+        )
     if kind == "lvis":
-        return LVISEvaluator(dataset_name, output_dir=output_folder,
-                             max_dets_per_image=cfg.MODEL.ATSS.DETECTIONS_PER_IMG)
+        evaluators = [
+            StandardLVISEvaluator(
+                dataset_name,
+                output_dir=output_folder,
+                max_dets_per_image=opts.LVIS_MAX_DETS_PER_IMAGE,
+            )
+        ]
+        if opts.LVIS_FIXED_AP:
+            evaluators.append(
+                FixedAPEvaluator(
+                    dataset_name,
+                    max_dets_per_category=opts.FIXED_AP_DETS_PER_CATEGORY,
+                    output_dir=output_folder,
+                )
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+    if kind in ("flickr", "grounding"):
+        entities = None
+        if kind == "flickr":
+            entities = opts.FLICKR_ENTITIES_DIR or meta.get("flickr_entities_dir", None)
+        return FlickrEvaluator(
+            dataset_name,
+            topk=opts.GROUNDING_TOPK,
+            iou_thresh=opts.GROUNDING_IOU_THRESH,
+            entities_dir=entities,
+            task=kind,
+        )
+    if kind == "refcoco":
+        return RefExpEvaluator(
+            dataset_name, topk=opts.GROUNDING_TOPK, iou_thresh=opts.GROUNDING_IOU_THRESH
+        )
     raise NotImplementedError(
-        f"No evaluator for dataset {dataset_name!r} with evaluator_type {kind!r}; "
-        "GLIP evaluates COCO- and LVIS-style detection datasets."
+        f"No evaluator for dataset {dataset_name!r} with evaluator_type {kind!r}; glip_d2 "
+        "evaluates 'coco', 'odinw', 'lvis', 'flickr', 'grounding' and 'refcoco' datasets."
     )
 
 
 def set_test_vocabulary(model, dataset_name: str):
-    """Detect the dataset's own class names (unless MODEL.GLIP.VOCABULARY fixes one)."""
-    names = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    """Detect the dataset's own class names (unless MODEL.GLIP.VOCABULARY fixes one).
+
+    Grounding datasets (Flickr30k, RefCOCO, ...) need no vocabulary: each input carries its
+    caption and phrases. Datasets registered lazily record their names when first loaded, so
+    the dataset is loaded here if its metadata has no ``thing_classes`` yet.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
+        return
+    _ensure_vocabulary_metadata(dataset_name)
+    names = meta.get("thing_classes", None)
     if names is None:
         raise ValueError(f"Dataset {dataset_name!r} has no thing_classes to build a prompt from")
     getattr(model, "module", model).set_vocabulary(names)

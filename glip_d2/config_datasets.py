@@ -1,0 +1,33 @@
+"""`add_dataset_config(cfg)`: the config keys of glip_d2's datasets and benchmark evaluators.
+
+Called by :func:`glip_d2.add_glip_config`; safe to call again (idempotent).
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_dataset_config(cfg):
+    """Add the dataset and benchmark keys to a Detectron2 config, in place. Idempotent."""
+    _C = cfg
+    if "BENCHMARK" in _C.TEST:
+        return cfg
+
+    # COCO-format jsons registered as detection-as-grounding by register_datasets_from_config:
+    # [[name, json_file, image_root], ...]; relative paths are under $DETECTRON2_DATASETS.
+    _C.DATASETS.CUSTOM = []
+
+    _C.TEST.BENCHMARK = CN()
+    # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.
+    _C.TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE = 300
+    # Also report FixedAP (Dave et al. 2021: no per-image cap, top-k per category) on LVIS data.
+    _C.TEST.BENCHMARK.LVIS_FIXED_AP = False
+    # FixedAP: detections kept per category over the whole dataset.
+    _C.TEST.BENCHMARK.FIXED_AP_DETS_PER_CATEGORY = 10000
+    # The k of Recall@k (Flickr30k, grounding) and Acc@k (RefCOCO).
+    _C.TEST.BENCHMARK.GROUNDING_TOPK = (1, 5, 10)
+    # IoU at which a grounded box counts as correct.
+    _C.TEST.BENCHMARK.GROUNDING_IOU_THRESH = 0.5
+    # Flickr30k Entities folder (Annotations/, Sentences/) for MDETR's exact protocol and
+    # per-type recall; "" = the one found at registration (<root>/flickr30k/flickr30k_entities).
+    _C.TEST.BENCHMARK.FLICKR_ENTITIES_DIR = ""
+    return cfg

@@ -1,0 +1,366 @@
+"""COCO-format detection jsons as GLIP data: validated parsing, Detectron2 dicts, registration.
+
+Shared by every detection family (Objects365, LVIS, ODinW, custom jsons). A json is parsed once
+into compact columns (numpy arrays for the boxes, so the parse cache of a 25M-box Objects365
+file stays small), validated with messages that name the bad record, and turned into
+Detectron2 dicts only when ``DatasetCatalog.get`` asks. Registration opens no image and, unless
+asked to read the category names eagerly, not even the json.
+"""
+
+import functools
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+from ._utils import DatasetFormatError, cached_parse, check_box, check_new_name, describe
+
+# Maps a dataset's category names (in id order) to the names GLIP prompts with.
+Rename = Callable[[List[str]], List[str]]
+
+__all__ = [
+    "parse_detection_json",
+    "category_metadata",
+    "detection_dicts",
+    "load_detection_json",
+    "register_detection_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _require(record: dict, keys: Sequence[str], where: str) -> None:
+    if not isinstance(record, dict):
+        raise DatasetFormatError(f"{where} is not a json object: {record!r}.")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise DatasetFormatError(f"{where} lacks {missing} (it has {sorted(record)}).")
+
+
+def _anno_where(json_file: str, index: int, anno) -> str:
+    anno_id = anno.get("id") if isinstance(anno, dict) else None
+    return f"{json_file}: annotation #{index} (id {anno_id!r})"
+
+
+def _raise_first_bad_annotation(json_file: str, annos: list, image_index: dict) -> None:
+    for i, anno in enumerate(annos):
+        where = _anno_where(json_file, i, anno)
+        _require(anno, ("image_id", "bbox", "category_id"), where)
+        if anno["image_id"] not in image_index:
+            raise DatasetFormatError(
+                f"{where} refers to image_id {anno['image_id']!r}, which is not in 'images'."
+            )
+        if not isinstance(anno["category_id"], int):
+            raise DatasetFormatError(f"{where}: category_id {anno['category_id']!r} is not an int.")
+        check_box(anno["bbox"], where)
+    raise DatasetFormatError(f"{json_file}: the annotations are malformed.")  # pragma: no cover
+
+
+def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -> dict:
+    """Parse and validate a COCO-format detection json into columns.
+
+    Args:
+        json_file: the json (``images``, ``annotations``, ``categories``).
+        image_extra_keys: image fields to keep (e.g. LVIS ``neg_category_ids``).
+
+    Returns:
+        dict with ``categories`` (``[(id, name)]`` sorted by id), ``image_ids``,
+        ``file_names``, ``coco_urls`` (None where absent), ``heights``, ``widths``,
+        ``image_extra`` (key -> list), and per annotation ``ann_image_index`` (int64),
+        ``ann_boxes`` (float32 ``(N, 4)`` XYWH), ``ann_category_ids`` (int64, json ids),
+        ``ann_iscrowd`` (uint8).
+
+    Raises:
+        DatasetFormatError: naming the first bad record: a missing key, a duplicate id, an
+            annotation of an unknown image or category, a malformed or negative-size box.
+    """
+    with PathManager.open(json_file) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+        raise DatasetFormatError(
+            f"{json_file} is not a COCO detection json: it needs 'images' and 'categories' "
+            "(and 'annotations')."
+        )
+
+    categories = {}
+    for i, cat in enumerate(data["categories"]):
+        where = f"{json_file}: category #{i}"
+        _require(cat, ("id", "name"), where)
+        if not isinstance(cat["id"], int) or not isinstance(cat["name"], str):
+            raise DatasetFormatError(f"{where}: id must be an int and name a string, got {cat}.")
+        if cat["id"] in categories:
+            raise DatasetFormatError(f"{where}: category id {cat['id']} appears twice.")
+        categories[cat["id"]] = cat["name"]
+
+    image_index: Dict[object, int] = {}
+    file_names, coco_urls, heights, widths = [], [], [], []
+    extra: Dict[str, list] = {k: [] for k in image_extra_keys}
+    for i, image in enumerate(data["images"]):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        where = f"{json_file}: image #{i} (id {image_id!r})"
+        _require(image, ("id", "height", "width"), where)
+        if "file_name" not in image and "coco_url" not in image:
+            raise DatasetFormatError(f"{where} has neither 'file_name' nor 'coco_url'.")
+        if image["id"] in image_index:
+            raise DatasetFormatError(f"{where}: image id {image['id']!r} appears twice.")
+        image_index[image["id"]] = i
+        file_names.append(image.get("file_name"))
+        coco_urls.append(image.get("coco_url"))
+        heights.append(image["height"])
+        widths.append(image["width"])
+        for k in image_extra_keys:
+            extra[k].append(image.get(k))
+
+    annos = data.get("annotations") or []
+    try:
+        # Columns first (fast path); a failure is traced to its record below.
+        img_idx = np.fromiter((image_index[a["image_id"]] for a in annos), np.int64, len(annos))
+        cat_ids = np.fromiter((a["category_id"] for a in annos), np.int64, len(annos))
+        boxes = np.asarray([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4)
+        columns_ok = len(boxes) == len(annos)
+    except (KeyError, TypeError, ValueError):
+        columns_ok = False
+    if not columns_ok:
+        _raise_first_bad_annotation(json_file, annos, image_index)
+    bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        check_box(annos[i]["bbox"], _anno_where(json_file, i, annos[i]))
+    unknown = ~np.isin(cat_ids, np.fromiter(categories, np.int64, len(categories)))
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise DatasetFormatError(
+            f"{_anno_where(json_file, i, annos[i])} has category_id {int(cat_ids[i])}, which is "
+            f"not among the json's categories {describe(sorted(categories))}."
+        )
+    return {
+        "categories": sorted(categories.items()),
+        "image_ids": list(image_index),
+        "file_names": file_names,
+        "coco_urls": coco_urls,
+        "heights": np.asarray(heights, dtype=np.int32),
+        "widths": np.asarray(widths, dtype=np.int32),
+        "image_extra": extra,
+        "ann_image_index": img_idx,
+        "ann_boxes": boxes.astype(np.float32),
+        "ann_category_ids": cat_ids,
+        "ann_iscrowd": np.fromiter((a.get("iscrowd", 0) for a in annos), np.uint8, len(annos)),
+    }
+
+
+def category_metadata(
+    categories: Sequence, rename: Optional[Rename] = None, skip_ids: Sequence[int] = ()
+) -> dict:
+    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` from ``[(id, name)]``.
+
+    Args:
+        categories: ``(id, name)`` pairs.
+        rename: maps the json's names (in id order) to the names used as prompts; the json's
+            names are then kept in ``thing_classes_raw``.
+        skip_ids: categories left out (e.g. the background entry of raw Roboflow exports).
+    """
+    kept = sorted((int(i), n) for i, n in categories if int(i) not in set(skip_ids))
+    raw = [n for _, n in kept]
+    meta = {
+        "thing_classes": list(rename(raw)) if rename else raw,
+        "thing_dataset_id_to_contiguous_id": {i: k for k, (i, _) in enumerate(kept)},
+    }
+    if rename is not None:
+        meta["thing_classes_raw"] = raw
+    return meta
+
+
+def _join(image_root: str, file_name: str) -> str:
+    return os.path.join(image_root, file_name)
+
+
+def detection_dicts(
+    parsed: dict,
+    image_root: str,
+    id_map: Dict[int, int],
+    dataset_name: Optional[str] = None,
+    file_name_fn: Optional[Callable[[str, Optional[str], Optional[str]], str]] = None,
+    where: str = "",
+) -> List[dict]:
+    """Detectron2 dicts from :func:`parse_detection_json` columns.
+
+    Args:
+        parsed: the columns.
+        image_root: the folder images are relative to.
+        id_map: json category id -> contiguous id; annotations of other ids raise.
+        dataset_name: stored in each dict as "dataset_name" (the mapper takes that dataset's
+            thing_classes for its prompts).
+        file_name_fn: ``(image_root, file_name, coco_url) -> path``; default joins the two.
+        where: the source file, for error messages.
+    """
+    cat_ids = parsed["ann_category_ids"]
+    known = np.isin(cat_ids, np.fromiter(id_map, np.int64, len(id_map)))
+    if not known.all():
+        i = int(np.flatnonzero(~known)[0])
+        raise DatasetFormatError(
+            f"{where}: annotation #{i} has category_id {int(cat_ids[i])}, which is not in the "
+            f"registered categories {describe(sorted(id_map))}."
+        )
+    contiguous = np.fromiter((id_map[int(c)] for c in cat_ids), np.int64, len(cat_ids))
+    order = np.argsort(parsed["ann_image_index"], kind="stable")
+    bounds = np.searchsorted(
+        parsed["ann_image_index"][order], np.arange(len(parsed["image_ids"]) + 1)
+    )
+    boxes = parsed["ann_boxes"][order].tolist()
+    contiguous = contiguous[order].tolist()
+    iscrowd = parsed["ann_iscrowd"][order].tolist()
+    extra = parsed["image_extra"]
+    join = file_name_fn or (lambda root, name, url: _join(root, name))
+    dicts = []
+    for i, image_id in enumerate(parsed["image_ids"]):
+        record = {
+            "file_name": join(image_root, parsed["file_names"][i], parsed["coco_urls"][i]),
+            "height": int(parsed["heights"][i]),
+            "width": int(parsed["widths"][i]),
+            "image_id": image_id,
+        }
+        for key, values in extra.items():
+            if values[i] is not None:
+                record[key] = values[i]
+        record["annotations"] = [
+            {
+                "bbox": boxes[j],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": contiguous[j],
+                "iscrowd": iscrowd[j],
+            }
+            for j in range(bounds[i], bounds[i + 1])
+        ]
+        if dataset_name is not None:
+            record["dataset_name"] = dataset_name
+        dicts.append(record)
+    return dicts
+
+
+def _parse_cached(json_file: str, image_extra_keys: Sequence[str] = ()) -> dict:
+    tag = "coco-det" + "".join(f"-{k}" for k in image_extra_keys)
+    parsed = cached_parse(
+        json_file, tag, functools.partial(parse_detection_json, json_file, image_extra_keys)
+    )
+    # A small separate entry, so registration can read the names without the whole parse.
+    cached_parse(json_file, "coco-categories", lambda: parsed["categories"])
+    return parsed
+
+
+def _cached_categories(json_file: str, image_extra_keys: Sequence[str], eager: bool):
+    """The json's ``[(id, name)]``: from the cache, else (``eager``) by parsing, else None."""
+    categories = cached_parse(json_file, "coco-categories", list, peek=True)
+    if categories is None and eager:
+        categories = _parse_cached(json_file, image_extra_keys)["categories"]
+    return categories
+
+
+def _fill_metadata(dataset_name: str, metadata: dict) -> None:
+    """Set the keys a lazily registered dataset did not have yet (same values otherwise)."""
+    meta = MetadataCatalog.get(dataset_name)
+    missing = {k: v for k, v in metadata.items() if not hasattr(meta, k)}
+    if missing:
+        meta.set(**missing)
+
+
+def load_detection_json(
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    *,
+    rename: Optional[Rename] = None,
+    skip_category_ids: Sequence[int] = (),
+    file_name_fn=None,
+    image_extra_keys: Sequence[str] = (),
+) -> List[dict]:
+    """Load a COCO-format detection json (parsed once, then cached) into Detectron2 dicts.
+
+    Args:
+        json_file: the json.
+        image_root: folder of the images.
+        dataset_name: when given, its metadata gets ``thing_classes`` and the id map if it
+            does not have them yet, and each dict is tagged with "dataset_name".
+        rename: see :func:`category_metadata`.
+        skip_category_ids: categories left out of the vocabulary (an annotation of one raises).
+        file_name_fn: see :func:`detection_dicts`.
+        image_extra_keys: image fields to keep in the dicts.
+
+    Returns:
+        list of dicts with ``file_name``, ``height``, ``width``, ``image_id``, ``annotations``
+        (``bbox`` XYWH_ABS, ``bbox_mode``, contiguous ``category_id``, ``iscrowd``).
+    """
+    parsed = _parse_cached(json_file, image_extra_keys)
+    metadata = category_metadata(parsed["categories"], rename, skip_category_ids)
+    if dataset_name is not None:
+        _fill_metadata(dataset_name, metadata)
+        # The registered vocabulary wins (e.g. LVIS v1's 1203 names for a json with fewer).
+        metadata = MetadataCatalog.get(dataset_name).as_dict()
+    dicts = detection_dicts(
+        parsed,
+        image_root,
+        metadata["thing_dataset_id_to_contiguous_id"],
+        dataset_name,
+        file_name_fn,
+        where=json_file,
+    )
+    logger.info(f"Loaded {len(dicts)} images from {json_file}.")
+    return dicts
+
+
+def register_detection_json(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    metadata: Optional[dict] = None,
+    evaluator_type: str = "coco",
+    rename: Optional[Rename] = None,
+    skip_category_ids: Sequence[int] = (),
+    file_name_fn=None,
+    image_extra_keys: Sequence[str] = (),
+    eager: bool = True,
+) -> None:
+    """Register a COCO-format detection json; GLIP prompts with its category names.
+
+    Args:
+        name: the new dataset name.
+        json_file: the json.
+        image_root: folder of the images.
+        metadata: extra metadata; ``thing_classes`` (with the id map) given here are used as is.
+        evaluator_type: picks the evaluator in :func:`glip_d2.engine.build_glip_evaluator`.
+        rename, skip_category_ids, file_name_fn, image_extra_keys: see
+            :func:`load_detection_json`.
+        eager: read the category names now (parses the json, and caches the parse, so the
+            first load is free). Otherwise they come from the parse cache when it has them,
+            else on first load (for multi-GB jsons).
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+    check_new_name(name)
+    meta = dict(metadata or {})
+    if "thing_classes" not in meta:
+        categories = _cached_categories(json_file, image_extra_keys, eager)
+        if categories is not None:
+            meta.update(category_metadata(categories, rename, skip_category_ids))
+    DatasetCatalog.register(
+        name,
+        functools.partial(
+            load_detection_json,
+            json_file,
+            image_root,
+            name,
+            rename=rename,
+            skip_category_ids=tuple(skip_category_ids),
+            file_name_fn=file_name_fn,
+            image_extra_keys=tuple(image_extra_keys),
+        ),
+    )
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type=evaluator_type, **meta
+    )

@@ -1,0 +1,102 @@
+"""Any COCO-format json as a GLIP detection-as-grounding dataset: one call, or config only.
+
+One call::
+
+    from glip_d2.data.datasets import register_custom_coco
+    register_custom_coco("my_train", "path/to/train.json", "path/to/images")
+
+Config only (``DATASETS.CUSTOM``, registered by :func:`register_datasets_from_config`, which
+``train_net.py`` calls in ``setup``)::
+
+    DATASETS:
+      CUSTOM: [["my_train", "my/train.json", "my/images"], ["my_val", "my/val.json", "my/images"]]
+      TRAIN: ("my_train",)
+      TEST: ("my_val",)
+
+The category names become the prompt (training prompts with sampled negatives, as for
+Objects365; evaluation prompts with all names), evaluation is Detectron2's COCOEvaluator.
+"""
+
+import os
+from typing import List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .coco_json import register_detection_json
+
+__all__ = ["register_custom_coco", "register_datasets_from_config"]
+
+
+def register_custom_coco(
+    name: str,
+    json_file: str,
+    image_root: str,
+    metadata: Optional[dict] = None,
+    evaluator_type: str = "coco",
+) -> None:
+    """Register a COCO-format detection json as detection-as-grounding.
+
+    The json is parsed (and validated, and cached) now, to record ``thing_classes``; images are
+    not opened.
+
+    Args:
+        name: the new dataset name.
+        json_file: COCO json with ``images``, ``annotations`` and ``categories``.
+        image_root: folder the images' ``file_name`` are relative to.
+        metadata: extra metadata (``thing_classes`` given here replace the json's names).
+        evaluator_type: "coco" (AP with COCOEvaluator) or another type known to
+            :func:`glip_d2.engine.build_glip_evaluator`.
+
+    Raises:
+        ValueError: if ``name`` is taken, or (``DatasetFormatError``) the json is malformed.
+    """
+    register_detection_json(
+        name, json_file, image_root, metadata=metadata, evaluator_type=evaluator_type
+    )
+
+
+def _resolve(path: str, root: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def register_datasets_from_config(cfg) -> List[str]:
+    """Register the ``DATASETS.CUSTOM`` entries of a config (idempotent).
+
+    Each entry is ``[name, json_file, image_root]``; relative paths are relative to the
+    ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset.
+
+    Args:
+        cfg: a config with ``DATASETS.CUSTOM`` (see :func:`glip_d2.add_dataset_config`).
+
+    Returns:
+        the names registered now (entries registered before with the same files are skipped).
+
+    Raises:
+        ValueError: on a malformed entry, or a name registered before with other files.
+    """
+    root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    registered = []
+    for entry in cfg.DATASETS.get("CUSTOM", []):
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 3
+            or not all(isinstance(x, str) and x for x in entry)
+        ):
+            raise ValueError(
+                f"DATASETS.CUSTOM entry {entry!r} is not [name, json_file, image_root] "
+                "(three non-empty strings)."
+            )
+        name, json_file, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+                continue
+            raise ValueError(
+                f"DATASETS.CUSTOM names {name!r}, which is already registered with "
+                f"json_file={meta.get('json_file')!r}, image_root={meta.get('image_root')!r}; "
+                "pick another name."
+            )
+        register_custom_coco(name, json_file, image_root)
+        registered.append(name)
+    return registered

@@ -1,0 +1,68 @@
+"""Detectron2's LVISEvaluator, runnable with current numpy and with uncapped model outputs.
+
+Two small things stand between Detectron2's ``LVISEvaluator`` and GLIP's LVIS evaluation:
+
+* ``lvis`` 0.5.3, the last release of the LVIS API, calls ``np.float`` in ``LVISEval.accumulate``;
+  numpy removed that alias in 1.24. :func:`lvis_numpy_compat` lends the ``lvis.eval`` module a
+  numpy namespace that still has it, for the duration of an evaluation only.
+* The FixedAP config runs the model without a per-image cap (thousands of detections per image
+  over 31 prompt chunks). The standard protocol keeps the top 300 per image anyway
+  (``LVISResults(max_dets=300)``), so :class:`StandardLVISEvaluator` keeps only those when it
+  stores an image's predictions: same numbers, bounded memory.
+"""
+
+import contextlib
+
+import torch
+from detectron2.evaluation import LVISEvaluator
+
+__all__ = ["lvis_numpy_compat", "StandardLVISEvaluator"]
+
+
+class _NumpyWithFloat:
+    """numpy, plus the ``float`` alias that lvis 0.5.3 uses."""
+
+    float = float
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def lvis_numpy_compat():
+    """Within this context ``lvis.eval`` runs on numpy >= 1.24 (and 2.x); numpy is not touched."""
+    import lvis.eval as lvis_eval
+
+    original = lvis_eval.np
+    if hasattr(original, "float"):  # an lvis or numpy that needs no help
+        yield
+        return
+    lvis_eval.np = _NumpyWithFloat(original)
+    try:
+        yield
+    finally:
+        lvis_eval.np = original
+
+
+class StandardLVISEvaluator(LVISEvaluator):
+    """``LVISEvaluator`` (AP, AP50, AP75, APs/m/l, APr, APc, APf; ``max_dets_per_image`` per image,
+    300 by default as in the LVIS protocol) that works with current numpy and stores at most
+    ``max_dets_per_image`` detections per image."""
+
+    def process(self, inputs, outputs):
+        cap = self._max_dets_per_image or 300
+        capped = []
+        for output in outputs:
+            instances = output.get("instances")
+            if instances is not None and len(instances) > cap > 0:
+                keep = torch.topk(instances.scores, cap).indices
+                output = {**output, "instances": instances[keep]}
+            capped.append(output)
+        super().process(inputs, capped)
+
+    def evaluate(self):
+        with lvis_numpy_compat():
+            return super().evaluate()

@@ -1,0 +1,79 @@
+"""Phrases of grounding data at test time: their ground truth and the model's ranked boxes.
+
+At test time ``GroundingDatasetMapper`` numbers an image's phrases (``phrase_spans``) and the
+model's ``pred_classes`` are those numbers. :func:`phrase_boxes` numbers the phrases of a dataset
+dict the same way (``phrase_id`` if present, else the sorted spans, in order of first appearance
+among annotations with spans), so the ground truth of phrase ``j`` is compared with the
+predictions of class ``j``.
+"""
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+from detectron2.structures import BoxMode
+
+__all__ = ["phrase_boxes", "ranked_boxes", "box_iou", "hits_at_k"]
+
+
+def phrase_boxes(record: dict) -> List[np.ndarray]:
+    """Ground-truth boxes (``(n, 4)`` XYXY, absolute) of each phrase index of a dataset dict."""
+    index: Dict[object, int] = {}
+    boxes: List[list] = []
+    for anno in record.get("annotations", []):
+        spans = anno.get("tokens_positive") or []
+        if not spans:
+            continue  # the mapper drops these: they ground nothing
+        key = (
+            ("id", anno["phrase_id"])
+            if "phrase_id" in anno
+            else tuple(sorted(tuple(s) for s in spans))
+        )
+        k = index.setdefault(key, len(index))
+        if k == len(boxes):
+            boxes.append([])
+        mode = anno.get("bbox_mode", BoxMode.XYWH_ABS)
+        boxes[k].append(BoxMode.convert(list(anno["bbox"]), mode, BoxMode.XYXY_ABS))
+    return [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
+
+
+def ranked_boxes(instances, num_phrases: int, k: int) -> List[np.ndarray]:
+    """For each phrase index, the boxes predicted for it, best score first, at most ``k``.
+
+    Args:
+        instances: model output (``pred_boxes``, ``scores``, ``pred_classes`` = phrase index).
+        num_phrases: phrases of the input; predictions of other classes are ignored.
+        k: boxes kept per phrase.
+
+    Returns:
+        ``num_phrases`` arrays of shape ``(<= k, 4)`` (XYXY).
+    """
+    instances = instances.to("cpu")
+    boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
+    scores = instances.scores.numpy()
+    classes = instances.pred_classes.numpy()
+    order = np.argsort(-scores, kind="stable")
+    out = []
+    for j in range(num_phrases):
+        idx = order[classes[order] == j][:k]
+        out.append(boxes[idx].reshape(-1, 4))
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, ``(N, M)`` (no +1, as MDETR's evaluators)."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def hits_at_k(predicted: np.ndarray, targets: np.ndarray, topk: Sequence[int], thresh: float):
+    """``{k: whether one of the first k predicted boxes has IoU >= thresh with a target}``."""
+    if len(predicted) == 0 or len(targets) == 0:
+        return {k: False for k in topk}
+    best = box_iou(predicted, targets).max(1)  # per predicted box, its best target
+    return {k: bool((best[:k] >= thresh).any()) for k in topk}

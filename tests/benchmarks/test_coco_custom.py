@@ -1,0 +1,204 @@
+"""Custom COCO jsons (one call, DATASETS.CUSTOM); COCOEvaluator with contiguous pred_classes."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from glip_d2 import add_glip_config
+from glip_d2.config_datasets import add_dataset_config
+from glip_d2.data.datasets import (
+    DatasetFormatError,
+    register_custom_coco,
+    register_datasets_from_config,
+)
+from glip_d2.engine import build_glip_evaluator, set_test_vocabulary
+from glip_d2.evaluation import (
+    FixedAPEvaluator,
+    FlickrEvaluator,
+    RefExpEvaluator,
+    StandardLVISEvaluator,
+)
+from tests.benchmarks.conftest import forget
+from tests.benchmarks.helpers import coco_json, instances, write_json
+
+# Non-contiguous dataset ids: the model predicts contiguous ids 0, 1, 2.
+CATEGORIES = [(3, "red_apple"), (7, "pear (fruit)"), (11, "plum")]
+
+
+def _json():
+    return coco_json(
+        CATEGORIES,
+        [(1, "a.jpg"), (2, "b.jpg"), (3, "c.jpg")],
+        [
+            (1, 3, [10, 10, 30, 30]),
+            (1, 7, [50, 50, 20, 40]),
+            (2, 11, [0, 0, 60, 60]),
+            (2, 3, [70, 70, 20, 20]),
+            (3, 7, [5, 5, 40, 40]),
+        ],
+    )
+
+
+def _cfg():
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    add_dataset_config(cfg)
+    return cfg
+
+
+def test_custom_coco_one_call_registration(tmp_path, names):
+    name = names("custom")
+    register_custom_coco(name, write_json(tmp_path / "train.json", _json()), str(tmp_path))
+    meta = MetadataCatalog.get(name)
+    # Read at registration: the names are known before the first load.
+    assert meta.thing_classes == ["red_apple", "pear (fruit)", "plum"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 11: 2}
+    dicts = DatasetCatalog.get(name)
+    assert [[a["category_id"] for a in d["annotations"]] for d in dicts] == [[0, 1], [2, 0], [1]]
+    assert dicts[0]["file_name"] == str(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match="already registered"):
+        register_custom_coco(name, str(tmp_path / "train.json"), str(tmp_path))
+
+
+def test_custom_coco_malformed_json_fails_at_registration(tmp_path, names):
+    data = _json()
+    data["annotations"][3]["bbox"] = [70, 70, 20, -20]
+    with pytest.raises(DatasetFormatError, match=r"annotation #3 \(id 4\): bbox .* negative"):
+        register_custom_coco(names("custom"), write_json(tmp_path / "x.json", data), ".")
+    data = _json()
+    del data["categories"]
+    with pytest.raises(DatasetFormatError, match="needs 'images' and 'categories'"):
+        register_custom_coco(names("custom"), write_json(tmp_path / "y.json", data), ".")
+
+
+def test_custom_coco_from_config_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    write_json(tmp_path / "mine" / "train.json", _json())
+    cfg = _cfg()
+    cfg.merge_from_list(["DATASETS.CUSTOM", "[('cfg_custom_train', 'mine/train.json', 'mine')]"])
+    try:
+        assert register_datasets_from_config(cfg) == ["cfg_custom_train"]
+        assert register_datasets_from_config(cfg) == []  # idempotent
+        meta = MetadataCatalog.get("cfg_custom_train")
+        assert meta.json_file == str(tmp_path / "mine" / "train.json")
+        assert meta.image_root == str(tmp_path / "mine") and meta.evaluator_type == "coco"
+        assert len(DatasetCatalog.get("cfg_custom_train")) == 3
+        cfg.DATASETS.CUSTOM = [["cfg_custom_train", "other.json", "mine"]]
+        with pytest.raises(ValueError, match="already registered with json_file="):
+            register_datasets_from_config(cfg)
+        cfg.DATASETS.CUSTOM = [["only_a_name"]]
+        with pytest.raises(ValueError, match=r"is not \[name, json_file, image_root\]"):
+            register_datasets_from_config(cfg)
+    finally:
+        forget("cfg_custom_train")
+
+
+def _predictions():
+    """Contiguous pred_classes; one localisation at IoU ~0.6, one false positive, one miss."""
+    return {
+        1: instances(
+            [[10, 10, 40, 40], [50, 55, 70, 95], [0, 0, 10, 10]], [0.9, 0.8, 0.3], [0, 1, 2]
+        ),
+        2: instances([[0, 0, 60, 48], [70, 70, 90, 90]], [0.7, 0.6], [2, 0]),
+        3: instances([[60, 60, 80, 80]], [0.5], [1]),
+    }
+
+
+def test_coco_evaluator_maps_contiguous_pred_classes_to_dataset_ids(tmp_path, names):
+    json_file = write_json(tmp_path / "val.json", _json())
+    name = names("coco")
+    register_custom_coco(name, json_file, str(tmp_path))
+    evaluator = build_glip_evaluator(_cfg(), name, output_folder=str(tmp_path / "out"))
+    assert isinstance(evaluator, COCOEvaluator)
+    evaluator.reset()
+    for image_id, out in _predictions().items():
+        evaluator.process([{"image_id": image_id}], [out])
+    res = evaluator.evaluate()["bbox"]
+
+    # Independently: pycocotools on the same detections written with the dataset's own ids.
+    to_id = {0: 3, 1: 7, 2: 11}
+    dets = []
+    for image_id, out in _predictions().items():
+        inst = out["instances"]
+        for (x1, y1, x2, y2), s, c in zip(
+            inst.pred_boxes.tensor.tolist(), inst.scores.tolist(), inst.pred_classes.tolist()
+        ):
+            dets.append(
+                {
+                    "image_id": image_id,
+                    "category_id": to_id[c],
+                    "score": s,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                }
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(json_file)
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert res["AP"] == pytest.approx(ev.stats[0] * 100)
+    assert res["AP50"] == pytest.approx(ev.stats[1] * 100)
+    assert res["AP75"] == pytest.approx(ev.stats[2] * 100)
+    assert 0 < res["AP"] < 100 and not np.isnan(res["AP"])
+
+
+def test_evaluator_routing_by_evaluator_type(tmp_path, names):
+    json_file = write_json(
+        tmp_path / "lvis.json",
+        {
+            "categories": [{"id": 1, "name": "a", "frequency": "c"}],
+            "images": [
+                {
+                    "id": 1,
+                    "file_name": "x/1.jpg",
+                    "height": 9,
+                    "width": 9,
+                    "neg_category_ids": [],
+                    "not_exhaustive_category_ids": [],
+                }
+            ],
+            "annotations": [],
+        },
+    )
+    kinds = {}
+    for kind in ("lvis", "flickr", "grounding", "refcoco", "odinw"):
+        kinds[kind] = names(kind)
+        MetadataCatalog.get(kinds[kind]).set(
+            evaluator_type=kind,
+            json_file=json_file,
+            thing_classes=["a"],
+            thing_dataset_id_to_contiguous_id={1: 0},
+        )
+    cfg = _cfg()
+    out = str(tmp_path / "out")
+    assert isinstance(build_glip_evaluator(cfg, kinds["lvis"], out), StandardLVISEvaluator)
+    cfg.TEST.BENCHMARK.LVIS_FIXED_AP = True
+    both = build_glip_evaluator(cfg, kinds["lvis"], out)
+    assert isinstance(both, DatasetEvaluators)
+    assert [type(e) for e in both._evaluators] == [StandardLVISEvaluator, FixedAPEvaluator]
+    assert both._evaluators[0]._max_dets_per_image == 300
+    assert isinstance(build_glip_evaluator(cfg, kinds["flickr"], out), FlickrEvaluator)
+    assert build_glip_evaluator(cfg, kinds["grounding"], out)._task == "grounding"
+    assert isinstance(build_glip_evaluator(cfg, kinds["refcoco"], out), RefExpEvaluator)
+    assert isinstance(build_glip_evaluator(cfg, kinds["odinw"], out), COCOEvaluator)
+    other = names("sem_seg")
+    MetadataCatalog.get(other).set(evaluator_type="sem_seg")
+    with pytest.raises(NotImplementedError, match="evaluator_type 'sem_seg'"):
+        build_glip_evaluator(cfg, other)
+
+
+def test_grounding_datasets_need_no_test_vocabulary(names):
+    class Model:
+        def set_vocabulary(self, names):
+            raise AssertionError("grounding inputs carry their own captions")
+
+    for kind in ("flickr", "refcoco", "grounding"):
+        name = names(kind)
+        MetadataCatalog.get(name).set(evaluator_type=kind)
+        set_test_vocabulary(Model(), name)
