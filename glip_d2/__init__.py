@@ -13,7 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised by the install test in 
         "(or pip install -e .[stack])."
     ) from e
 
-from . import data, modeling  # noqa: F401,E402  (registrations)
+from . import data, modeling, regionclip  # noqa: F401,E402  (registrations)
 from .config import add_glip_config  # noqa: E402
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ under their own nodes so they never collide with upstream keys.
 from detectron2.config import CfgNode as CN
 
 from .config_datasets import add_dataset_config
+from .config_two_stage import add_two_stage_config
 
 
 def add_glip_config(cfg):
@@ -176,4 +177,5 @@ def add_glip_config(cfg):
     _C.SOLVER.LANG_LR_FACTOR = 0.1
     # Model EMA decay (0 = off; official 0.999).
     _C.SOLVER.EMA_DECAY = 0.0
+    add_two_stage_config(cfg)
     return cfg

@@ -80,6 +80,8 @@ class GroundingDatasetMapper:
         flip_left_right: str = "swap",
         category_names: Optional[Dict[int, str]] = None,
         dataset_names: Sequence[str] = (),
+        use_instance_mask: bool = False,
+        instance_mask_format: str = "polygon",
     ):
         """
         Args:
@@ -97,6 +99,8 @@ class GroundingDatasetMapper:
                 use) in ``MetadataCatalog`` ``thing_classes`` of ``dataset_names``.
             dataset_names: datasets whose metadata give category names; a dict tagged with
                 ``"dataset_name"`` uses that dataset's names.
+            use_instance_mask: keep segmentations as ``gt_masks`` (two-stage Mask R-CNN heads).
+            instance_mask_format: "polygon" or "bitmask" (INPUT.MASK_FORMAT).
         """
         if flip_left_right not in _FLIP_MODES:
             raise ValueError(
@@ -119,6 +123,8 @@ class GroundingDatasetMapper:
         self.flip_left_right = flip_left_right
         self.category_names = dict(category_names) if category_names is not None else None
         self.dataset_names = tuple(dataset_names)
+        self.use_instance_mask = use_instance_mask
+        self.instance_mask_format = instance_mask_format
         mode = "training" if is_train else "inference"
         logger.info(f"[GroundingDatasetMapper] Augmentations used in {mode}: {augmentations}")
 
@@ -146,6 +152,8 @@ class GroundingDatasetMapper:
             "max_prompt_categories": grounding.MAX_PROMPT_CATEGORIES,
             "flip_left_right": grounding.FLIP_LEFT_RIGHT,
             "dataset_names": list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST),
+            "use_instance_mask": cfg.MODEL.MASK_ON,
+            "instance_mask_format": cfg.INPUT.MASK_FORMAT,
         }
 
     # ------------------------------------------------------------------ category names
@@ -208,13 +216,14 @@ class GroundingDatasetMapper:
             return dataset_dict
 
         # Crowd boxes go, like in Detectron2 (grounding annotations were filtered above, with
-        # their phrase ids); GLIP predicts no masks or keypoints.
+        # their phrase ids); masks only for two-stage models with a mask head, no keypoints.
         annos = [a for a in annos if a.get("iscrowd", 0) == 0]
         for anno in annos:
-            anno.pop("segmentation", None)
+            if not self.use_instance_mask:
+                anno.pop("segmentation", None)
             anno.pop("keypoints", None)
         annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
-        instances = utils.annotations_to_instances(annos, image_shape)
+        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
         if caption is not None:
             instances.gt_classes = torch.as_tensor(phrase_ids, dtype=torch.int64)
         instances, keep = utils.filter_empty_instances(instances, return_mask=True)

@@ -199,3 +199,25 @@ def test_from_config_reads_glip_keys(image_file):
     assert out["image"].shape[1] == 64
     assert _rows(out["instances"].gt_positive_map) == [[1, 2]]
     MetadataCatalog.remove(name)
+
+
+def test_mapper_keeps_masks_only_when_asked(tmp_path):
+    """Two-stage Mask R-CNN heads need gt_masks; the one-stage GLIP drops segmentations."""
+    import cv2
+    import numpy as np
+
+    from glip_d2.data import GroundingDatasetMapper
+    from glip_d2.text import load_tokenizer
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    path = str(tmp_path / "m.png")
+    cv2.imwrite(path, img)
+    d = {"file_name": path, "image_id": 1, "height": 40, "width": 60, "caption": "a red square",
+         "annotations": [{"bbox": [10, 10, 20, 20], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
+                          "tokens_positive": [[2, 12]],
+                          "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}]}
+    kw = dict(augmentations=[], image_format="BGR", tokenizer=load_tokenizer("minilm"))
+    with_masks = GroundingDatasetMapper(True, use_instance_mask=True, **kw)(d)["instances"]
+    without = GroundingDatasetMapper(True, **kw)(d)["instances"]
+    assert with_masks.has("gt_masks") and not without.has("gt_masks")
+    assert with_masks.gt_masks.area()[0] == 400

@@ -1,1 +1,2 @@
 from .glip import GLIP
+from .language_rcnn import LanguageAwareRCNN

@@ -1,0 +1,340 @@
+"""`LanguageAwareRCNN`: Detectron2's GeneralizedRCNN that also encodes text for its ROI heads.
+
+Stock `GeneralizedRCNN.forward` never passes `batched_inputs` to `roi_heads`, so a text-aware
+head cannot see the captions. This thin subclass adds a language backbone (the same registry as
+GLIP), encodes each image's caption (training) or the vocabulary prompts / grounding caption
+(inference), and calls `roi_heads(..., text=RegionTextInputs)`. Everything else (backbone, RPN,
+pre/post-processing, visualisation) is Detectron2's.
+
+Optionally (MODEL.LANGUAGE_ROI_HEADS.DEEP_FUSION) the VL-DyHead tower fuses the FPN features
+with the prompt before the RPN and the ROI heads: a two-stage GLIP. Fused image features depend on
+the prompt, so at test time the RPN and ROI heads then run once per vocabulary chunk and the
+chunks' detections are merged by class-wise NMS (as the one-stage GLIP does); with the "softmax"
+classification loss the softmax then runs over each chunk's names, not the whole vocabulary.
+"""
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.layers import batched_nms
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import ImageList, Instances
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ...text import chunk_vocabulary, create_positive_map, load_tokenizer, tokenize
+from ..fusion import build_fusion_tower
+from ..language import build_language_backbone, resolve_text_model_path
+from ..roi_heads import EncodedPrompt, RegionTextInputs
+
+__all__ = ["LanguageAwareRCNN"]
+
+logger = logging.getLogger(__name__)
+
+
+def _default_vocabulary(cfg) -> Optional[List[str]]:
+    if len(cfg.MODEL.GLIP.VOCABULARY):
+        return list(cfg.MODEL.GLIP.VOCABULARY)
+    if len(cfg.DATASETS.TEST):
+        return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
+    return None
+
+
+def _normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
+    """[[s, e], ...] (one span per phrase) or [[[s, e], ...], ...] -> spans per phrase."""
+    out = []
+    for s in phrase_spans:
+        if len(s) and isinstance(s[0], (list, tuple)):
+            out.append([tuple(int(v) for v in x) for x in s])
+        else:
+            out.append([tuple(int(v) for v in s)])
+    return out
+
+
+@META_ARCH_REGISTRY.register()
+class LanguageAwareRCNN(GeneralizedRCNN):
+    """Faster / Mask / Cascade R-CNN whose ROI heads classify regions against text.
+
+    Inputs are those of `GroundingDatasetMapper`: in training "caption" and instances with
+    `gt_positive_map`; at test time optionally "caption" + "phrase_spans" (grounding: classes are
+    phrase indices), otherwise the model detects its vocabulary (`set_vocabulary`,
+    MODEL.GLIP.VOCABULARY, or thing_classes of DATASETS.TEST[0]) and `pred_classes` index it.
+    Use with ROI_HEADS.NAME "LanguageAwareStandardROIHeads" or "LanguageAwareCascadeROIHeads".
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        language_backbone: nn.Module,
+        tokenizer,
+        max_query_len: int = 256,
+        pad_to_max: bool = True,
+        separator: str = ". ",
+        vocabulary: Optional[Sequence[str]] = None,
+        test_chunk_size: int = 0,
+        fusion: Optional[nn.Module] = None,
+        fusion_in_features: Sequence[str] = (),
+        use_fused_text: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            language_backbone: text encoder (LANGUAGE_BACKBONE_REGISTRY interface).
+            tokenizer: fast tokenizer matching the encoder (and the data mapper).
+            max_query_len, pad_to_max: tokenization (MAX_QUERY_LEN, PAD_MAX).
+            separator: between names in vocabulary prompts.
+            vocabulary: names detected when an input has no caption.
+            test_chunk_size: names per prompt chunk (0 = as many as fit).
+            fusion: optional fusion tower run on `fusion_in_features` before RPN / ROI heads.
+            fusion_in_features: backbone outputs the tower fuses.
+            use_fused_text: with fusion, score with the tower's text features.
+            kwargs: `GeneralizedRCNN` arguments.
+        """
+        super().__init__(**kwargs)
+        self.language_backbone = language_backbone
+        self.tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.pad_to_max = pad_to_max
+        self.separator = separator
+        self.test_chunk_size = test_chunk_size
+        self.fusion = fusion
+        self.fusion_in_features = list(fusion_in_features)
+        self.use_fused_text = use_fused_text
+        self._chunks = None
+        self._text_cache: Dict = {}
+        self.vocabulary = None
+        if vocabulary:
+            self.set_vocabulary(vocabulary)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        lb = cfg.MODEL.LANGUAGE_BACKBONE
+        language_backbone = build_language_backbone(cfg)
+        if language_backbone.language_dim != lb.LANG_DIM:
+            raise ValueError(
+                f"MODEL.LANGUAGE_BACKBONE.LANG_DIM is {lb.LANG_DIM} but the text encoder "
+                f"{lb.MODEL_TYPE!r} gives {language_backbone.language_dim}-d features; set "
+                f"LANG_DIM "
+                f"{language_backbone.language_dim} (the ROI heads are built from it)."
+            )
+        fusion, fusion_in = None, []
+        if cfg.MODEL.LANGUAGE_ROI_HEADS.DEEP_FUSION:
+            shapes = ret["backbone"].output_shape()
+            fusion_in = list(cfg.MODEL.LANGUAGE_ROI_HEADS.FUSION_IN_FEATURES) or sorted(
+                shapes, key=lambda k: shapes[k].stride
+            )
+            bad = [
+                f
+                for f in fusion_in
+                if f not in shapes or shapes[f].channels != cfg.MODEL.DYHEAD.CHANNELS
+            ]
+            if bad:
+                raise ValueError(
+                    f"Fusion features {bad} are not backbone outputs with MODEL.DYHEAD.CHANNELS="
+                    f"{cfg.MODEL.DYHEAD.CHANNELS} channels (backbone gives "
+                    f"{ {k: v.channels for k, v in shapes.items()} }); set DYHEAD.CHANNELS to "
+                    "FPN.OUT_CHANNELS or fix LANGUAGE_ROI_HEADS.FUSION_IN_FEATURES."
+                )
+            fusion = build_fusion_tower(cfg, language_backbone.language_dim)
+        fc = cfg.MODEL.DYHEAD.FUSE_CONFIG
+        ret.update(
+            language_backbone=language_backbone,
+            tokenizer=load_tokenizer(resolve_text_model_path(lb.TOKENIZER_TYPE or lb.MODEL_TYPE)),
+            max_query_len=lb.MAX_QUERY_LEN,
+            pad_to_max=lb.PAD_MAX,
+            separator=cfg.INPUT.GROUNDING.SEPARATION_TOKENS,
+            vocabulary=_default_vocabulary(cfg),
+            test_chunk_size=cfg.MODEL.GLIP.TEST_CHUNK_SIZE,
+            fusion=fusion,
+            fusion_in_features=fusion_in,
+            use_fused_text=fc.USE_FUSED_FEATURES_DOT_PRODUCT,
+        )
+        return ret
+
+    # ------------------------------------------------------------------ text
+    def set_vocabulary(self, names: Sequence[str]):
+        """Names detected when inputs carry no caption; chunked to fit the token limit."""
+        self.vocabulary = list(names)
+        self._chunks = chunk_vocabulary(
+            self.vocabulary,
+            self.tokenizer,
+            chunk_size=self.test_chunk_size,
+            max_len=self.max_query_len,
+            separator=self.separator,
+        )
+        self._text_cache.clear()
+
+    def encode_text(self, captions: Sequence[str]):
+        """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
+        tok = tokenize(
+            self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max
+        )
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        return tok, self.language_backbone(ids, mask)
+
+    def _prompt_text(self, caption: str, spans_per_label, label_ids):
+        """(input_ids (1, T), language dict, label map (L, T), label ids (L,)); cached in eval."""
+        key = (caption, tuple(tuple(map(tuple, s)) for s in spans_per_label), tuple(label_ids))
+        if self.training or key not in self._text_cache:
+            tok, lang = self.encode_text([caption])
+            width = tok["input_ids"].shape[1]
+            pmap = create_positive_map(tok, spans_per_label, max_len=width).to(self.device)
+            value = (
+                tok["input_ids"].to(self.device),
+                lang,
+                pmap,
+                torch.as_tensor(label_ids, dtype=torch.long, device=self.device),
+            )
+            if self.training:
+                return value
+            self._text_cache[key] = value
+        return self._text_cache[key]
+
+    def _prompts_for(self, x: Dict):
+        """[(caption, spans per label, label ids)] and the label-space size of one input."""
+        if "caption" in x and "phrase_spans" in x:
+            spans = _normalise_phrase_spans(x["phrase_spans"])
+            return [(x["caption"], spans, list(range(len(spans))))], len(spans)
+        if self._chunks is None:
+            raise ValueError(
+                "No vocabulary to detect: call model.set_vocabulary([...]), set "
+                "MODEL.GLIP.VOCABULARY, "
+                "or give each input a 'caption' with 'phrase_spans'."
+            )
+        prompts = [
+            (c.caption, [[tuple(s)] for s in c.spans], list(c.label_ids)) for c in self._chunks
+        ]
+        return prompts, len(self.vocabulary)
+
+    def _fuse(self, features: Dict[str, torch.Tensor], lang: Dict[str, torch.Tensor]):
+        """(features with the fused levels replaced, token features the ROI heads score with)."""
+        if self.fusion is None:
+            return features, lang["embedded"]
+        visual, text = self.fusion(
+            [features[f] for f in self.fusion_in_features], lang["hidden"], lang["masks"]
+        )
+        features = dict(features)
+        features.update(zip(self.fusion_in_features, visual))
+        return features, (text if self.use_fused_text else lang["embedded"])
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict]):
+        """Training: losses of the RPN and the ROI heads. Inference: see `inference`."""
+        if not self.training:
+            return self.inference(batched_inputs)
+        for x in batched_inputs:
+            if "caption" not in x or "instances" not in x:
+                raise ValueError(
+                    "LanguageAwareRCNN training inputs need 'caption' and 'instances' with "
+                    "gt_positive_map; use glip_d2.data.GroundingDatasetMapper as the train mapper."
+                )
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        if getattr(self.roi_heads, "mask_on", False):
+            for x, inst in zip(batched_inputs, gt_instances):
+                if len(inst) and not inst.has("gt_masks"):
+                    raise ValueError(
+                        f"MODEL.MASK_ON needs instances.gt_masks, image {x.get('image_id')!r} has "
+                        "none: the train mapper must keep the annotations' segmentation."
+                    )
+        features = self.backbone(images.tensor)
+        tok, lang = self.encode_text([x["caption"] for x in batched_inputs])
+        features, tokens = self._fuse(features, lang)
+        ids = tok["input_ids"].to(self.device)
+        text = RegionTextInputs(
+            prompts=[
+                [EncodedPrompt(tokens[i], lang["masks"][i], ids[i])]
+                for i in range(len(batched_inputs))
+            ],
+            gt_positive_maps=[inst.gt_positive_map for inst in gt_instances],
+        )
+        if self.proposal_generator is not None:
+            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        else:
+            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
+            proposal_losses = {}
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances, text=text)
+        if self.vis_period > 0:
+            storage = get_event_storage()
+            if storage.iter % self.vis_period == 0:
+                self.visualize_training(batched_inputs, proposals)
+        losses = dict(detector_losses)
+        losses.update(proposal_losses)
+        return losses
+
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        detected_instances: Optional[List[Instances]] = None,
+        do_postprocess: bool = True,
+    ):
+        """Detections per image. Without fusion the image side (backbone, RPN, box head) runs
+        once per image and only the scoring once per prompt chunk."""
+        assert not self.training
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if detected_instances is not None:
+            detected_instances = [x.to(self.device) for x in detected_instances]
+            results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+        elif self.fusion is None:
+            prompts, num_labels = [], []
+            for x in batched_inputs:
+                p, n = self._prompts_for(x)
+                prompts.append([self._encoded(*self._prompt_text(*c)) for c in p])
+                num_labels.append(n)
+            text = RegionTextInputs(prompts=prompts, num_labels=num_labels)
+            proposals = self._proposals(images, features, batched_inputs)
+            results, _ = self.roi_heads(images, features, proposals, None, text=text)
+        else:
+            results = [
+                self._fused_inference_single(images, features, batched_inputs, i)
+                for i in range(len(batched_inputs))
+            ]
+        if do_postprocess:
+            return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+        return results
+
+    @staticmethod
+    def _encoded(ids, lang, pmap, label_ids, tokens=None) -> EncodedPrompt:
+        return EncodedPrompt(
+            tokens=lang["embedded"][0] if tokens is None else tokens[0],
+            mask=lang["masks"][0],
+            input_ids=ids[0],
+            label_map=pmap,
+            label_ids=label_ids,
+        )
+
+    def _proposals(self, images, features, batched_inputs):
+        if self.proposal_generator is not None:
+            return self.proposal_generator(images, features, None)[0]
+        return [x["proposals"].to(self.device) for x in batched_inputs]
+
+    def _fused_inference_single(self, images: ImageList, features, batched_inputs, i: int):
+        """One image with deep fusion: RPN + ROI heads per prompt chunk, then merged."""
+        prompts, num_labels = self._prompts_for(batched_inputs[i])
+        image = ImageList(images.tensor[i : i + 1], [images.image_sizes[i]])
+        feats = {k: v[i : i + 1] for k, v in features.items()}
+        parts = []
+        for caption, spans, label_ids in prompts:
+            ids, lang, pmap, labels = self._prompt_text(caption, spans, label_ids)
+            fused, tokens = self._fuse(feats, lang)
+            text = RegionTextInputs(
+                prompts=[[self._encoded(ids, lang, pmap, labels, tokens)]], num_labels=[num_labels]
+            )
+            proposals = self._proposals(image, fused, batched_inputs[i : i + 1])
+            parts.append(self.roi_heads(image, fused, proposals, None, text=text)[0][0])
+        if len(parts) == 1:
+            return parts[0]
+        merged = Instances.cat(parts)
+        predictor = self.roi_heads.box_predictor
+        predictor = predictor[-1] if isinstance(predictor, nn.ModuleList) else predictor
+        keep = batched_nms(
+            merged.pred_boxes.tensor, merged.scores, merged.pred_classes, predictor.test_nms_thresh
+        )[: predictor.test_topk_per_image]
+        return merged[keep]

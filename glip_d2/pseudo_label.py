@@ -1,0 +1,240 @@
+"""GLIP self-training: pseudo-label an image-caption collection with a teacher checkpoint.
+
+    python -m glip_d2.pseudo_label --config-file configs/glip_swin_t.yaml \\
+        --weights glip_tiny_model_o365_goldg.pth --input captions.jsonl --image-root images/ \\
+        --output-dir output/pseudo --shard 0 --num-shards 4 [KEY VALUE ...config overrides]
+
+For every image the caption's noun phrases (`glip_d2.nlp`: spaCy when installed, else a split at
+commas, periods and "and") are grounded by the teacher; boxes scoring at least --score-thresh
+(at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
+machine each) and are resumable: results go to per-shard part files written atomically, a rerun
+skips finished parts, and the merged MDETR-style json (`<output-dir>/pseudo_labels.json`) is
+written once every shard has finished (by whichever shard finishes last, or --finalize-only).
+Register it as a grounding dataset for the student with `register_pseudo_labels(name, dir)`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from .config import add_glip_config
+from .config_two_stage import add_two_stage_config
+from .data import register_grounding_instances
+from .selftrain import (
+    FINAL_JSON,
+    CaptionRecord,
+    GroundingTeacher,
+    PartStore,
+    read_caption_collection,
+    shard_records,
+)
+
+__all__ = ["run_pseudo_labelling", "register_pseudo_labels", "build_teacher", "main"]
+
+logger = logging.getLogger("glip_d2.pseudo_label")
+
+
+def run_pseudo_labelling(
+    teacher: GroundingTeacher,
+    records: List[CaptionRecord],
+    output_dir: str,
+    *,
+    image_root: Optional[str] = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    part_size: int = 64,
+    settings: Optional[Dict] = None,
+    progress: bool = True,
+) -> Optional[Dict]:
+    """Pseudo-label one shard of `records`, resuming finished parts; merge when all are done.
+
+    Args:
+        teacher: grounds one record.
+        records: the whole collection (every shard sees the same list).
+        output_dir: where parts and the final json go.
+        image_root: folder the records' relative image paths start from.
+        shard, num_shards: which round-robin slice of `records` this call labels.
+        part_size: images per part file.
+        settings: anything that changes the result (teacher, thresholds); a resumed run must
+            give the same.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        the summary (images, images_with_boxes, phrases, grounded_phrases, boxes) when the final
+        json was written, None when other shards still have parts to do.
+    """
+    from tqdm import tqdm
+
+    store = PartStore(output_dir, num_shards=num_shards, part_size=part_size)
+    store.check_settings(
+        dict(
+            settings or {},
+            teacher_score_thresh=teacher.score_thresh,
+            max_boxes_per_phrase=teacher.max_boxes_per_phrase,
+            nlp_backend=teacher.nlp_backend,
+        )
+    )
+    store.clean_stale(shard)
+    chunks = store.chunks(shard_records(records, shard, num_shards))
+    done = [store.is_done(shard, k, c) for k, c in enumerate(chunks)]
+    finished = sum(len(c) for c, d in zip(chunks, done) if d)
+    if finished:
+        logger.info(f"Shard {shard}: resuming, {finished} images already labelled.")
+    with tqdm(
+        total=sum(map(len, chunks)),
+        initial=finished,
+        desc=f"pseudo-label shard {shard}/{num_shards}",
+        unit="img",
+        disable=not progress,
+    ) as bar:
+        for k, chunk in enumerate(chunks):
+            if done[k]:
+                continue
+            results = []
+            for record in chunk:
+                results.append(teacher(record, image_root))
+                bar.update(1)
+            store.write_part(shard, k, chunk, results)
+    missing = store.missing(records)
+    if missing:
+        logger.info(
+            f"Shard {shard} finished; {len(missing)} parts of other shards are still missing. The "
+            "last shard to finish (or --finalize-only) writes the merged json."
+        )
+        return None
+    summary = store.finalize(records, image_root)
+    logger.info(f"Wrote {os.path.join(output_dir, FINAL_JSON)}: {summary}")
+    return summary
+
+
+def register_pseudo_labels(name: str, output_dir: str, image_root: Optional[str] = None) -> str:
+    """Register the merged pseudo-label json of `output_dir` as grounding dataset `name`.
+
+    Args:
+        name: the new dataset name (e.g. "cc3m_pseudo_train").
+        output_dir: the --output-dir of the finished run.
+        image_root: image folder; None = the one recorded in the json.
+
+    Returns:
+        the json path.
+    """
+    json_file = os.path.join(output_dir, FINAL_JSON)
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(
+            f"{json_file} does not exist: pseudo-labelling has not finished every shard yet "
+            "(run the missing shards, or --finalize-only)."
+        )
+    if image_root is None:
+        with open(json_file, encoding="utf-8") as f:
+            image_root = json.load(f)["info"].get("image_root") or ""
+    register_grounding_instances(name, json_file, image_root, metadata={"pseudo_labels": True})
+    return json_file
+
+
+def build_teacher(args) -> GroundingTeacher:
+    """The teacher model from --config-file, --weights and the KEY VALUE overrides."""
+    from .checkpoint import GLIPCheckpointer
+
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    add_two_stage_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.weights:
+        cfg.MODEL.WEIGHTS = args.weights
+    cfg.freeze()
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("No --weights / MODEL.WEIGHTS: the teacher is randomly initialised.")
+    return GroundingTeacher(
+        model,
+        min_size=cfg.INPUT.MIN_SIZE_TEST,
+        max_size=cfg.INPUT.MAX_SIZE_TEST,
+        input_format=cfg.INPUT.FORMAT,
+        score_thresh=args.score_thresh,
+        max_boxes_per_phrase=args.max_boxes_per_phrase,
+        nlp_backend=args.nlp,
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config-file", required=True, help="teacher config (GLIP or two-stage)")
+    p.add_argument("--weights", default="", help="teacher checkpoint (overrides MODEL.WEIGHTS)")
+    p.add_argument(
+        "--input", required=True, help=".jsonl or .csv/.tsv with file_name, caption[, id]"
+    )
+    p.add_argument(
+        "--image-root", default=None, help="folder of relative image paths (default: the input's)"
+    )
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--part-size", type=int, default=64, help="images per part file")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--max-boxes-per-phrase", type=int, default=3, help="<= 0: no limit")
+    p.add_argument(
+        "--nlp", default="auto", choices=("auto", "spacy", "simple"), help="noun-phrase extractor"
+    )
+    p.add_argument("--finalize-only", action="store_true", help="only merge finished shards")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict]:
+    """Command-line entry point; `teacher` replaces the one built from the arguments (tests)."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
+    records = read_caption_collection(args.input)
+    image_root = (
+        args.image_root
+        if args.image_root is not None
+        else os.path.dirname(os.path.abspath(args.input))
+    )
+    if args.finalize_only:
+        store = PartStore(args.output_dir, num_shards=args.num_shards, part_size=args.part_size)
+        summary = store.finalize(records, image_root)
+    else:
+        teacher = teacher or build_teacher(args)
+        settings = {
+            "input": os.path.abspath(args.input),
+            "config_file": os.path.abspath(args.config_file),
+            "weights": args.weights,
+            "opts": list(args.opts),
+        }
+        summary = run_pseudo_labelling(
+            teacher,
+            records,
+            args.output_dir,
+            image_root=image_root,
+            shard=args.shard,
+            num_shards=args.num_shards,
+            part_size=args.part_size,
+            settings=settings,
+            progress=not args.no_progress,
+        )
+    if summary is not None:
+        print(
+            f"pseudo-labels: {summary['images']} images "
+            f"({summary['images_with_boxes']} with boxes), "
+            f"{summary['grounded_phrases']}/{summary['phrases']} phrases grounded, "
+            f"{summary['boxes']} boxes kept -> {os.path.join(args.output_dir, FINAL_JSON)}"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

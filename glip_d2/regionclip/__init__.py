@@ -1,0 +1,31 @@
+"""RegionCLIP region-text pretraining: concept pool, CLIP teacher, region-concept losses, the
+student meta-architecture, and initialising a language-aware R-CNN from the student."""
+
+from .concepts import build_concept_pool, extract_concepts, read_concept_file, write_concept_file
+from .convert import (
+    STUDENT_TO_DETECTOR,
+    init_detector_from_regionclip,
+    regionclip_to_detector_state_dict,
+)
+from .losses import (
+    pseudo_region_labels,
+    region_concept_contrastive_loss,
+    region_concept_distillation_loss,
+)
+from .pretrainer import RegionCLIPPretrainer
+from .teacher import CLIPRegionTeacher
+
+__all__ = [
+    "CLIPRegionTeacher",
+    "RegionCLIPPretrainer",
+    "STUDENT_TO_DETECTOR",
+    "build_concept_pool",
+    "extract_concepts",
+    "init_detector_from_regionclip",
+    "pseudo_region_labels",
+    "read_concept_file",
+    "region_concept_contrastive_loss",
+    "region_concept_distillation_loss",
+    "regionclip_to_detector_state_dict",
+    "write_concept_file",
+]

@@ -1,0 +1,240 @@
+"""`RegionCLIPPretrainer`: region-text pretraining of a detector's visual side (RegionCLIP).
+
+The student is the visual half of `LanguageAwareRCNN` (backbone + box pooler + box head) plus a
+projection into the CLIP teacher's embedding space. For each image the (frozen, ideally
+pretrained) RPN proposes regions; the frozen CLIP teacher embeds each region and every concept
+of the pool; a region's pseudo label is its best concept. The student learns with
+
+* a contrastive region-concept loss: cross-entropy over the pool, the pseudo concept positive;
+* distillation: KL from the teacher's region-concept distribution to the student's.
+
+After pretraining, `init_detector_from_regionclip` copies backbone, box head and projection into
+a language-aware R-CNN. (RegionCLIP's image-level contrastive loss over captions is not
+implemented here.)
+"""
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_proposal_generator
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.modeling.roi_heads.box_head import build_box_head
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+
+from .concepts import build_concept_pool, read_concept_file
+from .losses import (
+    pseudo_region_labels,
+    region_concept_contrastive_loss,
+    region_concept_distillation_loss,
+)
+from .teacher import CLIPRegionTeacher
+
+__all__ = ["RegionCLIPPretrainer"]
+
+
+def _concepts_from_config(cfg) -> List[str]:
+    rc = cfg.MODEL.REGIONCLIP
+    if rc.CONCEPT_FILE:
+        concepts = read_concept_file(rc.CONCEPT_FILE)
+        return concepts[: rc.MAX_CONCEPTS] if rc.MAX_CONCEPTS > 0 else concepts
+    captions = [
+        d["caption"]
+        for name in cfg.DATASETS.TRAIN
+        for d in DatasetCatalog.get(name)
+        if d.get("caption")
+    ]
+    if not captions:
+        raise ValueError(
+            "MODEL.REGIONCLIP.CONCEPT_FILE is empty and the DATASETS.TRAIN dicts carry no "
+            "'caption' to extract concepts from; give a concept file or caption data."
+        )
+    return build_concept_pool(captions, max_concepts=rc.MAX_CONCEPTS)
+
+
+@META_ARCH_REGISTRY.register()
+class RegionCLIPPretrainer(nn.Module):
+    """Student of RegionCLIP pretraining (see the module docstring).
+
+    Training returns {"loss_region_contrastive", "loss_region_distill"}; inference returns
+    instances whose `pred_classes` index `concepts` (zero-shot region classification of the
+    proposals by the student).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        proposal_generator: Optional[nn.Module],
+        box_in_features: Sequence[str],
+        box_pooler: ROIPooler,
+        box_head: nn.Module,
+        teacher: CLIPRegionTeacher,
+        concepts: Sequence[str],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        proposals_per_image: int = 32,
+        temperature: float = 0.01,
+        distill_temperature: float = 0.01,
+        contrastive_weight: float = 1.0,
+        distill_weight: float = 1.0,
+    ):
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"INPUT.FORMAT must be RGB or BGR for the CLIP teacher, got {input_format!r}."
+            )
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        if proposal_generator is not None:
+            for p in proposal_generator.parameters():
+                p.requires_grad_(False)
+        self.box_in_features = list(box_in_features)
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.teacher = teacher
+        shape = box_head.output_shape
+        self.region_proj = nn.Linear(
+            shape.channels * (shape.height or 1) * (shape.width or 1), teacher.embed_dim
+        )
+        self.concepts = list(concepts)
+        self.register_buffer(
+            "concept_emb", teacher.encode_concepts(self.concepts), persistent=False
+        )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.input_format = input_format
+        self.proposals_per_image = proposals_per_image
+        self.temperature = temperature
+        self.distill_temperature = distill_temperature
+        self.loss_weight = {
+            "loss_region_contrastive": contrastive_weight,
+            "loss_region_distill": distill_weight,
+        }
+
+    @classmethod
+    def from_config(cls, cfg):
+        rc = cfg.MODEL.REGIONCLIP
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        res = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        channels = {shapes[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(
+                f"ROI_HEADS.IN_FEATURES {in_features} have different widths {channels}."
+            )
+        return {
+            "backbone": backbone,
+            "proposal_generator": (
+                None if cfg.MODEL.LOAD_PROPOSALS else build_proposal_generator(cfg, shapes)
+            ),
+            "box_in_features": in_features,
+            "box_pooler": ROIPooler(
+                output_size=res,
+                scales=tuple(1.0 / shapes[f].stride for f in in_features),
+                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+            ),
+            "box_head": build_box_head(
+                cfg, ShapeSpec(channels=channels.pop(), height=res, width=res)
+            ),
+            "teacher": CLIPRegionTeacher.from_pretrained(
+                rc.TEACHER_PATH, region_input=rc.TEACHER_REGION_INPUT
+            ),
+            "concepts": _concepts_from_config(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "proposals_per_image": rc.PROPOSALS_PER_IMAGE,
+            "temperature": rc.TEMPERATURE,
+            "distill_temperature": rc.DISTILL_TEMPERATURE,
+            "contrastive_weight": rc.CONTRASTIVE_WEIGHT,
+            "distill_weight": rc.DISTILL_WEIGHT,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.proposal_generator is not None:
+            self.proposal_generator.eval()  # frozen: proposals as at test time
+        return self
+
+    def region_embeddings(
+        self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]
+    ) -> torch.Tensor:
+        """(sum R_i, P) L2-normalised student embeddings of the boxes (network-input pixels)."""
+        x = self.box_pooler([features[f] for f in self.box_in_features], [Boxes(b) for b in boxes])
+        x = self.box_head(x).flatten(1)
+        return F.normalize(self.region_proj(x), dim=-1)
+
+    def _regions(self, batched_inputs):
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        normed = ImageList.from_tensors(
+            [(im - self.pixel_mean) / self.pixel_std for im in images],
+            self.backbone.size_divisibility,
+        )
+        features = self.backbone(normed.tensor)
+        if self.proposal_generator is not None:
+            with torch.no_grad():
+                proposals, _ = self.proposal_generator(normed, features, None)
+        else:
+            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
+        # RPN outputs are sorted by objectness; precomputed ones are taken in their order.
+        boxes = [p.proposal_boxes.tensor[: self.proposals_per_image].detach() for p in proposals]
+        return images, normed, features, boxes
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images, _, features, boxes = self._regions(batched_inputs)
+        student = self.region_embeddings(features, boxes)
+        rgb = [im.flip(0) if self.input_format == "BGR" else im for im in images]
+        teacher = self.teacher.encode_regions(rgb, boxes)
+        teacher_scores = teacher @ self.concept_emb.T  # (R, K) cosine
+        student_scores = student @ self.concept_emb.T
+        targets = pseudo_region_labels(teacher_scores)
+        losses = {
+            "loss_region_contrastive": region_concept_contrastive_loss(
+                student, self.concept_emb, targets, self.temperature
+            ),
+            "loss_region_distill": region_concept_distillation_loss(
+                student_scores, teacher_scores, self.distill_temperature
+            ),
+        }
+        return {k: v * self.loss_weight[k] for k, v in losses.items()}
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]):
+        """Proposals classified over the concept pool by the student."""
+        _, normed, features, boxes = self._regions(batched_inputs)
+        probs = (
+            self.region_embeddings(features, boxes) @ self.concept_emb.T / self.temperature
+        ).softmax(-1)
+        out = []
+        for x, b, p, size in zip(
+            batched_inputs, boxes, probs.split([len(b) for b in boxes]), normed.image_sizes
+        ):
+            inst = Instances(size)
+            inst.pred_boxes = Boxes(b)
+            inst.scores, inst.pred_classes = (
+                p.max(dim=1) if len(p) else (p.new_zeros(0), p.new_zeros(0, dtype=torch.long))
+            )
+            out.append(
+                {
+                    "instances": detector_postprocess(
+                        inst, x.get("height", size[0]), x.get("width", size[1])
+                    )
+                }
+            )
+        return out

@@ -1,0 +1,97 @@
+"""Image-caption collections (the input of pseudo-labelling): jsonl or CSV, and sharding."""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+__all__ = ["CaptionRecord", "read_caption_collection", "resolve_image_path", "shard_records"]
+
+# Accepted column / key names, first match wins.
+_IMAGE_KEYS = ("file_name", "image", "image_path", "path", "url")
+_CAPTION_KEYS = ("caption", "text")
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One image and its caption.
+
+    Attributes:
+        image_id: the record's "id" when given, else its 0-based position in the collection.
+        file_name: image path as in the collection (relative to the image root, or absolute).
+        caption: the caption.
+    """
+
+    image_id: int
+    file_name: str
+    caption: str
+
+
+def _pick(row: dict, keys, what: str, where: str) -> str:
+    for k in keys:
+        if row.get(k) not in (None, ""):
+            return str(row[k])
+    raise ValueError(
+        f"{where}: no {what} (expected one of the keys {list(keys)}); got {sorted(row)}."
+    )
+
+
+def read_caption_collection(path: str) -> List[CaptionRecord]:
+    """Read an image-caption collection.
+
+    Args:
+        path: a ``.jsonl`` file (one object per line with "file_name" (or "image") and "caption",
+            optionally an integer "id") or a ``.csv`` / ``.tsv`` file with a header row holding the
+            same columns.
+
+    Returns:
+        records in file order.
+
+    Raises:
+        ValueError: on an unknown extension, a missing field, an empty caption or a repeated id.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    rows = []
+    if ext in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append((f"{path}:{n}", json.loads(line)))
+    elif ext in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
+            rows = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
+    else:
+        raise ValueError(
+            f"Unknown collection format {ext!r} ({path}); give a .jsonl file or a .csv/.tsv with "
+            "a header row (file_name, caption)."
+        )
+    records, seen = [], set()
+    for index, (where, row) in enumerate(rows):
+        caption = _pick(row, _CAPTION_KEYS, "caption", where).strip()
+        image_id = int(row["id"]) if row.get("id") not in (None, "") else index
+        if image_id in seen:
+            raise ValueError(f"{where}: image id {image_id} is repeated; ids must be unique.")
+        seen.add(image_id)
+        records.append(
+            CaptionRecord(image_id, _pick(row, _IMAGE_KEYS, "image path", where), caption)
+        )
+    return records
+
+
+def shard_records(records: List[CaptionRecord], shard: int, num_shards: int) -> List[CaptionRecord]:
+    """Every ``num_shards``-th record starting at ``shard`` (round robin keeps shards balanced
+    when a collection is sorted by size or source)."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(
+            f"Need 0 <= shard < num_shards, got shard={shard}, num_shards={num_shards}."
+        )
+    return records[shard::num_shards]
+
+
+def resolve_image_path(file_name: str, image_root: Optional[str]) -> str:
+    """``file_name`` joined to ``image_root`` unless it is absolute."""
+    if image_root and not os.path.isabs(file_name):
+        return os.path.join(image_root, file_name)
+    return file_name

@@ -1,0 +1,207 @@
+"""Resumable, sharded output of a pseudo-labelling run.
+
+Layout under the output directory::
+
+    run.json                                  settings of the run (checked on resume)
+    parts/shard0000-of-0004/part000000.json   results of consecutive images of a shard
+    pseudo_labels.json                        the merged MDETR-style grounding json (last)
+
+Every file is written to a temporary name and renamed into place, so a file that exists is
+complete: a killed run loses at most the part it was computing, and a rerun skips finished parts.
+The merged json is written only once every part of every shard exists; its content depends only
+on the inputs (images sorted by id, annotation ids numbered in that order), not on how the work
+was split or interrupted.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+from .collection import CaptionRecord, shard_records
+
+__all__ = ["PartStore", "atomic_write_json", "FINAL_JSON"]
+
+FINAL_JSON = "pseudo_labels.json"
+
+
+def atomic_write_json(path: str, obj) -> None:
+    """Write ``obj`` as json to ``path`` so that ``path`` never holds a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, sort_keys=True, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _fingerprint(records: Sequence[CaptionRecord]) -> str:
+    h = hashlib.sha1()
+    for r in records:
+        h.update(json.dumps([r.image_id, r.file_name, r.caption]).encode("utf-8"))
+    return h.hexdigest()
+
+
+class PartStore:
+    """Part files of one run (see the module docstring)."""
+
+    def __init__(self, output_dir: str, num_shards: int = 1, part_size: int = 64):
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {part_size}.")
+        self.output_dir = output_dir
+        self.num_shards = num_shards
+        self.part_size = part_size
+
+    # ------------------------------------------------------------------ settings
+    def check_settings(self, settings: Dict) -> None:
+        """Record the run's settings, or check they equal those of the run being resumed."""
+        path = os.path.join(self.output_dir, "run.json")
+        settings = dict(settings, num_shards=self.num_shards, part_size=self.part_size)
+        settings = json.loads(json.dumps(settings, sort_keys=True))
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+            if old != settings:
+                diff = {
+                    k: (old.get(k), settings.get(k))
+                    for k in set(old) | set(settings)
+                    if old.get(k) != settings.get(k)
+                }
+                raise ValueError(
+                    f"{self.output_dir} holds a run with other settings (old, new): {diff}. "
+                    "Resume with the same settings or use a new --output-dir."
+                )
+            return
+        atomic_write_json(path, settings)
+
+    # ------------------------------------------------------------------ parts
+    def shard_dir(self, shard: int) -> str:
+        return os.path.join(self.output_dir, "parts", f"shard{shard:04d}-of-{self.num_shards:04d}")
+
+    def part_path(self, shard: int, part: int) -> str:
+        return os.path.join(self.shard_dir(shard), f"part{part:06d}.json")
+
+    def chunks(self, records: Sequence[CaptionRecord]) -> List[List[CaptionRecord]]:
+        """A shard's records cut into parts of `part_size`."""
+        return [
+            list(records[i : i + self.part_size]) for i in range(0, len(records), self.part_size)
+        ]
+
+    def clean_stale(self, shard: int) -> None:
+        """Remove temporary files a killed run of this shard left behind."""
+        for tmp in glob.glob(os.path.join(self.shard_dir(shard), ".*.tmp")):
+            os.remove(tmp)
+
+    def is_done(self, shard: int, part: int, chunk: Sequence[CaptionRecord]) -> bool:
+        """Whether the part exists; raises if it was computed from other inputs."""
+        path = self.part_path(shard, part)
+        if not os.path.exists(path):
+            return False
+        with open(path, encoding="utf-8") as f:
+            fingerprint = json.load(f)["inputs"]
+        if fingerprint != _fingerprint(chunk):
+            raise ValueError(
+                f"{path} was computed from other images or captions than the collection now "
+                "gives; the input changed since the run started. Use a new --output-dir."
+            )
+        return True
+
+    def write_part(
+        self, shard: int, part: int, chunk: Sequence[CaptionRecord], results: List[Dict]
+    ):
+        atomic_write_json(
+            self.part_path(shard, part),
+            {"inputs": _fingerprint(chunk), "shard": shard, "part": part, "images": results},
+        )
+
+    def missing(self, records: Sequence[CaptionRecord]) -> List[str]:
+        """Paths of the parts (of all shards) not written yet."""
+        out = []
+        for shard in range(self.num_shards):
+            for part in range(
+                len(self.chunks(shard_records(list(records), shard, self.num_shards)))
+            ):
+                if not os.path.exists(self.part_path(shard, part)):
+                    out.append(self.part_path(shard, part))
+        return out
+
+    # ------------------------------------------------------------------ final json
+    def finalize(
+        self, records: Sequence[CaptionRecord], image_root: Optional[str], extra_info=None
+    ) -> Dict:
+        """Merge every part into ``pseudo_labels.json``; returns the summary.
+
+        Raises:
+            RuntimeError: if a part is missing (a shard has not finished).
+        """
+        missing = self.missing(records)
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} parts are not finished yet (first: {missing[0]}); run the "
+                "missing shards before finalizing."
+            )
+        results = []
+        for shard in range(self.num_shards):
+            mine = shard_records(list(records), shard, self.num_shards)
+            for part, chunk in enumerate(self.chunks(mine)):
+                self.is_done(shard, part, chunk)  # checks the fingerprint
+                with open(self.part_path(shard, part), encoding="utf-8") as f:
+                    results.extend(json.load(f)["images"])
+        results.sort(key=lambda r: r["id"])
+        images, annotations = [], []
+        summary = {
+            "images": 0,
+            "images_with_boxes": 0,
+            "phrases": 0,
+            "grounded_phrases": 0,
+            "boxes": 0,
+        }
+        for r in results:
+            images.append({k: r[k] for k in ("id", "file_name", "height", "width", "caption")})
+            for box in r["boxes"]:
+                x, y, w, h = box["bbox"]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": r["id"],
+                        "bbox": [x, y, w, h],
+                        "area": round(w * h, 2),
+                        "iscrowd": 0,
+                        "category_id": 1,
+                        "tokens_positive": [list(r["phrases"][box["phrase"]]["span"])],
+                        "phrase_ids": box["phrase"],
+                        "score": box["score"],
+                    }
+                )
+            summary["images"] += 1
+            summary["images_with_boxes"] += int(bool(r["boxes"]))
+            summary["phrases"] += len(r["phrases"])
+            summary["grounded_phrases"] += len({b["phrase"] for b in r["boxes"]})
+            summary["boxes"] += len(r["boxes"])
+        info = {
+            "description": "GLIP pseudo-labels (glip_d2.pseudo_label)",
+            "image_root": image_root,
+            "summary": summary,
+            **(extra_info or {}),
+        }
+        atomic_write_json(
+            os.path.join(self.output_dir, FINAL_JSON),
+            {
+                "info": info,
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "object"}],
+            },
+        )
+        return summary

@@ -1,0 +1,126 @@
+"""The teacher side of self-training: ground a caption's noun phrases in its image."""
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from torch import nn
+
+from ..nlp import find_noun_phrases
+from ..text import span_to_token_range, tokenize
+from .collection import CaptionRecord, resolve_image_path
+
+__all__ = ["GroundingTeacher"]
+
+logger = logging.getLogger(__name__)
+
+
+class GroundingTeacher:
+    """Runs a grounding model (the `GLIP` or `LanguageAwareRCNN` meta-architecture: any model
+    taking inputs with "caption" + "phrase_spans") on one image-caption pair.
+
+    Args:
+        model: the teacher, in eval mode, with `tokenizer` and `max_query_len` attributes.
+        min_size, max_size: test-time resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
+        input_format: image format the model expects (INPUT.FORMAT).
+        score_thresh: keep boxes whose phrase score is at least this.
+        max_boxes_per_phrase: at most this many boxes per phrase, best first (<= 0: no limit).
+        nlp_backend: noun-phrase extractor of `glip_d2.nlp` ("auto", "spacy", "simple").
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        min_size: int = 800,
+        max_size: int = 1333,
+        input_format: str = "BGR",
+        score_thresh: float = 0.5,
+        max_boxes_per_phrase: int = 3,
+        nlp_backend: str = "auto",
+    ):
+        self.model = model.eval()
+        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
+        self.input_format = input_format
+        self.score_thresh = score_thresh
+        self.max_boxes_per_phrase = max_boxes_per_phrase
+        self.nlp_backend = nlp_backend
+
+    def phrases(self, caption: str) -> Tuple[List[Tuple[str, Tuple[int, int]]], int]:
+        """Noun phrases of the caption that fit the model's token budget, and how many did not."""
+        found = [(p.text, tuple(p.span)) for p in find_noun_phrases(caption, self.nlp_backend)]
+        if not found:
+            return [], 0
+        tok = tokenize(
+            self.model.tokenizer, [caption], max_length=self.model.max_query_len, pad_to_max=False
+        )
+        kept = []
+        for text, span in found:
+            r = span_to_token_range(tok, span)
+            if r is not None and r[0] <= r[1] < self.model.max_query_len:
+                kept.append((text, span))
+        return kept, len(found) - len(kept)
+
+    @torch.no_grad()
+    def __call__(self, record: CaptionRecord, image_root: Optional[str] = None) -> Dict:
+        """Ground one record.
+
+        Returns:
+            {"id", "file_name", "height", "width", "caption", "phrases": [{"text", "span"}],
+            "boxes": [{"phrase", "bbox" (XYWH, original pixels), "score"}]} with boxes in
+            phrase order, best first within a phrase; values rounded so reruns write the same
+            bytes.
+        """
+        path = resolve_image_path(record.file_name, image_root)
+        try:
+            image = utils.read_image(path, format=self.input_format)
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(
+                f"Cannot read image {path!r} of record id {record.image_id} ({e}); fix the "
+                "collection or --image-root and rerun (finished parts are kept)."
+            ) from e
+        height, width = image.shape[:2]
+        phrases, dropped = self.phrases(record.caption)
+        if dropped:
+            logger.info(f"Image {record.image_id}: {dropped} phrases past the token limit dropped.")
+        result = {
+            "id": record.image_id,
+            "file_name": record.file_name,
+            "height": height,
+            "width": width,
+            "caption": record.caption,
+            "phrases": [{"text": t, "span": list(s)} for t, s in phrases],
+            "boxes": [],
+        }
+        if not phrases:
+            return result
+        resized = self.aug.get_transform(image).apply_image(image)
+        inputs = {
+            "image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+            "height": height,
+            "width": width,
+            "caption": record.caption,
+            "phrase_spans": [[list(s)] for _, s in phrases],
+        }
+        inst = self.model([inputs])[0]["instances"].to("cpu")
+        boxes = inst.pred_boxes.tensor
+        for k in range(len(phrases)):
+            idx = (inst.pred_classes == k).nonzero().flatten()
+            idx = idx[inst.scores[idx].argsort(descending=True)]
+            idx = idx[inst.scores[idx] >= self.score_thresh]
+            if self.max_boxes_per_phrase > 0:
+                idx = idx[: self.max_boxes_per_phrase]
+            for i in idx.tolist():
+                x0, y0, x1, y1 = boxes[i].tolist()
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                result["boxes"].append(
+                    {
+                        "phrase": k,
+                        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "score": round(float(inst.scores[i]), 4),
+                    }
+                )
+        return result

@@ -1,0 +1,220 @@
+"""`python -m glip_d2.pseudo_label` on a few generated shapes images with their captions."""
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+from glip_d2.data import GroundingDatasetMapper
+from glip_d2.data.shapes import generate_split
+from glip_d2.pseudo_label import main, register_pseudo_labels
+from glip_d2.selftrain import PartStore, read_caption_collection, shard_records
+from tests.helpers import tiny_cfg
+
+NUM_IMAGES = 6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Shapes images, a jsonl of (file_name, caption), and a tiny GLIP teacher on disk."""
+    root = tmp_path_factory.mktemp("pseudo")
+    json_file, image_root = generate_split(
+        str(root), "val", num_images=NUM_IMAGES, image_size=128, seed=3
+    )
+    with open(json_file) as f:
+        images = json.load(f)["images"]
+    jsonl = root / "captions.jsonl"
+    with open(jsonl, "w") as f:
+        for im in images:
+            f.write(json.dumps({"file_name": im["file_name"], "caption": im["caption"]}) + "\n")
+    cfg = tiny_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 128
+    cfg.INPUT.MAX_SIZE_TEST = 128
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.0  # an untrained teacher scores about the prior, 0.01
+    torch.manual_seed(0)
+    weights = root / "teacher.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    config = root / "teacher.yaml"
+    config.write_text(cfg.dump())
+    return {
+        "root": root,
+        "jsonl": str(jsonl),
+        "image_root": image_root,
+        "images": images,
+        "config": str(config),
+        "weights": str(weights),
+    }
+
+
+def _argv(c, out, *extra):
+    return [
+        "--config-file",
+        c["config"],
+        "--weights",
+        c["weights"],
+        "--input",
+        c["jsonl"],
+        "--image-root",
+        c["image_root"],
+        "--output-dir",
+        str(out),
+        "--score-thresh",
+        "0.0",
+        "--max-boxes-per-phrase",
+        "2",
+        "--part-size",
+        "2",
+        "--nlp",
+        "simple",
+        "--no-progress",
+        *extra,
+    ]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(collection):
+    out = collection["root"] / "full"
+    summary = main(_argv(collection, out))
+    return out, summary
+
+
+def test_pseudo_label_writes_a_grounding_json(collection, uninterrupted):
+    out, summary = uninterrupted
+    with open(out / "pseudo_labels.json") as f:
+        data = json.load(f)
+    assert summary["images"] == NUM_IMAGES == len(data["images"])
+    assert summary["boxes"] == len(data["annotations"]) > 0
+    assert summary["phrases"] >= NUM_IMAGES  # every shapes caption names at least one object
+    assert [im["id"] for im in data["images"]] == list(range(NUM_IMAGES))
+    by_id = {im["id"]: im for im in data["images"]}
+    per_phrase = {}
+    for a in data["annotations"]:
+        caption = by_id[a["image_id"]]["caption"]
+        ((s, e),) = a["tokens_positive"]
+        assert 0 <= s < e <= len(caption) and caption[s:e].strip() == caption[s:e]
+        x, y, w, h = a["bbox"]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 128.01 and y + h <= 128.01
+        per_phrase.setdefault((a["image_id"], a["phrase_ids"]), []).append(a["score"])
+    assert all(len(v) <= 2 and v == sorted(v, reverse=True) for v in per_phrase.values())
+    assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
+
+
+def test_pseudo_label_resumes_an_interrupted_run_with_identical_output(collection, uninterrupted):
+    from glip_d2.pseudo_label import build_teacher, parse_args
+
+    out = collection["root"] / "interrupted"
+    argv = _argv(collection, out)
+    teacher = build_teacher(parse_args(argv))
+    calls, fail_at = [], [4]
+    real = teacher.__class__.__call__
+
+    class Flaky(teacher.__class__):
+        def __call__(self, record, image_root=None):
+            calls.append(record.image_id)
+            if len(calls) == fail_at[0]:  # killed inside the second part
+                raise _Interrupt()
+            return real(self, record, image_root)
+
+    teacher.__class__ = Flaky
+    with pytest.raises(_Interrupt):
+        main(argv, teacher=teacher)
+    parts = sorted(os.path.basename(p) for p in glob.glob(str(out / "parts" / "*" / "*")))
+    assert parts == ["part000000.json"]  # the unfinished part left nothing behind
+    assert (
+        not glob.glob(str(out / "parts" / "*" / ".*")) and not (out / "pseudo_labels.json").exists()
+    )
+
+    calls.clear()
+    fail_at[0] = None
+    summary = main(argv, teacher=teacher)
+    assert calls == [2, 3, 4, 5]  # finished images are not recomputed
+    full, full_summary = uninterrupted
+    assert summary == full_summary
+    assert (out / "pseudo_labels.json").read_bytes() == (full / "pseudo_labels.json").read_bytes()
+
+
+def test_pseudo_label_shards_merge_to_the_single_run_output(collection, uninterrupted):
+    out = collection["root"] / "sharded"
+    assert main(_argv(collection, out, "--shard", "1", "--num-shards", "2")) is None
+    assert not (out / "pseudo_labels.json").exists()
+    summary = main(_argv(collection, out, "--shard", "0", "--num-shards", "2"))
+    full, full_summary = uninterrupted
+    assert summary == full_summary
+    assert (out / "pseudo_labels.json").read_bytes() == (full / "pseudo_labels.json").read_bytes()
+
+
+def test_pseudo_label_refuses_to_resume_with_other_settings(collection, uninterrupted):
+    full, _ = uninterrupted
+    with pytest.raises(ValueError, match="other settings"):
+        main(_argv(collection, full, "--score-thresh", "0.3"))
+
+
+def test_pseudo_labels_register_and_map_as_grounding_data(collection, uninterrupted):
+    full, summary = uninterrupted
+    name = "pseudo_shapes_test"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    register_pseudo_labels(name, str(full))
+    dicts = DatasetCatalog.get(name)
+    assert (
+        len(dicts) == NUM_IMAGES and sum(len(d["annotations"]) for d in dicts) == summary["boxes"]
+    )
+    mapper = GroundingDatasetMapper(
+        is_train=True, augmentations=[], image_format="BGR", tokenizer="minilm"
+    )
+    d = next(d for d in dicts if d["annotations"])
+    x = mapper(d)
+    assert x["caption"] == d["caption"]
+    assert x["instances"].gt_positive_map.any(dim=1).all()
+    DatasetCatalog.remove(name)
+
+
+def test_pseudo_collection_reads_csv_and_shards_round_robin(tmp_path):
+    path = tmp_path / "c.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for i in range(5):
+            w.writerow([f"im{i}.png", f"a cat {i}"])
+    records = read_caption_collection(str(path))
+    assert [r.image_id for r in records] == [0, 1, 2, 3, 4] and records[2].file_name == "im2.png"
+    assert [r.image_id for r in shard_records(records, 1, 2)] == [1, 3]
+    assert [len(c) for c in PartStore(str(tmp_path), part_size=2).chunks(records)] == [2, 2, 1]
+    with pytest.raises(ValueError, match="caption"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"file_name": "x.png"}) + "\n")
+        read_caption_collection(str(bad))
+
+
+def test_pseudo_two_stage_teacher_grounds_phrases(collection):
+    """A LanguageAwareRCNN teacher takes the same caption + phrase_spans inputs as GLIP."""
+    import glip_d2.modeling.meta_arch.language_rcnn  # noqa: F401
+    from glip_d2.selftrain import GroundingTeacher
+    from tests.roi.roi_helpers import two_stage_cfg
+
+    torch.manual_seed(0)
+    model = build_model(two_stage_cfg("focal"))
+    teacher = GroundingTeacher(model, min_size=128, max_size=128, score_thresh=0.0,
+                               max_boxes_per_phrase=1, nlp_backend="simple")
+    record = read_caption_collection(collection["jsonl"])[0]
+    result = teacher(record, collection["image_root"])
+    assert result["height"] == result["width"] == 128 and result["caption"] == record.caption
+    assert len(result["phrases"]) >= 1
+    assert sorted(b["phrase"] for b in result["boxes"]) == list(range(len(result["phrases"])))

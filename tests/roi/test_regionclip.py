@@ -1,0 +1,251 @@
+"""RegionCLIP pretraining: concept pool, CLIP teacher, losses, student, detector initialisation."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import glip_d2.modeling.meta_arch.language_rcnn  # noqa: F401  (registers LanguageAwareRCNN)
+from glip_d2.regionclip import (
+    CLIPRegionTeacher,
+    build_concept_pool,
+    extract_concepts,
+    init_detector_from_regionclip,
+    pseudo_region_labels,
+    region_concept_contrastive_loss,
+    region_concept_distillation_loss,
+    write_concept_file,
+)
+from glip_d2.text import load_tokenizer
+from tests.roi.roi_helpers import add_proposals, batch, two_stage_cfg
+
+CAPTIONS = [
+    "a small blue triangle to the left of a green square",
+    "Two dogs and a cat on the sofa.",
+    "A photo showing a red circle, a yellow star and 3 purple crosses",
+    "the cat next to a green square",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A tiny random CLIPModel (ViT 32 px, patch 8) with a word-level tokenizer, on disk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    words = sorted(
+        {w for c in CAPTIONS for w in c.lower().replace(",", " ").replace(".", " ").split()}
+    )
+    names = dict.fromkeys(["[UNK]", *words, "a", "photo", "of", ".", "<bos>", "<eos>"])
+    vocab = {w: i for i, w in enumerate(names)}
+    n = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", n - 2), ("<eos>", n - 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<eos>",
+    ).save_pretrained(str(d))
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(str(d))
+    return str(d)
+
+
+def test_regionclip_concepts_from_fixed_captions():
+    assert extract_concepts(CAPTIONS[0], "simple") == ["small blue triangle", "green square"]
+    assert extract_concepts(CAPTIONS[1], "simple") == ["dogs", "cat", "sofa"]
+    assert extract_concepts(CAPTIONS[2], "simple") == [
+        "red circle",
+        "yellow star",
+        "purple crosses",
+    ]
+    pool = build_concept_pool(CAPTIONS, backend="simple")
+    assert pool[:2] == ["cat", "green square"]  # twice each; ties alphabetical
+    assert len(pool) == len(set(pool)) == 8
+    assert build_concept_pool(CAPTIONS, max_concepts=3, backend="simple") == [
+        "cat",
+        "green square",
+        "dogs",
+    ]
+    assert build_concept_pool(CAPTIONS, min_count=2, backend="simple") == ["cat", "green square"]
+
+
+def test_regionclip_losses_match_independent_computations():
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(5, 4, generator=g)
+    concepts = torch.randn(3, 4, generator=g)
+    teacher_scores = torch.randn(5, 3, generator=g)
+    targets = pseudo_region_labels(teacher_scores)
+    assert targets.tolist() == [
+        int(max(range(3), key=lambda k: teacher_scores[r, k])) for r in range(5)
+    ]
+
+    t = 0.07
+    loss = region_concept_contrastive_loss(student, concepts, targets, t)
+    expected = 0.0
+    for r in range(5):
+        cos = [
+            float(student[r] @ concepts[k] / (student[r].norm() * concepts[k].norm()))
+            for k in range(3)
+        ]
+        expected += -(cos[targets[r]] / t - math.log(sum(math.exp(c / t) for c in cos)))
+    assert loss.item() == pytest.approx(expected / 5, rel=1e-5)
+
+    s_scores = torch.randn(5, 3, generator=g)
+    kd = region_concept_distillation_loss(s_scores, teacher_scores, 0.5)
+    expected = 0.0
+    for r in range(5):
+        zs = sum(math.exp(s_scores[r, k] / 0.5) for k in range(3))
+        zt = sum(math.exp(teacher_scores[r, k] / 0.5) for k in range(3))
+        for k in range(3):
+            pt, ps = math.exp(teacher_scores[r, k] / 0.5) / zt, math.exp(s_scores[r, k] / 0.5) / zs
+            expected += pt * (math.log(pt) - math.log(ps))
+    assert kd.item() == pytest.approx(expected / 5, rel=1e-5)
+    assert region_concept_distillation_loss(teacher_scores, teacher_scores, 0.5).abs().item() < 1e-6
+
+
+def test_regionclip_teacher_matches_clip_on_a_whole_image_box(clip_dir):
+    """A box covering a flat-coloured image scores concepts exactly like CLIP on the image."""
+    teacher = CLIPRegionTeacher.from_pretrained(clip_dir)
+    concepts = ["cat", "green square", "sofa"]
+    image = torch.empty(3, 48, 64)
+    image[:] = torch.tensor([200.0, 30.0, 90.0])[:, None, None]  # RGB
+    region = teacher.encode_regions([image], [torch.tensor([[0.0, 0.0, 64.0, 48.0]])])
+    scores = region @ teacher.encode_concepts(concepts).T
+
+    pixels = (
+        torch.tensor([200.0, 30.0, 90.0]) - teacher.pixel_mean.flatten()
+    ) / teacher.pixel_std.flatten()
+    enc = teacher.tokenizer(
+        [f"a photo of a {c}." for c in concepts], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = teacher.clip(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            pixel_values=pixels.view(1, 3, 1, 1).expand(1, 3, 32, 32),
+        )
+    expected = out.logits_per_image / teacher.clip.logit_scale.exp()
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_regionclip_teacher_roi_align_mode(clip_dir):
+    teacher = CLIPRegionTeacher.from_pretrained(clip_dir, region_input="roi_align")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 40, 56, generator=g) * 255, torch.rand(3, 32, 32, generator=g) * 255]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 50.0, 38.0]]),
+        torch.zeros(0, 4),
+    ]
+    emb = teacher.encode_regions(images, boxes)
+    assert emb.shape == (3, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(emb[0], emb[1])
+    assert not torch.allclose(emb[0], emb[2])
+    with pytest.raises(ValueError, match="TEACHER_REGION_INPUT"):
+        CLIPRegionTeacher.from_pretrained(clip_dir, region_input="pixels")
+
+
+def _pretrain_cfg(clip_dir, tmp_path):
+    cfg = two_stage_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "RegionCLIPPretrainer"
+    cfg.MODEL.REGIONCLIP.TEACHER_PATH = clip_dir
+    concepts = tmp_path / "concepts.txt"
+    write_concept_file(str(concepts), build_concept_pool(CAPTIONS, backend="simple"))
+    cfg.MODEL.REGIONCLIP.CONCEPT_FILE = str(concepts)
+    cfg.MODEL.REGIONCLIP.TEMPERATURE = 0.05
+    cfg.MODEL.REGIONCLIP.DISTILL_TEMPERATURE = 0.05
+    cfg.MODEL.LOAD_PROPOSALS = True
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "PrecomputedProposals"
+    return cfg
+
+
+def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(clip_dir, tmp_path):
+    import glip_d2.regionclip  # noqa: F401  (registers RegionCLIPPretrainer)
+
+    torch.manual_seed(0)
+    cfg = _pretrain_cfg(clip_dir, tmp_path)
+    student = build_model(cfg).train()
+    assert len(student.concepts) == 8 and student.concept_emb.shape == (8, 16)
+    text_side = SimpleNamespace(tokenizer=load_tokenizer("minilm"), max_query_len=256)
+    inputs = add_proposals(batch(text_side), num=8)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-3)
+    history = []
+    with EventStorage():
+        for _ in range(10):
+            losses = student(inputs)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            history.append({k: v.item() for k, v in losses.items()})
+    assert set(history[0]) == {"loss_region_contrastive", "loss_region_distill"}
+    assert history[-1]["loss_region_distill"] < 0.5 * history[0]["loss_region_distill"], history
+    assert (
+        history[-1]["loss_region_contrastive"] < 0.5 * history[0]["loss_region_contrastive"]
+    ), history
+    assert all(p.grad is None for p in student.teacher.parameters())
+
+    student.eval()
+    with torch.no_grad():
+        out = student([{"image": inputs[0]["image"], "proposals": inputs[0]["proposals"]}])
+    inst = out[0]["instances"]
+    assert len(inst) == len(inputs[0]["proposals"]) == 16 and inst.pred_classes.max() < 8
+
+    cfg.MODEL.META_ARCHITECTURE = "LanguageAwareRCNN"
+    cfg.MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM = 16  # = the teacher's projection_dim
+    detector = build_model(cfg)
+    report = init_detector_from_regionclip(detector, student.state_dict())
+    assert report["unmapped"] == [] and report["shape_mismatch"] == []
+    det_sd, st_sd = detector.state_dict(), student.state_dict()
+    for key in (
+        "backbone.bottom_up.patch_embed.proj.weight",
+        "roi_heads.box_head.fc1.weight",
+        "roi_heads.box_predictor.region_proj.weight",
+    ):
+        assert key in report["loaded"]
+    torch.testing.assert_close(
+        det_sd["roi_heads.box_head.fc2.weight"], st_sd["box_head.fc2.weight"]
+    )
+    torch.testing.assert_close(
+        det_sd["roi_heads.box_predictor.region_proj.bias"], st_sd["region_proj.bias"]
+    )
