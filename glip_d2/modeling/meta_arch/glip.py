@@ -1,31 +1,23 @@
 """GLIP meta-architecture: image backbone + language backbone + fusion tower + grounding head."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from ...text import chunk_vocabulary, create_positive_map, load_tokenizer, tokenize
+from ...text import load_tokenizer
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
 from ..language import build_language_backbone, resolve_text_model_path
+from .prompting import PromptingMixin, default_vocabulary
 
 logger = logging.getLogger(__name__)
 
 
-def _default_vocabulary(cfg) -> Optional[List[str]]:
-    if len(cfg.MODEL.GLIP.VOCABULARY):
-        return list(cfg.MODEL.GLIP.VOCABULARY)
-    if len(cfg.DATASETS.TEST):
-        return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
-    return None
-
-
 @META_ARCH_REGISTRY.register()
-class GLIP(nn.Module):
+class GLIP(PromptingMixin, nn.Module):
     """Detection as phrase grounding.
 
     Training inputs carry "caption" and instances with `gt_positive_map` (from
@@ -35,9 +27,6 @@ class GLIP(nn.Module):
     DATASETS.TEST[0]), chunked into prompts that fit the token limit. `pred_classes` are
     indices into the vocabulary (or phrase indices), so Detectron2's evaluators work unchanged.
     """
-
-    # Prompt encodings kept at test time (vocabulary chunks + recent grounding captions).
-    TEXT_CACHE_SIZE = 256
 
     @configurable
     def __init__(
@@ -71,11 +60,7 @@ class GLIP(nn.Module):
         self.test_chunk_size = test_chunk_size
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self._chunks = None
-        self._text_cache: Dict[str, Tuple] = {}
-        self.vocabulary = None
-        if vocabulary:
-            self.set_vocabulary(vocabulary)
+        self._init_prompting(vocabulary)
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -105,7 +90,7 @@ class GLIP(nn.Module):
             max_query_len=lb.MAX_QUERY_LEN,
             pad_to_max=lb.PAD_MAX,
             separator=cfg.INPUT.GROUNDING.SEPARATION_TOKENS,
-            vocabulary=_default_vocabulary(cfg),
+            vocabulary=default_vocabulary(cfg),
             test_chunk_size=cfg.MODEL.GLIP.TEST_CHUNK_SIZE,
             freeze_backbone=cfg.MODEL.GLIP.FREEZE_BACKBONE,
         )
@@ -113,37 +98,6 @@ class GLIP(nn.Module):
     @property
     def device(self):
         return self.pixel_mean.device
-
-    # ------------------------------------------------------------------ text
-    def set_vocabulary(self, names: Sequence[str]):
-        """Set the names detected when inputs carry no caption; chunked to fit the token limit."""
-        names = list(names)
-        chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
-            names, self.tokenizer, chunk_size=self.test_chunk_size,
-            max_len=self.max_query_len, separator=self.separator,
-        )
-        self.vocabulary, self._chunks = names, chunks
-        self._text_cache.clear()
-
-    def encode_text(self, captions: Sequence[str]):
-        """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
-        tok = tokenize(self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max)
-        ids = tok["input_ids"].to(self.device)
-        mask = tok["attention_mask"].to(self.device)
-        return tok, self.language_backbone(ids, mask)
-
-    def _cached_text(self, caption: str, spans_per_label):
-        """Language features + positive map of one prompt; cached at test time."""
-        key = (caption, tuple(tuple(map(tuple, s)) for s in spans_per_label))
-        if self.training or key not in self._text_cache:
-            tok, lang = self.encode_text([caption])
-            pmap = create_positive_map(tok, spans_per_label, max_len=tok["input_ids"].shape[1])
-            if self.training:
-                return lang, pmap.to(self.device)
-            if len(self._text_cache) >= self.TEXT_CACHE_SIZE:  # drop the oldest entry
-                self._text_cache.pop(next(iter(self._text_cache)))
-            self._text_cache[key] = (lang, pmap.to(self.device))
-        return self._text_cache[key]
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs) -> ImageList:
@@ -172,18 +126,6 @@ class GLIP(nn.Module):
             out, [i.gt_boxes.tensor for i in inst], [i.gt_positive_map for i in inst]
         )
 
-    def _prompts_for(self, x: Dict):
-        """[(caption, spans_per_label, label ids)] for one input."""
-        if "caption" in x and "phrase_spans" in x:
-            spans = [list(map(tuple, s)) if isinstance(s[0], (list, tuple)) else [tuple(s)] for s in x["phrase_spans"]]
-            return [(x["caption"], spans, list(range(len(spans))))]
-        if self._chunks is None:
-            raise ValueError(
-                "No vocabulary to detect: call model.set_vocabulary([...]), set MODEL.GLIP.VOCABULARY, "
-                "or give each input a 'caption' with 'phrase_spans'."
-            )
-        return [(c.caption, [[tuple(s)] for s in c.spans], list(c.label_ids)) for c in self._chunks]
-
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
         """Detections for each input; the image backbone runs once per image, the text side and
         the fusion tower once per prompt chunk."""
@@ -193,10 +135,10 @@ class GLIP(nn.Module):
         for i, x in enumerate(batched_inputs):
             f_i = [f[i : i + 1] for f in feats]
             size = images.image_sizes[i]
-            prompts = self._prompts_for(x)
+            prompts, _ = self._prompts_for(x)
             parts = []
             for caption, spans, label_ids in prompts:
-                lang, pmap = self._cached_text(caption, spans)
+                _, lang, pmap = self._cached_prompt(caption, spans)
                 out = self.head(f_i, lang)
                 det = self.head.inference(out, [pmap], [size], apply_nms=len(prompts) == 1)[0]
                 det["labels"] = torch.as_tensor(label_ids, device=self.device)[det["labels"]]

@@ -14,48 +14,29 @@ classification loss the softmax then runs over each chunk's names, not the whole
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ...text import chunk_vocabulary, create_positive_map, load_tokenizer, tokenize
+from ...text import load_tokenizer
 from ..fusion import build_fusion_tower
 from ..language import build_language_backbone, resolve_text_model_path
 from ..roi_heads import EncodedPrompt, RegionTextInputs
+from .prompting import PromptingMixin, default_vocabulary
 
 __all__ = ["LanguageAwareRCNN"]
 
 logger = logging.getLogger(__name__)
 
 
-def _default_vocabulary(cfg) -> Optional[List[str]]:
-    if len(cfg.MODEL.GLIP.VOCABULARY):
-        return list(cfg.MODEL.GLIP.VOCABULARY)
-    if len(cfg.DATASETS.TEST):
-        return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
-    return None
-
-
-def _normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
-    """[[s, e], ...] (one span per phrase) or [[[s, e], ...], ...] -> spans per phrase."""
-    out = []
-    for s in phrase_spans:
-        if len(s) and isinstance(s[0], (list, tuple)):
-            out.append([tuple(int(v) for v in x) for x in s])
-        else:
-            out.append([tuple(int(v) for v in s)])
-    return out
-
-
 @META_ARCH_REGISTRY.register()
-class LanguageAwareRCNN(GeneralizedRCNN):
+class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
     """Faster / Mask / Cascade R-CNN whose ROI heads classify regions against text.
 
     Inputs are those of `GroundingDatasetMapper`: in training "caption" and instances with
@@ -104,11 +85,7 @@ class LanguageAwareRCNN(GeneralizedRCNN):
         self.fusion = fusion
         self.fusion_in_features = list(fusion_in_features)
         self.use_fused_text = use_fused_text
-        self._chunks = None
-        self._text_cache: Dict = {}
-        self.vocabulary = None
-        if vocabulary:
-            self.set_vocabulary(vocabulary)
+        self._init_prompting(vocabulary)
 
     @classmethod
     def from_config(cls, cfg):
@@ -148,7 +125,7 @@ class LanguageAwareRCNN(GeneralizedRCNN):
             max_query_len=lb.MAX_QUERY_LEN,
             pad_to_max=lb.PAD_MAX,
             separator=cfg.INPUT.GROUNDING.SEPARATION_TOKENS,
-            vocabulary=_default_vocabulary(cfg),
+            vocabulary=default_vocabulary(cfg),
             test_chunk_size=cfg.MODEL.GLIP.TEST_CHUNK_SIZE,
             fusion=fusion,
             fusion_in_features=fusion_in,
@@ -157,60 +134,10 @@ class LanguageAwareRCNN(GeneralizedRCNN):
         return ret
 
     # ------------------------------------------------------------------ text
-    def set_vocabulary(self, names: Sequence[str]):
-        """Names detected when inputs carry no caption; chunked to fit the token limit."""
-        self.vocabulary = list(names)
-        self._chunks = chunk_vocabulary(
-            self.vocabulary,
-            self.tokenizer,
-            chunk_size=self.test_chunk_size,
-            max_len=self.max_query_len,
-            separator=self.separator,
-        )
-        self._text_cache.clear()
-
-    def encode_text(self, captions: Sequence[str]):
-        """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
-        tok = tokenize(
-            self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max
-        )
-        ids = tok["input_ids"].to(self.device)
-        mask = tok["attention_mask"].to(self.device)
-        return tok, self.language_backbone(ids, mask)
-
     def _prompt_text(self, caption: str, spans_per_label, label_ids):
         """(input_ids (1, T), language dict, label map (L, T), label ids (L,)); cached in eval."""
-        key = (caption, tuple(tuple(map(tuple, s)) for s in spans_per_label), tuple(label_ids))
-        if self.training or key not in self._text_cache:
-            tok, lang = self.encode_text([caption])
-            width = tok["input_ids"].shape[1]
-            pmap = create_positive_map(tok, spans_per_label, max_len=width).to(self.device)
-            value = (
-                tok["input_ids"].to(self.device),
-                lang,
-                pmap,
-                torch.as_tensor(label_ids, dtype=torch.long, device=self.device),
-            )
-            if self.training:
-                return value
-            self._text_cache[key] = value
-        return self._text_cache[key]
-
-    def _prompts_for(self, x: Dict):
-        """[(caption, spans per label, label ids)] and the label-space size of one input."""
-        if "caption" in x and "phrase_spans" in x:
-            spans = _normalise_phrase_spans(x["phrase_spans"])
-            return [(x["caption"], spans, list(range(len(spans))))], len(spans)
-        if self._chunks is None:
-            raise ValueError(
-                "No vocabulary to detect: call model.set_vocabulary([...]), set "
-                "MODEL.GLIP.VOCABULARY, "
-                "or give each input a 'caption' with 'phrase_spans'."
-            )
-        prompts = [
-            (c.caption, [[tuple(s)] for s in c.spans], list(c.label_ids)) for c in self._chunks
-        ]
-        return prompts, len(self.vocabulary)
+        ids, lang, pmap = self._cached_prompt(caption, spans_per_label)
+        return ids, lang, pmap, torch.as_tensor(label_ids, dtype=torch.long, device=self.device)
 
     def _fuse(self, features: Dict[str, torch.Tensor], lang: Dict[str, torch.Tensor]):
         """(features with the fused levels replaced, token features the ROI heads score with)."""

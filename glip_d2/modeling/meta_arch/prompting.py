@@ -1,0 +1,85 @@
+"""Prompt handling shared by the language-conditioned meta-architectures: the test vocabulary
+and its chunks, text encoding, and the test-time cache of encoded prompts."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.data import MetadataCatalog
+
+from ...text import chunk_vocabulary, create_positive_map, tokenize
+
+
+def default_vocabulary(cfg) -> Optional[List[str]]:
+    """MODEL.GLIP.VOCABULARY, else the thing_classes of DATASETS.TEST[0], else None."""
+    if len(cfg.MODEL.GLIP.VOCABULARY):
+        return list(cfg.MODEL.GLIP.VOCABULARY)
+    if len(cfg.DATASETS.TEST):
+        return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
+    return None
+
+
+def normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
+    """[[s, e], ...] (one span per phrase) or [[[s, e], ...], ...] -> spans per phrase."""
+    out = []
+    for s in phrase_spans:
+        if len(s) and isinstance(s[0], (list, tuple)):
+            out.append([tuple(int(v) for v in x) for x in s])
+        else:
+            out.append([tuple(int(v) for v in s)])
+    return out
+
+
+class PromptingMixin:
+    """Needs: tokenizer, language_backbone, device, max_query_len, pad_to_max, separator,
+    test_chunk_size; call `_init_prompting(vocabulary)` in __init__."""
+
+    # Prompt encodings kept at test time (vocabulary chunks + recent grounding captions).
+    TEXT_CACHE_SIZE = 256
+
+    def _init_prompting(self, vocabulary: Optional[Sequence[str]]):
+        self.vocabulary, self._chunks = None, None
+        self._text_cache: Dict = {}
+        if vocabulary:
+            self.set_vocabulary(vocabulary)
+
+    def set_vocabulary(self, names: Sequence[str]):
+        """Set the names detected when inputs carry no caption; chunked to fit the token limit."""
+        names = list(names)
+        chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
+            names, self.tokenizer, chunk_size=self.test_chunk_size,
+            max_len=self.max_query_len, separator=self.separator,
+        )
+        self.vocabulary, self._chunks = names, chunks
+        self._text_cache.clear()
+
+    def encode_text(self, captions: Sequence[str]):
+        """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
+        tok = tokenize(self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max)
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        return tok, self.language_backbone(ids, mask)
+
+    def _cached_prompt(self, caption: str, spans_per_label):
+        """(input_ids (1, T), language dict, label->token map (L, T)) of one prompt; cached in eval."""
+        key = (caption, tuple(tuple(map(tuple, s)) for s in spans_per_label))
+        if self.training or key not in self._text_cache:
+            tok, lang = self.encode_text([caption])
+            pmap = create_positive_map(tok, spans_per_label, max_len=tok["input_ids"].shape[1])
+            value = (tok["input_ids"].to(self.device), lang, pmap.to(self.device))
+            if self.training:
+                return value
+            if len(self._text_cache) >= self.TEXT_CACHE_SIZE:  # drop the oldest entry
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[key] = value
+        return self._text_cache[key]
+
+    def _prompts_for(self, x: Dict):
+        """([(caption, spans per label, label ids)], size of the label space) of one input."""
+        if "caption" in x and "phrase_spans" in x:
+            spans = normalise_phrase_spans(x["phrase_spans"])
+            return [(x["caption"], spans, list(range(len(spans))))], len(spans)
+        if self._chunks is None:
+            raise ValueError(
+                "No vocabulary to detect: call model.set_vocabulary([...]), set MODEL.GLIP.VOCABULARY, "
+                "or give each input a 'caption' with 'phrase_spans'."
+            )
+        prompts = [(c.caption, [[tuple(s)] for s in c.spans], list(c.label_ids)) for c in self._chunks]
+        return prompts, len(self.vocabulary)
