@@ -111,12 +111,7 @@ class GLIP(PromptingMixin, nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        for x in batched_inputs:
-            if "caption" not in x or "instances" not in x:
-                raise ValueError(
-                    "GLIP training inputs need 'caption' and 'instances' with gt_positive_map; "
-                    "use glip_d2.data.GroundingDatasetMapper as the train mapper."
-                )
+        self._check_training_inputs(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         feats = self.extract_features(images)
         _, lang = self.encode_text([x["caption"] for x in batched_inputs])

@@ -155,12 +155,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         """Training: losses of the RPN and the ROI heads. Inference: see `inference`."""
         if not self.training:
             return self.inference(batched_inputs)
-        for x in batched_inputs:
-            if "caption" not in x or "instances" not in x:
-                raise ValueError(
-                    "LanguageAwareRCNN training inputs need 'caption' and 'instances' with "
-                    "gt_positive_map; use glip_d2.data.GroundingDatasetMapper as the train mapper."
-                )
+        self._check_training_inputs(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         if getattr(self.roi_heads, "mask_on", False):

@@ -71,6 +71,14 @@ class PromptingMixin:
             self._text_cache[key] = value
         return self._text_cache[key]
 
+    def _check_training_inputs(self, batched_inputs: List[Dict]):
+        for x in batched_inputs:
+            if "caption" not in x or "instances" not in x:
+                raise ValueError(
+                    f"{type(self).__name__} training inputs need 'caption' and 'instances' with "
+                    "gt_positive_map; use glip_d2.data.GroundingDatasetMapper as the train mapper."
+                )
+
     def _prompts_for(self, x: Dict):
         """([(caption, spans per label, label ids)], size of the label space) of one input."""
         if "caption" in x and "phrase_spans" in x:
