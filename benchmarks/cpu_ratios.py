@@ -10,16 +10,11 @@
 Appends one JSON line to benchmarks/results/cpu_ratios.jsonl.
 """
 import argparse
-import json
-import os
 import platform
 import time
 
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from glip_d2 import add_glip_config
+from common import append_result, build_random_model
 from glip_d2.vocabularies import get_vocabulary
 
 
@@ -41,13 +36,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/cpu_ratios.jsonl")
     args = ap.parse_args(argv)
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED", "False",
-                         "DATASETS.TEST", "()", "MODEL.GLIP.TEST_CHUNK_SIZE", str(args.chunk_size)])
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_random_model(args.config, "cpu", ["MODEL.GLIP.TEST_CHUNK_SIZE", str(args.chunk_size)])
     names = list(get_vocabulary("lvis").prompt_names)  # raw names: 5 LVIS pairs collide once cleaned
     model.set_vocabulary(names)
     chunks = model._chunks
@@ -74,10 +63,7 @@ def main(argv=None):
                threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version())
     res["speedup_backbone_once"] = res["full_forward_per_chunk_ms"] / res["backbone_once_cached_ms"]
     res["speedup_text_cache"] = res["backbone_once_no_text_cache_ms"] / res["backbone_once_cached_ms"]
-    print(json.dumps(res))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(res) + "\n")
+    append_result(args.out, res)
 
 
 if __name__ == "__main__":

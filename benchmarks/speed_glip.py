@@ -7,16 +7,11 @@
 Writes one JSON line per run to benchmarks/results/speed.jsonl (machine, versions, settings, ms).
 """
 import argparse
-import json
-import os
 import platform
 import time
 
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from glip_d2 import add_glip_config
+from common import append_result, build_random_model
 from glip_d2.vocabularies import COCO_CLASSES
 
 
@@ -44,13 +39,7 @@ def main(argv=None):
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config)
-    cfg.merge_from_list(["MODEL.DEVICE", args.device, "MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED", "False",
-                         "DATASETS.TEST", "()"] + args.opts)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_random_model(args.config, args.device, args.opts)
     model.set_vocabulary(list(COCO_CLASSES[: args.vocabulary]))
     h, w = args.size
     image = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
@@ -101,10 +90,7 @@ def main(argv=None):
         res["train_ms_median_batch2"] = 1000 * sorted(ttimes)[len(ttimes) // 2]
         if args.device == "cuda":
             res["train_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    print(json.dumps(res))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(res) + "\n")
+    append_result(args.out, res)
 
 
 if __name__ == "__main__":
