@@ -26,3 +26,20 @@ def append_result(path: str, res: dict):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(res) + "\n")
+
+
+def training_input(model, caption, boxes, spans, size, seed=0):
+    """One training input like GroundingDatasetMapper's: random image, boxes (xyxy) each named by
+    one [start, end) span of `caption`."""
+    from detectron2.structures import Boxes, Instances
+
+    from glip_d2.text import create_positive_map, tokenize
+
+    g = torch.Generator().manual_seed(seed)
+    inst = Instances(size)
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.arange(len(boxes), dtype=torch.long)
+    tok = tokenize(model.tokenizer, [caption], max_length=model.max_query_len, pad_to_max=True)
+    inst.gt_positive_map = create_positive_map(tok, [[s] for s in spans], max_len=model.max_query_len)
+    image = torch.randint(0, 255, (3, *size), generator=g, dtype=torch.uint8)
+    return {"image": image, "caption": caption, "instances": inst}

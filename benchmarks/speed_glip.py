@@ -11,7 +11,7 @@ import platform
 import time
 
 import torch
-from common import append_result, build_random_model
+from common import append_result, build_random_model, training_input
 from glip_d2.vocabularies import COCO_CLASSES
 
 
@@ -64,12 +64,10 @@ def main(argv=None):
                python=platform.python_version(), machine=platform.processor() or platform.machine(),
                gpu=torch.cuda.get_device_name() if args.device == "cuda" else None, opts=args.opts)
     if args.train:
-        from tests.helpers import make_input  # a caption + boxes input like the mapper's
-
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         caption = ". ".join(COCO_CLASSES[:10])
-        batch = [make_input(model, caption, [[10, 20, 200, 300], [300, 100, 500, 400]], [(0, 6), (8, 15)], size=(h, w), seed=s)
+        batch = [training_input(model, caption, [[10, 20, 200, 300], [300, 100, 500, 400]], [(0, 6), (8, 15)], size=(h, w), seed=s)
                  for s in range(2)]
         scaler = torch.cuda.amp.GradScaler(enabled=args.amp and args.device == "cuda")
         ttimes = []
