@@ -8,6 +8,7 @@ from .convert import (
     regionclip_to_detector_state_dict,
 )
 from .losses import (
+    image_text_contrastive_loss,
     pseudo_region_labels,
     region_concept_contrastive_loss,
     region_concept_distillation_loss,
@@ -21,6 +22,7 @@ __all__ = [
     "STUDENT_TO_DETECTOR",
     "build_concept_pool",
     "extract_concepts",
+    "image_text_contrastive_loss",
     "init_detector_from_regionclip",
     "pseudo_region_labels",
     "read_concept_file",

@@ -6,11 +6,13 @@ pretrained) RPN proposes regions; the frozen CLIP teacher embeds each region and
 of the pool; a region's pseudo label is its best concept. The student learns with
 
 * a contrastive region-concept loss: cross-entropy over the pool, the pseudo concept positive;
-* distillation: KL from the teacher's region-concept distribution to the student's.
+* distillation: KL from the teacher's region-concept distribution to the student's;
+* an image-level contrastive loss when the inputs carry captions: the student's embedding of
+  the whole image (the same pooler, box head and projection on a full-image box) against the
+  teacher's embedding of each image's caption, image i's caption the positive among the batch's.
 
 After pretraining, `init_detector_from_regionclip` copies backbone, box head and projection into
-a language-aware R-CNN. (RegionCLIP's image-level contrastive loss over captions is not
-implemented here.)
+a language-aware R-CNN.
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -29,6 +31,7 @@ from torch import nn
 
 from .concepts import build_concept_pool, read_concept_file
 from .losses import (
+    image_text_contrastive_loss,
     pseudo_region_labels,
     region_concept_contrastive_loss,
     region_concept_distillation_loss,
@@ -61,7 +64,8 @@ def _concepts_from_config(cfg) -> List[str]:
 class RegionCLIPPretrainer(nn.Module):
     """Student of RegionCLIP pretraining (see the module docstring).
 
-    Training returns {"loss_region_contrastive", "loss_region_distill"}; inference returns
+    Training returns {"loss_region_contrastive", "loss_region_distill"}, plus
+    "loss_image_text" when `image_text_weight` > 0 and every input has a "caption"; inference returns
     instances whose `pred_classes` index `concepts` (zero-shot region classification of the
     proposals by the student).
     """
@@ -85,6 +89,8 @@ class RegionCLIPPretrainer(nn.Module):
         distill_temperature: float = 0.01,
         contrastive_weight: float = 1.0,
         distill_weight: float = 1.0,
+        image_text_weight: float = 1.0,
+        image_text_temperature: float = 0.01,
     ):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -117,7 +123,9 @@ class RegionCLIPPretrainer(nn.Module):
         self.loss_weight = {
             "loss_region_contrastive": contrastive_weight,
             "loss_region_distill": distill_weight,
+            "loss_image_text": image_text_weight,
         }
+        self.image_text_temperature = image_text_temperature
 
     @classmethod
     def from_config(cls, cfg):
@@ -158,6 +166,8 @@ class RegionCLIPPretrainer(nn.Module):
             "distill_temperature": rc.DISTILL_TEMPERATURE,
             "contrastive_weight": rc.CONTRASTIVE_WEIGHT,
             "distill_weight": rc.DISTILL_WEIGHT,
+            "image_text_weight": rc.IMAGE_TEXT_WEIGHT,
+            "image_text_temperature": rc.IMAGE_TEXT_TEMPERATURE,
         }
 
     @property
@@ -197,7 +207,7 @@ class RegionCLIPPretrainer(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images, _, features, boxes = self._regions(batched_inputs)
+        images, normed, features, boxes = self._regions(batched_inputs)
         student = self.region_embeddings(features, boxes)
         rgb = [im.flip(0) if self.input_format == "BGR" else im for im in images]
         teacher = self.teacher.encode_regions(rgb, boxes)
@@ -212,6 +222,18 @@ class RegionCLIPPretrainer(nn.Module):
                 student_scores, teacher_scores, self.distill_temperature
             ),
         }
+        if self.loss_weight["loss_image_text"] > 0 and all(
+            x.get("caption") for x in batched_inputs
+        ):
+            whole = [
+                torch.tensor([[0.0, 0.0, float(w), float(h)]], device=self.device)
+                for h, w in normed.image_sizes
+            ]
+            losses["loss_image_text"] = image_text_contrastive_loss(
+                self.region_embeddings(features, whole),
+                self.teacher.encode_texts([x["caption"] for x in batched_inputs]),
+                self.image_text_temperature,
+            )
         return {k: v * self.loss_weight[k] for k, v in losses.items()}
 
     @torch.no_grad()

@@ -87,21 +87,30 @@ class CLIPRegionTeacher(nn.Module):
     def embed_dim(self) -> int:
         return int(self.clip.config.projection_dim)
 
-    @torch.no_grad()
     def encode_concepts(self, concepts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """(K, P) L2-normalised text embeddings of `template.format(concept)`."""
+        return self.encode_texts([self.template.format(c) for c in concepts], batch_size)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """(N, P) L2-normalised embeddings of free texts (captions), as they are."""
         device = self.pixel_mean.device
         out = []
-        for i in range(0, len(concepts), batch_size):
-            texts = [self.template.format(c) for c in concepts[i : i + batch_size]]
+        for i in range(0, len(texts), batch_size):
             enc = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=77, return_tensors="pt"
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=77,
+                return_tensors="pt",
             )
             pooled = self.clip.text_model(
                 input_ids=enc["input_ids"].to(device),
                 attention_mask=enc["attention_mask"].to(device),
             ).pooler_output
             out.append(self.clip.text_projection(pooled))
+        if not out:
+            return torch.zeros(0, self.embed_dim, device=device)
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()

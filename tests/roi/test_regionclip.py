@@ -13,6 +13,7 @@ from glip_d2.regionclip import (
     CLIPRegionTeacher,
     build_concept_pool,
     extract_concepts,
+    image_text_contrastive_loss,
     init_detector_from_regionclip,
     pseudo_region_labels,
     region_concept_contrastive_loss,
@@ -143,6 +144,44 @@ def test_regionclip_losses_match_independent_computations():
     assert region_concept_distillation_loss(teacher_scores, teacher_scores, 0.5).abs().item() < 1e-6
 
 
+def test_regionclip_image_text_loss_matches_independent_computation():
+    g = torch.Generator().manual_seed(1)
+    images, texts = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    t = 0.1
+    cos = [
+        [float(images[i] @ texts[j] / (images[i].norm() * texts[j].norm())) for j in range(4)]
+        for i in range(4)
+    ]
+    i2t = sum(
+        -(cos[i][i] / t - math.log(sum(math.exp(cos[i][j] / t) for j in range(4))))
+        for i in range(4)
+    )
+    t2i = sum(
+        -(cos[j][j] / t - math.log(sum(math.exp(cos[i][j] / t) for i in range(4))))
+        for j in range(4)
+    )
+    loss = image_text_contrastive_loss(images, texts, t)
+    assert loss.item() == pytest.approx((i2t + t2i) / 8, rel=1e-5)
+    assert image_text_contrastive_loss(images[:1], texts[:1], t).item() == 0.0
+    with pytest.raises(ValueError, match="one caption per image"):
+        image_text_contrastive_loss(images, texts[:3], t)
+
+
+def test_regionclip_student_without_captions_has_no_image_text_loss(clip_dir, tmp_path):
+    import glip_d2.regionclip  # noqa: F401
+
+    torch.manual_seed(0)
+    student = build_model(_pretrain_cfg(clip_dir, tmp_path)).train()
+    text_side = SimpleNamespace(tokenizer=load_tokenizer("minilm"), max_query_len=256)
+    inputs = [
+        {k: v for k, v in x.items() if k != "caption"}
+        for x in add_proposals(batch(text_side), num=8)
+    ]
+    with EventStorage():
+        losses = student(inputs)
+    assert set(losses) == {"loss_region_contrastive", "loss_region_distill"}
+
+
 def test_regionclip_teacher_matches_clip_on_a_whole_image_box(clip_dir):
     """A box covering a flat-coloured image scores concepts exactly like CLIP on the image."""
     teacher = CLIPRegionTeacher.from_pretrained(clip_dir)
@@ -218,7 +257,12 @@ def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(c
             sum(losses.values()).backward()
             opt.step()
             history.append({k: v.item() for k, v in losses.items()})
-    assert set(history[0]) == {"loss_region_contrastive", "loss_region_distill"}
+    assert set(history[0]) == {
+        "loss_region_contrastive",
+        "loss_region_distill",
+        "loss_image_text",
+    }
+    assert history[-1]["loss_image_text"] < 0.5 * history[0]["loss_image_text"], history
     assert history[-1]["loss_region_distill"] < 0.5 * history[0]["loss_region_distill"], history
     assert (
         history[-1]["loss_region_contrastive"] < 0.5 * history[0]["loss_region_contrastive"]
