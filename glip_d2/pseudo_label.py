@@ -8,9 +8,12 @@ For every image the caption's noun phrases (`glip_d2.nlp`: spaCy when installed,
 commas, periods and "and") are grounded by the teacher; boxes scoring at least --score-thresh
 (at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
 machine each) and are resumable: results go to per-shard part files written atomically, a rerun
-skips finished parts, and the merged MDETR-style json (`<output-dir>/pseudo_labels.json`) is
-written once every shard has finished (by whichever shard finishes last, or --finalize-only).
-Register it as a grounding dataset for the student with `register_pseudo_labels(name, dir)`.
+skips finished parts, and the merged output is written once every shard has finished (by
+whichever shard finishes last, or --finalize-only): `--format mdetr` (default) writes the
+MDETR-style json `<output-dir>/pseudo_labels.json`, `--format odvg` the ODVG grounding lines
+`<output-dir>/pseudo_labels.odvg.jsonl`, `--format both` both. Register the output as a
+grounding dataset for the student with `register_pseudo_labels(name, dir)` or the config key
+`DATASETS.PSEUDO_LABELS` ([[name, output_dir], ...]).
 """
 
 import argparse
@@ -26,8 +29,12 @@ from detectron2.modeling import build_model
 from .config import add_glip_config
 from .config_two_stage import add_two_stage_config
 from .data import register_grounding_instances
+from .data.datasets.odvg import register_odvg
 from .selftrain import (
     FINAL_JSON,
+    FINAL_ODVG,
+    FORMATS,
+    SUMMARY_JSON,
     CaptionRecord,
     GroundingTeacher,
     PartStore,
@@ -51,6 +58,7 @@ def run_pseudo_labelling(
     part_size: int = 64,
     settings: Optional[Dict] = None,
     progress: bool = True,
+    output_format: str = "mdetr",
 ) -> Optional[Dict]:
     """Pseudo-label one shard of `records`, resuming finished parts; merge when all are done.
 
@@ -64,6 +72,7 @@ def run_pseudo_labelling(
         settings: anything that changes the result (teacher, thresholds); a resumed run must
             give the same.
         progress: show a tqdm progress bar.
+        output_format: "mdetr", "odvg" or "both" (the merged files, see the module docstring).
 
     Returns:
         the summary (images, images_with_boxes, phrases, grounded_phrases, boxes) when the final
@@ -108,33 +117,48 @@ def run_pseudo_labelling(
             "last shard to finish (or --finalize-only) writes the merged json."
         )
         return None
-    summary = store.finalize(records, image_root)
-    logger.info(f"Wrote {os.path.join(output_dir, FINAL_JSON)}: {summary}")
+    summary = store.finalize(records, image_root, output_format=output_format)
+    logger.info(f"Wrote {', '.join(FORMATS[output_format])} in {output_dir}: {summary}")
     return summary
 
 
 def register_pseudo_labels(name: str, output_dir: str, image_root: Optional[str] = None) -> str:
-    """Register the merged pseudo-label json of `output_dir` as grounding dataset `name`.
+    """Register the merged pseudo-labels of `output_dir` as grounding dataset `name`.
+
+    The MDETR json is used when the run wrote one, else the ODVG file.
 
     Args:
         name: the new dataset name (e.g. "cc3m_pseudo_train").
         output_dir: the --output-dir of the finished run.
-        image_root: image folder; None = the one recorded in the json.
+        image_root: image folder; None = the one the run recorded.
 
     Returns:
-        the json path.
+        the annotation file registered.
+
+    Raises:
+        FileNotFoundError: when the run has not written its merged output yet.
     """
-    json_file = os.path.join(output_dir, FINAL_JSON)
-    if not os.path.isfile(json_file):
+    summary_file = os.path.join(output_dir, SUMMARY_JSON)
+    files = [os.path.join(output_dir, f) for f in (FINAL_JSON, FINAL_ODVG)]
+    existing = [f for f in files if os.path.isfile(f)]
+    if not existing:
         raise FileNotFoundError(
-            f"{json_file} does not exist: pseudo-labelling has not finished every shard yet "
-            "(run the missing shards, or --finalize-only)."
+            f"Neither {files[0]} nor {files[1]} exists: pseudo-labelling has not finished every "
+            "shard yet (run the missing shards, or --finalize-only)."
         )
     if image_root is None:
-        with open(json_file, encoding="utf-8") as f:
-            image_root = json.load(f)["info"].get("image_root") or ""
-    register_grounding_instances(name, json_file, image_root, metadata={"pseudo_labels": True})
-    return json_file
+        if os.path.isfile(summary_file):
+            with open(summary_file, encoding="utf-8") as f:
+                image_root = json.load(f).get("image_root") or ""
+        else:  # runs from before summary.json: the MDETR json records it
+            with open(files[0], encoding="utf-8") as f:
+                image_root = json.load(f)["info"].get("image_root") or ""
+    metadata = {"pseudo_labels": True}
+    if existing[0] == files[0]:
+        register_grounding_instances(name, existing[0], image_root, metadata=metadata)
+    else:
+        register_odvg(name, existing[0], image_root, metadata=metadata)
+    return existing[0]
 
 
 def build_teacher(args) -> GroundingTeacher:
@@ -186,6 +210,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--nlp", default="auto", choices=("auto", "spacy", "simple"), help="noun-phrase extractor"
     )
+    p.add_argument(
+        "--format",
+        default="mdetr",
+        choices=sorted(FORMATS),
+        help="merged output: MDETR-style json, ODVG jsonl, or both",
+    )
     p.add_argument("--finalize-only", action="store_true", help="only merge finished shards")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -206,7 +236,7 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
     )
     if args.finalize_only:
         store = PartStore(args.output_dir, num_shards=args.num_shards, part_size=args.part_size)
-        summary = store.finalize(records, image_root)
+        summary = store.finalize(records, image_root, output_format=args.format)
     else:
         teacher = teacher or build_teacher(args)
         settings = {
@@ -225,13 +255,15 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
             part_size=args.part_size,
             settings=settings,
             progress=not args.no_progress,
+            output_format=args.format,
         )
     if summary is not None:
         print(
             f"pseudo-labels: {summary['images']} images "
             f"({summary['images_with_boxes']} with boxes), "
             f"{summary['grounded_phrases']}/{summary['phrases']} phrases grounded, "
-            f"{summary['boxes']} boxes kept -> {os.path.join(args.output_dir, FINAL_JSON)}"
+            f"{summary['boxes']} boxes kept -> "
+            + ", ".join(os.path.join(args.output_dir, f) for f in FORMATS[args.format])
         )
     return summary
 

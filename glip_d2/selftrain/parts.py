@@ -5,6 +5,8 @@ Layout under the output directory::
     run.json                                  settings of the run (checked on resume)
     parts/shard0000-of-0004/part000000.json   results of consecutive images of a shard
     pseudo_labels.json                        the merged MDETR-style grounding json (last)
+    pseudo_labels.odvg.jsonl                  the same as ODVG grounding lines (--format odvg/both)
+    summary.json                              image_root and counts of the merged output
 
 Every file is written to a temporary name and renamed into place, so a file that exists is
 complete: a killed run loses at most the part it was computing, and a rerun skips finished parts.
@@ -22,13 +24,22 @@ from typing import Dict, List, Optional, Sequence
 
 from .collection import CaptionRecord, shard_records
 
-__all__ = ["PartStore", "atomic_write_json", "FINAL_JSON"]
+__all__ = ["PartStore", "atomic_write_json", "FINAL_JSON", "FINAL_ODVG", "SUMMARY_JSON", "FORMATS"]
 
 FINAL_JSON = "pseudo_labels.json"
+FINAL_ODVG = "pseudo_labels.odvg.jsonl"
+SUMMARY_JSON = "summary.json"
+# --format choice -> the merged files written.
+FORMATS = {"mdetr": (FINAL_JSON,), "odvg": (FINAL_ODVG,), "both": (FINAL_JSON, FINAL_ODVG)}
 
 
 def atomic_write_json(path: str, obj) -> None:
     """Write ``obj`` as json to ``path`` so that ``path`` never holds a partial file."""
+    _atomic_write(path, lambda f: json.dump(obj, f, sort_keys=True, separators=(",", ":")))
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -36,7 +47,7 @@ def atomic_write_json(path: str, obj) -> None:
     )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, sort_keys=True, separators=(",", ":"))
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -138,13 +149,27 @@ class PartStore:
 
     # ------------------------------------------------------------------ final json
     def finalize(
-        self, records: Sequence[CaptionRecord], image_root: Optional[str], extra_info=None
+        self,
+        records: Sequence[CaptionRecord],
+        image_root: Optional[str],
+        extra_info=None,
+        output_format: str = "mdetr",
     ) -> Dict:
-        """Merge every part into ``pseudo_labels.json``; returns the summary.
+        """Merge every part into the final file(s) of `output_format`; returns the summary.
+
+        Args:
+            output_format: "mdetr" (``pseudo_labels.json``), "odvg"
+                (``pseudo_labels.odvg.jsonl``, boxes xyxy, file names relative to image_root)
+                or "both". ``summary.json`` is written in every case.
 
         Raises:
             RuntimeError: if a part is missing (a shard has not finished).
+            ValueError: for an unknown `output_format`.
         """
+        if output_format not in FORMATS:
+            raise ValueError(
+                f"Unknown pseudo-label format {output_format!r}; use one of {sorted(FORMATS)}."
+            )
         missing = self.missing(records)
         if missing:
             raise RuntimeError(
@@ -195,13 +220,47 @@ class PartStore:
             "summary": summary,
             **(extra_info or {}),
         }
-        atomic_write_json(
-            os.path.join(self.output_dir, FINAL_JSON),
-            {
-                "info": info,
-                "images": images,
-                "annotations": annotations,
-                "categories": [{"id": 1, "name": "object"}],
-            },
-        )
+        if FINAL_JSON in FORMATS[output_format]:
+            atomic_write_json(
+                os.path.join(self.output_dir, FINAL_JSON),
+                {
+                    "info": info,
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": [{"id": 1, "name": "object"}],
+                },
+            )
+        if FINAL_ODVG in FORMATS[output_format]:
+            _atomic_write(
+                os.path.join(self.output_dir, FINAL_ODVG),
+                lambda f: _write_odvg(f, images, annotations),
+            )
+        atomic_write_json(os.path.join(self.output_dir, SUMMARY_JSON), info)
         return summary
+
+
+def _write_odvg(f, images: List[Dict], annotations: List[Dict]) -> None:
+    """ODVG grounding lines (one per image, in id order) of the merged MDETR-style records."""
+    by_image: Dict[int, List[Dict]] = {}
+    for a in annotations:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for im in images:
+        regions = []
+        for a in by_image.get(im["id"], []):
+            x, y, w, h = a["bbox"]
+            (start, end), = a["tokens_positive"]
+            regions.append(
+                {
+                    "bbox": [x, y, x + w, y + h],
+                    "phrase": im["caption"][start:end],
+                    "tokens_positive": [[start, end]],
+                    "score": a["score"],
+                }
+            )
+        line = {
+            "filename": im["file_name"],
+            "height": im["height"],
+            "width": im["width"],
+            "grounding": {"caption": im["caption"], "regions": regions},
+        }
+        f.write(json.dumps(line, sort_keys=True) + "\n")

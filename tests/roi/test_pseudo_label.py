@@ -186,6 +186,44 @@ def test_pseudo_labels_register_and_map_as_grounding_data(collection, uninterrup
     DatasetCatalog.remove(name)
 
 
+def test_pseudo_label_odvg_output_registers_like_the_mdetr_json(collection, uninterrupted, tmp_path):
+    import shutil
+
+    from detectron2.structures import BoxMode
+
+    full, summary = uninterrupted
+    out = tmp_path / "odvg_run"
+    shutil.copytree(full, out)
+    os.remove(out / "pseudo_labels.json")
+    os.remove(out / "summary.json")
+    assert main(_argv(collection, out, "--finalize-only", "--format", "odvg")) == summary
+    assert not (out / "pseudo_labels.json").exists()
+    lines = [json.loads(l) for l in (out / "pseudo_labels.odvg.jsonl").read_text().splitlines()]
+    assert [line["filename"] for line in lines] == [im["file_name"] for im in collection["images"]]
+    assert sum(len(line["grounding"]["regions"]) for line in lines) == summary["boxes"]
+    with open(out / "summary.json") as f:
+        assert json.load(f)["image_root"] == collection["image_root"]
+
+    dicts = {}
+    for name, folder in (("pseudo_mdetr_cmp", full), ("pseudo_odvg_cmp", out)):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        registered = register_pseudo_labels(name, str(folder))
+        assert registered.endswith("odvg.jsonl") == (name == "pseudo_odvg_cmp")
+        dicts[name] = DatasetCatalog.get(name)
+        DatasetCatalog.remove(name)
+    for a, b in zip(dicts["pseudo_mdetr_cmp"], dicts["pseudo_odvg_cmp"]):
+        assert a["file_name"] == b["file_name"] and a["caption"] == b["caption"]
+        assert len(a["annotations"]) == len(b["annotations"])
+        for x, y in zip(a["annotations"], b["annotations"]):
+            assert x["tokens_positive"] == y["tokens_positive"]
+            box = BoxMode.convert(list(x["bbox"]), x["bbox_mode"], BoxMode.XYXY_ABS)
+            assert y["bbox"] == pytest.approx(box, abs=1e-4)
+
+    with pytest.raises(SystemExit):
+        main(_argv(collection, out, "--finalize-only", "--format", "coco"))
+
+
 def test_pseudo_collection_reads_csv_and_shards_round_robin(tmp_path):
     path = tmp_path / "c.csv"
     with open(path, "w", newline="") as f:
