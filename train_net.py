@@ -9,13 +9,13 @@ from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
-from glip_d2.data import GroundingDatasetMapper
+from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
                             check_datasets_present, set_test_vocabulary)
@@ -40,7 +40,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True))
+        return build_grounding_train_loader(cfg, GroundingDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -76,7 +76,7 @@ def setup(args):
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    register_datasets_from_config(cfg)  # DATASETS.CUSTOM entries
+    register_datasets_from_config(cfg)  # DATASETS.CUSTOM and DATASETS.PSEUDO_LABELS entries
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

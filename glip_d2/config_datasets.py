@@ -15,6 +15,13 @@ def add_dataset_config(cfg):
     # COCO-format jsons registered as detection-as-grounding by register_datasets_from_config:
     # [[name, json_file, image_root], ...]; relative paths are under $DETECTRON2_DATASETS.
     _C.DATASETS.CUSTOM = []
+    # Pseudo-label runs (python -m glip_d2.pseudo_label) registered as grounding datasets:
+    # [[name, output_dir], ...]; relative output_dirs are relative to the working directory.
+    _C.DATASETS.PSEUDO_LABELS = []
+    # Relative sampling probability of each DATASETS.TRAIN entry (one per entry, e.g. (1, 1) to
+    # draw human-labelled and pseudo-labelled data equally often whatever their sizes);
+    # () = plain concatenation, images drawn in proportion to the dataset sizes.
+    _C.DATASETS.TRAIN_RATIOS = ()
 
     _C.TEST.BENCHMARK = CN()
     # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.

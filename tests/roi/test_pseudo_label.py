@@ -2,6 +2,7 @@
 
 import csv
 import glob
+import itertools
 import json
 import os
 
@@ -222,6 +223,54 @@ def test_pseudo_label_odvg_output_registers_like_the_mdetr_json(collection, unin
 
     with pytest.raises(SystemExit):
         main(_argv(collection, out, "--finalize-only", "--format", "coco"))
+
+
+def test_pseudo_labels_register_from_config_next_to_human_data(uninterrupted, tmp_path):
+    from detectron2.config import get_cfg
+
+    from glip_d2 import add_glip_config
+    from glip_d2.data import build_grounding_train_loader
+    from glip_d2.data.datasets import register_datasets_from_config
+
+    full, summary = uninterrupted
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.DATASETS.PSEUDO_LABELS = [["pseudo_cfg_test", str(full)]]
+    try:
+        assert register_datasets_from_config(cfg) == ["pseudo_cfg_test"]
+        assert register_datasets_from_config(cfg) == []  # idempotent
+        dicts = DatasetCatalog.get("pseudo_cfg_test")
+        assert sum(len(d["annotations"]) for d in dicts) == summary["boxes"]
+        cfg.DATASETS.PSEUDO_LABELS = [["pseudo_cfg_test", str(tmp_path)]]
+        with pytest.raises(ValueError, match="already registered"):
+            register_datasets_from_config(cfg)
+        cfg.DATASETS.PSEUDO_LABELS = [["only_a_name"]]
+        with pytest.raises(ValueError, match=r"\[name, output_dir\]"):
+            register_datasets_from_config(cfg)
+
+        # human-labelled data (50 images) next to the pseudo-labels (6), drawn 1:3
+        human = [
+            {"file_name": f"human_{i}.png", "image_id": i, "height": 8, "width": 8,
+             "caption": "a cat", "annotations": []}
+            for i in range(50)
+        ]
+        DatasetCatalog.register("pseudo_cfg_human_test", lambda: human)
+        cfg.DATASETS.PSEUDO_LABELS = []
+        cfg.DATASETS.TRAIN = ("pseudo_cfg_human_test", "pseudo_cfg_test")
+        cfg.DATASETS.TRAIN_RATIOS = (1, 3)
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+        cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
+        cfg.SOLVER.IMS_PER_BATCH = 8
+        cfg.SEED = 0
+        loader = build_grounding_train_loader(cfg, mapper=lambda d: d["file_name"])
+        files = [f for b in itertools.islice(iter(loader), 25) for f in b]
+        pseudo = {d["file_name"] for d in dicts}
+        assert sum(f in pseudo for f in files) / len(files) == pytest.approx(0.75, abs=0.08)
+    finally:
+        for name in ("pseudo_cfg_test", "pseudo_cfg_human_test"):
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
 
 
 def test_pseudo_collection_reads_csv_and_shards_round_robin(tmp_path):

@@ -61,10 +61,11 @@ def _resolve(path: str, root: str) -> str:
 
 
 def register_datasets_from_config(cfg) -> List[str]:
-    """Register the ``DATASETS.CUSTOM`` entries of a config (idempotent).
+    """Register the ``DATASETS.CUSTOM`` and ``DATASETS.PSEUDO_LABELS`` entries (idempotent).
 
-    Each entry is ``[name, json_file, image_root]``; relative paths are relative to the
-    ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset.
+    A CUSTOM entry is ``[name, json_file, image_root]``; relative paths are relative to the
+    ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset. A
+    PSEUDO_LABELS entry is ``[name, output_dir]`` of a finished ``glip_d2.pseudo_label`` run.
 
     Args:
         cfg: a config with ``DATASETS.CUSTOM`` (see :func:`glip_d2.add_dataset_config`).
@@ -98,5 +99,35 @@ def register_datasets_from_config(cfg) -> List[str]:
                 "pick another name."
             )
         register_custom_coco(name, json_file, image_root)
+        registered.append(name)
+    return registered + _register_pseudo_labels_from_config(cfg)
+
+
+def _register_pseudo_labels_from_config(cfg) -> List[str]:
+    from ...pseudo_label import register_pseudo_labels  # imports the model side; lazily
+
+    registered = []
+    for entry in cfg.DATASETS.get("PSEUDO_LABELS", []):
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 2
+            or not all(isinstance(x, str) and x for x in entry)
+        ):
+            raise ValueError(
+                f"DATASETS.PSEUDO_LABELS entry {entry!r} is not [name, output_dir] (two non-empty "
+                "strings)."
+            )
+        name, output_dir = entry[0], os.path.abspath(os.path.expanduser(entry[1]))
+        if name in DatasetCatalog.list():
+            known = MetadataCatalog.get(name).get("pseudo_label_dir")
+            if known == output_dir:
+                continue
+            raise ValueError(
+                f"DATASETS.PSEUDO_LABELS names {name!r}, which is already registered"
+                + (f" from {known!r}" if known else " (not as pseudo-labels)")
+                + "; pick another name."
+            )
+        register_pseudo_labels(name, output_dir)
+        MetadataCatalog.get(name).set(pseudo_label_dir=output_dir)
         registered.append(name)
     return registered
