@@ -29,6 +29,13 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.SIZE_DIVISIBILITY = 32
     # Freeze the image backbone and FPN entirely (linear-probe / prompt-tuning setups).
     _C.MODEL.GLIP.FREEZE_BACKBONE = False
+    # Most (image, prompt chunk) pairs run through the fusion tower and head in one pass at test
+    # time: 1 = one at a time (official order, bit-exact parity); larger values batch the chunks
+    # of LVIS-size vocabularies and the images of a batch (speed switch; memory grows with it).
+    _C.MODEL.GLIP.INFERENCE_BATCH = 1
+    # Test-time autocast dtype of backbone, tower and head: "float32" (parity), "bfloat16" or
+    # "float16". The text encoder and post-processing stay float32.
+    _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()
@@ -124,6 +131,10 @@ def add_glip_config(cfg):
     _C.MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT = True
     # Clamp dot-product logits to +-50000.
     _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_DOT_PRODUCT = True
+    # X-MHA kernels: "official" (materialised logits + clamps, bit-exact parity) or "sdpa"
+    # (torch scaled_dot_product_attention: flash/memory-efficient on GPU; same math where the
+    # clamps do not bind). Speed switch, see benchmarks/.
+    _C.MODEL.DYHEAD.FUSE_CONFIG.ATTENTION = "official"
 
     # ---------------------------------------------------------------- ATSS grounding head
     _C.MODEL.ATSS = CN()

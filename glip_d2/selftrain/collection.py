@@ -95,3 +95,32 @@ def resolve_image_path(file_name: str, image_root: Optional[str]) -> str:
     if image_root and not os.path.isabs(file_name):
         return os.path.join(image_root, file_name)
     return file_name
+
+
+def write_caption_collection(json_file: str, path: str) -> int:
+    """Write the images of a COCO-style json whose images carry a "caption" as a jsonl collection
+    (file_name, caption, id) for pseudo-labelling; the annotations are not copied.
+
+    Returns:
+        the number of records written.
+
+    Raises:
+        ValueError: if an image has no caption.
+    """
+    with open(json_file, encoding="utf-8") as f:
+        images = json.load(f)["images"]
+    missing = [im.get("id") for im in images if not im.get("caption")]
+    if missing:
+        raise ValueError(
+            f"{json_file}: {len(missing)} images have no 'caption' (first ids {missing[:5]}); only "
+            "captioned images make a pseudo-labelling collection."
+        )
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for im in images:
+            f.write(
+                json.dumps({"file_name": im["file_name"], "caption": im["caption"], "id": im["id"]})
+                + "\n"
+            )
+    os.replace(tmp, path)
+    return len(images)

@@ -9,13 +9,19 @@ from torch import nn
 CLAMP_VALUE = 50000.0
 # Additive mask for padding tokens on the vision->language side (official value).
 PADDING_LOGIT = -9e15
+# Implementations of the attention products: "official" materialises the (N, T) logits once and
+# applies GLIP's clamps (bit-for-bit parity); "sdpa" runs each direction through PyTorch's
+# scaled_dot_product_attention (flash / memory-efficient kernels on GPU, fp32 accumulation), which
+# equals the official math wherever the +-50000 clamps do not bind.
+ATTENTION_IMPLS = ("official", "sdpa")
 
 
 class BiMultiHeadAttention(nn.Module):
     """Multi-head attention in both directions, sharing one query-key product.
 
     Vision queries attend over tokens (padding masked out); token queries attend over all
-    visual positions (no mask: every position is real).
+    visual positions (no mask: every position is real). `impl` picks the kernels (see
+    ``ATTENTION_IMPLS``).
     """
 
     def __init__(
@@ -27,10 +33,17 @@ class BiMultiHeadAttention(nn.Module):
         dropout: float = 0.1,
         clamp_min: bool = True,
         clamp_max: bool = True,
+        impl: str = "official",
     ):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"Unknown X-MHA attention implementation {impl!r} "
+                f"(MODEL.DYHEAD.FUSE_CONFIG.ATTENTION); use one of {ATTENTION_IMPLS}."
+            )
+        self.impl = impl
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -73,6 +86,8 @@ class BiMultiHeadAttention(nn.Module):
         Returns:
             (delta_v (B, N, v_dim), delta_l (B, T, l_dim))
         """
+        if self.impl == "sdpa":
+            return self._forward_sdpa(v, l, mask_l)
         bsz, n_v, _ = v.shape
         n_l = l.shape[1]
         q = self._heads(self.v_proj(v) * self.scale)
@@ -111,6 +126,32 @@ class BiMultiHeadAttention(nn.Module):
         out_l = self.out_l_proj(out_l.reshape(bsz, n_l, self.embed_dim))
         return out_v, out_l
 
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, N, E) -> (B, heads, N, head_dim)
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = x.shape
+        return x.transpose(1, 2).reshape(b, n, self.embed_dim)
+
+    def _forward_sdpa(self, v, l, mask_l):
+        """Both directions as scaled_dot_product_attention calls on the same projections.
+
+        vision -> language: softmax over tokens of scale * <v_proj(v), l_proj(l)>, padding
+        masked (the official +1 on real tokens is a softmax no-op). language -> vision: softmax
+        over all positions of the same products, transposed.
+        """
+        qv, kl = self._split(self.v_proj(v)), self._split(self.l_proj(l))
+        val_v, val_l = self._split(self.values_v_proj(v)), self._split(self.values_l_proj(l))
+        p = self.dropout if self.training else 0.0
+        mask = None if mask_l is None else (mask_l != 0)[:, None, None, :]  # (B, 1, 1, T)
+        out_v = F.scaled_dot_product_attention(
+            qv, kl, val_l, attn_mask=mask, dropout_p=p, scale=self.scale
+        )
+        out_l = F.scaled_dot_product_attention(kl, qv, val_v, dropout_p=p, scale=self.scale)
+        return self.out_v_proj(self._merge(out_v)), self.out_l_proj(self._merge(out_l))
+
 
 class VLFuse(nn.Module):
     """Pre-LayerNorm bidirectional fusion with layer scale; residual on the normalised input."""
@@ -125,12 +166,13 @@ class VLFuse(nn.Module):
         init_scale: float = 1.0 / 6,
         clamp_min: bool = True,
         clamp_max: bool = True,
+        attention: str = "official",
     ):
         super().__init__()
         self.norm_v = nn.LayerNorm(v_dim)
         self.norm_l = nn.LayerNorm(l_dim)
         self.attn = BiMultiHeadAttention(
-            v_dim, l_dim, embed_dim, num_heads, dropout, clamp_min, clamp_max
+            v_dim, l_dim, embed_dim, num_heads, dropout, clamp_min, clamp_max, impl=attention
         )
         self.gamma_v = nn.Parameter(torch.full((v_dim,), float(init_scale)))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), float(init_scale)))

@@ -80,6 +80,7 @@ class VLDyHeadTower(nn.Module):
         gn_groups: int = 16,
         offset_raw_prefix: bool = True,
         use_checkpoint: bool = False,
+        attention: str = "official",
     ):
         super().__init__()
         self.early_fuse = early_fuse
@@ -90,7 +91,7 @@ class VLDyHeadTower(nn.Module):
                 fuse = VLFuse(
                     channels, language_dim, embed_dim, num_heads, dropout,
                     init_scale=(1.0 / num_blocks) if use_layer_scale else 1.0,
-                    clamp_min=clamp_min, clamp_max=clamp_max,
+                    clamp_min=clamp_min, clamp_max=clamp_max, attention=attention,
                 )
                 # The last block's text layer only exists when the head scores with fused text.
                 if i < num_blocks - 1 or fuse_text_layer:
@@ -131,6 +132,7 @@ class VLDyHeadTower(nn.Module):
             gn_groups=dh.GN_GROUPS if dh.USE_GN else 0,
             offset_raw_prefix=dh.OFFSET_RAW_PREFIX,
             use_checkpoint=dh.USE_CHECKPOINT,
+            attention=fc.ATTENTION,
         )
 
     def forward(

@@ -1,4 +1,5 @@
 """GLIP meta-architecture: image backbone + language backbone + fusion tower + grounding head."""
+import contextlib
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -6,6 +7,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
+import torch.nn.functional as F
 from torch import nn
 
 from ...text import load_tokenizer
@@ -14,6 +16,41 @@ from ..language import build_language_backbone, resolve_text_model_path
 from .prompting import PromptingMixin, default_vocabulary
 
 logger = logging.getLogger(__name__)
+
+# MODEL.GLIP.INFERENCE_DTYPE -> autocast dtype (None: no autocast).
+INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def stack_prompts(encoded):
+    """Batch encoded prompts [(input_ids, language dict, positive map)] along the batch axis.
+
+    Prompts shorter than the longest are right-padded (hidden/embedded zeros, mask 0, no label
+    on the padded tokens), which the masked attention and the positive maps ignore.
+
+    Returns:
+        (language dict with (P, T, ...) tensors, list of P positive maps (L_p, T)).
+    """
+    if len(encoded) == 1:
+        _, lang, pmap = encoded[0]
+        return lang, [pmap]
+    length = max(lang["masks"].shape[1] for _, lang, _ in encoded)
+
+    def pad(t):  # right-pad the token axis (dim 1) to `length`
+        extra = length - t.shape[1]
+        return F.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra))
+
+    lang = {key: torch.cat([pad(e[1][key]) for e in encoded]) for key in encoded[0][1]}
+    pmaps = [F.pad(pmap, (0, length - pmap.shape[1])) for _, _, pmap in encoded]
+    return lang, pmaps
+
+
+def _to_float(out: Dict) -> Dict:
+    """Head outputs in float32 for post-processing (a no-op after a float32 forward)."""
+
+    def cast(t):
+        return t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+
+    return {k: [cast(t) for t in v] if isinstance(v, list) else cast(v) for k, v in out.items()}
 
 
 @META_ARCH_REGISTRY.register()
@@ -46,6 +83,8 @@ class GLIP(PromptingMixin, nn.Module):
         vocabulary: Optional[Sequence[str]] = None,
         test_chunk_size: int = 0,
         freeze_backbone: bool = False,
+        inference_batch: int = 1,
+        inference_dtype: str = "float32",
     ):
         super().__init__()
         self.backbone = backbone
@@ -58,6 +97,15 @@ class GLIP(PromptingMixin, nn.Module):
         self.pad_to_max = pad_to_max
         self.separator = separator
         self.test_chunk_size = test_chunk_size
+        if inference_batch < 1:
+            raise ValueError(f"MODEL.GLIP.INFERENCE_BATCH must be >= 1, got {inference_batch}.")
+        if inference_dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.GLIP.INFERENCE_DTYPE {inference_dtype!r} is not one of "
+                f"{sorted(INFERENCE_DTYPES)}."
+            )
+        self.inference_batch = inference_batch
+        self.inference_dtype = inference_dtype
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._init_prompting(vocabulary)
@@ -93,6 +141,8 @@ class GLIP(PromptingMixin, nn.Module):
             vocabulary=default_vocabulary(cfg),
             test_chunk_size=cfg.MODEL.GLIP.TEST_CHUNK_SIZE,
             freeze_backbone=cfg.MODEL.GLIP.FREEZE_BACKBONE,
+            inference_batch=cfg.MODEL.GLIP.INFERENCE_BATCH,
+            inference_dtype=cfg.MODEL.GLIP.INFERENCE_DTYPE,
         )
 
     @property
@@ -122,26 +172,39 @@ class GLIP(PromptingMixin, nn.Module):
         )
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
-        """Detections for each input; the image backbone runs once per image, the text side and
-        the fusion tower once per prompt chunk."""
+        """Detections for each input. The image backbone runs once per image, the text side once
+        per prompt (cached), and the fusion tower + head once per (image, prompt chunk) pair, up
+        to `inference_batch` pairs in one pass (1 = one at a time, the official order)."""
         images = self.preprocess_image(batched_inputs)
-        feats = self.extract_features(images)
-        results = []
+        with self._autocast():
+            feats = self.extract_features(images)
+        jobs, num_prompts = [], []  # (image index, (caption, spans per label, label ids))
         for i, x in enumerate(batched_inputs):
-            f_i = [f[i : i + 1] for f in feats]
-            size = images.image_sizes[i]
             prompts, _ = self._prompts_for(x)
-            parts = []
-            for caption, spans, label_ids in prompts:
-                _, lang, pmap = self._cached_prompt(caption, spans)
-                out = self.head(f_i, lang)
-                det = self.head.inference(out, [pmap], [size], apply_nms=len(prompts) == 1)[0]
+            num_prompts.append(len(prompts))
+            jobs += [(i, p) for p in prompts]
+        parts: List[List[Dict]] = [[] for _ in batched_inputs]
+        for start in range(0, len(jobs), self.inference_batch):
+            group = jobs[start : start + self.inference_batch]
+            index = [i for i, _ in group]
+            if len(group) == 1:
+                f = [feat[index[0] : index[0] + 1] for feat in feats]
+            else:
+                f = [feat[torch.as_tensor(index, device=feat.device)] for feat in feats]
+            lang, pmaps = stack_prompts([self._cached_prompt(c, s) for _, (c, s, _) in group])
+            with self._autocast():
+                out = self.head(f, lang)
+            out = _to_float(out)
+            dets = self.head.inference(
+                out, pmaps, [images.image_sizes[i] for i in index], apply_nms=False
+            )
+            for (i, (_, _, label_ids)), det in zip(group, dets):
                 det["labels"] = torch.as_tensor(label_ids, device=self.device)[det["labels"]]
-                parts.append(det)
-            det = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            if len(prompts) > 1:
-                det = self._merge_chunks(det)
-            results.append(self._to_instances(det, size))
+                parts[i].append(det)
+        results = []
+        for i, size in enumerate(images.image_sizes):
+            det = {k: torch.cat([p[k] for p in parts[i]]) for k in parts[i][0]}
+            results.append(self._to_instances(self._merge_chunks(det), size))
         if not do_postprocess:
             return results
         return [
@@ -149,7 +212,16 @@ class GLIP(PromptingMixin, nn.Module):
             for r, x, s in zip(results, batched_inputs, images.image_sizes)
         ]
 
+    def _autocast(self):
+        """Mixed precision for the inference forward (MODEL.GLIP.INFERENCE_DTYPE); a no-op in
+        float32. Post-processing always runs in float32."""
+        if self.inference_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=INFERENCE_DTYPES[self.inference_dtype])
+
     def _merge_chunks(self, det):
+        """Class-wise NMS and the top detections over all chunks of one image (for one prompt
+        the official per-image NMS + top-k)."""
         keep = class_wise_nms(det["boxes"], det["scores"], det["labels"], self.head.test_args["nms_thresh"])
         det = {k: v[keep] for k, v in det.items()}
         top = self.head.test_args["detections_per_img"]

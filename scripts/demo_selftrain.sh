@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Self-training demo: the two-stage demo teacher (scripts/demo_two_stage.sh; trained first if its
+# checkpoint is missing) grounds the noun phrases of the shapes training captions; a student is
+# trained from scratch on those pseudo-labels only and evaluated like the teacher.
+set -e
+source "$(dirname "$0")/env.sh"
+TEACHER=${TEACHER:-output/demo_two_stage_shapes/model_final.pth}
+PSEUDO=${PSEUDO:-output/pseudo_shapes}
+OUT=${OUT:-output/demo_student_shapes}
+if [ ! -f "$TEACHER" ]; then
+  bash scripts/demo_two_stage.sh OUTPUT_DIR "$(dirname "$TEACHER")"
+fi
+# the shapes data are generated on first use; the collection keeps only file names and captions
+.venv/bin/python - <<'PY'
+from detectron2.data import DatasetCatalog, MetadataCatalog
+import glip_d2  # noqa: F401  (registers the shapes splits)
+from glip_d2.selftrain import write_caption_collection
+
+DatasetCatalog.get("shapes_train")
+meta = MetadataCatalog.get("shapes_train")
+n = write_caption_collection(meta.json_file, "datasets/shapes/train_captions.jsonl")
+print(f"{n} captioned images -> datasets/shapes/train_captions.jsonl")
+PY
+.venv/bin/python -m glip_d2.pseudo_label \
+  --config-file configs/two_stage/demo_faster_rcnn_shapes.yaml --weights "$TEACHER" \
+  --input datasets/shapes/train_captions.jsonl --image-root datasets/shapes/train \
+  --output-dir "$PSEUDO" --score-thresh 0.2 --max-boxes-per-phrase 3 --format both
+.venv/bin/python train_net.py --config-file configs/two_stage/demo_faster_rcnn_shapes_student.yaml \
+  DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT" "$@"
+.venv/bin/python scripts/print_ap.py "$OUT"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Two-stage demo: train the language-aware Faster R-CNN on the shapes dataset on CPU and print COCO
+# AP on seen (shapes_val) and never-seen (shapes_val_novel) combinations (about 15 min on 2 cores).
+source "$(dirname "$0")/env.sh"
+OUT=${OUT:-output/demo_two_stage_shapes}
+.venv/bin/python train_net.py --config-file configs/two_stage/demo_faster_rcnn_shapes.yaml OUTPUT_DIR "$OUT" "$@"
+.venv/bin/python scripts/print_ap.py "$OUT"
