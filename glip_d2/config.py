@@ -36,6 +36,10 @@ def add_glip_config(cfg):
     # Test-time autocast dtype of backbone, tower and head: "float32" (parity), "bfloat16" or
     # "float16". The text encoder and post-processing stay float32.
     _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
+    # torch.compile the image backbone and the head for inference: "" (off), "default",
+    # "reduce-overhead" (CUDA graphs; fixed input sizes) or "max-autotune". Compiles on the first
+    # batch of each new input shape.
+    _C.MODEL.GLIP.COMPILE = ""
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()

@@ -17,6 +17,9 @@ from .prompting import PromptingMixin, default_vocabulary
 
 logger = logging.getLogger(__name__)
 
+# MODEL.GLIP.COMPILE values: "" = eager; else a torch.compile mode ("reduce-overhead" adds CUDA
+# graphs, worth it for fixed input shapes).
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 # MODEL.GLIP.INFERENCE_DTYPE -> autocast dtype (None: no autocast).
 INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,6 +88,7 @@ class GLIP(PromptingMixin, nn.Module):
         freeze_backbone: bool = False,
         inference_batch: int = 1,
         inference_dtype: str = "float32",
+        compile_mode: str = "",
     ):
         super().__init__()
         self.backbone = backbone
@@ -106,6 +110,14 @@ class GLIP(PromptingMixin, nn.Module):
             )
         self.inference_batch = inference_batch
         self.inference_dtype = inference_dtype
+        # torch.compile'd backbone and head for inference, kept outside the module tree so the
+        # state dict keeps its keys; built on first use (MODEL.GLIP.COMPILE).
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"MODEL.GLIP.COMPILE {compile_mode!r} is not one of {COMPILE_MODES} ('' = off)."
+            )
+        self.compile_mode = compile_mode
+        self._compiled: Dict[str, object] = {}
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._init_prompting(vocabulary)
@@ -143,6 +155,7 @@ class GLIP(PromptingMixin, nn.Module):
             freeze_backbone=cfg.MODEL.GLIP.FREEZE_BACKBONE,
             inference_batch=cfg.MODEL.GLIP.INFERENCE_BATCH,
             inference_dtype=cfg.MODEL.GLIP.INFERENCE_DTYPE,
+            compile_mode=cfg.MODEL.GLIP.COMPILE,
         )
 
     @property
@@ -155,8 +168,17 @@ class GLIP(PromptingMixin, nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def extract_features(self, images: ImageList) -> List[torch.Tensor]:
-        feats = self.backbone(images.tensor)
+        feats = self._inference_module("backbone")(images.tensor)
         return [feats[f] for f in self.in_features]
+
+    def _inference_module(self, name: str):
+        """`self.<name>`, or its torch.compile'd twin at test time when MODEL.GLIP.COMPILE is set."""
+        module = getattr(self, name)
+        if self.training or not self.compile_mode:
+            return module
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(module, mode=self.compile_mode)
+        return self._compiled[name]
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -193,7 +215,7 @@ class GLIP(PromptingMixin, nn.Module):
                 f = [feat[torch.as_tensor(index, device=feat.device)] for feat in feats]
             lang, pmaps = stack_prompts([self._cached_prompt(c, s) for _, (c, s, _) in group])
             with self._autocast():
-                out = self.head(f, lang)
+                out = self._inference_module("head")(f, lang)
             out = _to_float(out)
             dets = self.head.inference(
                 out, pmaps, [images.image_sizes[i] for i in index], apply_nms=False
