@@ -1,12 +1,19 @@
-"""Shared by the benchmark scripts: a random-weight model from a config, and result files."""
+"""Shared by the benchmark scripts: a random-weight model from a config, timing, device facts, and
+result files."""
 import json
 import os
+import platform
+import re
+import resource
+import time
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from glip_d2 import add_glip_config
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def build_random_model(config_file: str, device: str, opts=()):
@@ -18,6 +25,82 @@ def build_random_model(config_file: str, device: str, opts=()):
                          "DATASETS.TEST", "()"] + list(opts))
     torch.manual_seed(0)
     return build_model(cfg).eval()
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, device: str, iters: int, warmup: int):
+    """Median and min wall time of `fn()` in ms after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(1000 * (time.perf_counter() - t))
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def reset_peak_memory(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gb(device: str):
+    """Peak allocated GPU memory, or the process's peak RSS on CPU (includes the model)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def device_info(device: str) -> dict:
+    import transformers
+
+    info = dict(device=device, torch=torch.__version__, transformers=transformers.__version__,
+                python=platform.python_version(), threads=torch.get_num_threads())
+    if device.startswith("cuda"):
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    else:
+        info.update(cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
+    return info
+
+
+def device_slug(device: str) -> str:
+    """"h100", "a100", ... from the GPU name; "cpu" on CPU."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = torch.cuda.get_device_name().lower()
+    m = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name.replace("nvidia", ""))
+    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+
+def count_flops(fn) -> float:
+    """FLOPs of one call of `fn` by torch's FlopCounterMode (matmuls and convs; torchvision's
+    deformable conv and NMS are not counted, so this is a lower bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def write_result(name: str, res: dict, out_dir: str = None) -> str:
+    """Print one result and write it to `<out_dir>/<name>.json` (default benchmarks/results)."""
+    print(json.dumps(res))
+    out_dir = out_dir or RESULTS_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name + ".json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
 
 
 def append_result(path: str, res: dict):

@@ -25,6 +25,8 @@ PY
   --config-file configs/two_stage/demo_faster_rcnn_shapes.yaml --weights "$TEACHER" \
   --input datasets/shapes/train_captions.jsonl --image-root datasets/shapes/train \
   --output-dir "$PSEUDO" --score-thresh 0.2 --max-boxes-per-phrase 3 --format both
+.venv/bin/python scripts/pseudo_label_quality.py "$PSEUDO/pseudo_labels.json" \
+  datasets/shapes/annotations/train.json
 .venv/bin/python train_net.py --config-file configs/two_stage/demo_faster_rcnn_shapes_student.yaml \
   DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT" "$@"
 .venv/bin/python scripts/print_ap.py "$OUT"

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Inference speed of a GLIP config with random weights, from preprocessed image tensors.
+
+    # the GPU matrix of issue 8 (800x1333, GLIP-T(C)):
+    python benchmarks/bench_inference.py --batch 1 --vocab coco
+    python benchmarks/bench_inference.py --batch 8 --vocab coco --dtype bfloat16 --attention sdpa
+    python benchmarks/bench_inference.py --batch 1 --vocab lvis --dtype bfloat16 --attention sdpa \\
+        --inference-batch 31 --compile default
+    # this machine:
+    python benchmarks/bench_inference.py --device cpu --size 320 480 --iters 3 --warmup 1
+
+Every speed switch is a config key (MODEL.GLIP.INFERENCE_DTYPE / INFERENCE_BATCH / COMPILE,
+MODEL.DYHEAD.FUSE_CONFIG.ATTENTION); the flags only set them. Writes
+benchmarks/results/<device>_infer_<vocab>_b<batch>_<dtype>_<attention>[_ib<N>][_<compile>].json
+with the device, versions, settings, ms, images/s, a TFLOP/s estimate and peak memory.
+"""
+import argparse
+
+import torch
+from common import (build_random_model, count_flops, device_info, device_slug, peak_memory_gb,
+                    reset_peak_memory, time_ms, write_result)
+from glip_d2.vocabularies import get_vocabulary
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/glip_swin_t.yaml")
+    ap.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=1, help="images per forward")
+    ap.add_argument("--vocab", default="coco", choices=("coco", "lvis"), help="COCO-80 or LVIS-1203")
+    ap.add_argument("--chunk-size", type=int, default=40, help="names per prompt (official: 40)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--attention", default="official", choices=("official", "sdpa"))
+    ap.add_argument("--inference-batch", type=int, default=1, help="(image, chunk) pairs per tower pass")
+    ap.add_argument("--compile", default="", choices=("", "default", "reduce-overhead", "max-autotune"))
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="more config overrides: KEY VALUE ...")
+    return ap.parse_args(argv)
+
+
+def run_name(args, slug: str) -> str:
+    name = f"{slug}_infer_{args.vocab}_b{args.batch}_{args.dtype}_{args.attention}"
+    if args.inference_batch > 1:
+        name += f"_ib{args.inference_batch}"
+    if args.compile:
+        name += f"_{args.compile}"
+    return name
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):  # fp32 means fp32 (no TF32), as in the official figures
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    opts = ["MODEL.GLIP.TEST_CHUNK_SIZE", str(args.chunk_size),
+            "MODEL.GLIP.INFERENCE_DTYPE", args.dtype,
+            "MODEL.GLIP.INFERENCE_BATCH", str(args.inference_batch),
+            "MODEL.DYHEAD.FUSE_CONFIG.ATTENTION", args.attention] + list(args.opts)
+    model = build_random_model(args.config, args.device, opts)
+    vocab = get_vocabulary(args.vocab)
+    model.set_vocabulary(list(vocab.prompt_names))
+    h, w = args.size
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8).to(args.device)}
+              for _ in range(args.batch)]
+
+    def infer():
+        with torch.no_grad():
+            model(inputs)
+
+    flops = None if args.no_flops else count_flops(infer)  # eager, before compiling
+    model.compile_mode = args.compile
+    reset_peak_memory(args.device)
+    ms, ms_min = time_ms(infer, args.device, args.iters, args.warmup)
+    res = dict(kind="inference", config=args.config, size=[h, w], batch=args.batch, vocab=args.vocab,
+               vocabulary_size=len(vocab.prompt_names), chunks=len(model._chunks), dtype=args.dtype,
+               attention=args.attention, inference_batch=args.inference_batch, compile=args.compile,
+               ms_median=ms, ms_min=ms_min, ms_per_image=ms / args.batch,
+               images_per_s=1000 * args.batch / ms, peak_memory_gb=peak_memory_gb(args.device),
+               params=sum(p.numel() for p in model.parameters()), opts=list(args.opts),
+               **device_info(args.device))
+    if flops is not None:
+        res.update(gflop_per_batch=flops / 1e9, tflops_per_s=flops / (ms / 1000) / 1e12)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+        with profile(activities=acts) as prof:
+            infer()
+            infer()
+        key = "cuda_time_total" if args.device.startswith("cuda") else "cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=20)
+        print(table)
+        res["profile_top"] = table.splitlines()[:26]
+    write_result(run_name(args, device_slug(args.device)), res, args.out_dir or None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Quality of shapes pseudo-labels against the human boxes of the same images.
+
+    python scripts/pseudo_label_quality.py output/pseudo_shapes/pseudo_labels.json \\
+        datasets/shapes/annotations/train.json
+
+A pseudo box is correct when it overlaps a human box of that image with IoU >= 0.5 and its phrase
+names that box's colour and shape ("a small blue cross" names "blue cross"); a human box is covered
+when some correct pseudo box matches it.
+"""
+import collections
+import json
+import sys
+
+
+def iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def main(pseudo_json, human_json):
+    human = json.load(open(human_json))
+    pseudo = json.load(open(pseudo_json))
+    names = {c["id"]: c["name"].split() for c in human["categories"]}
+    boxes = collections.defaultdict(list)
+    for a in human["annotations"]:
+        boxes[a["image_id"]].append(a)
+    captions = {im["id"]: im["caption"] for im in pseudo["images"]}
+    correct, covered = 0, set()
+    for a in pseudo["annotations"]:
+        (start, end), = a["tokens_positive"]
+        phrase = captions[a["image_id"]][start:end]
+        hits = [
+            h["id"] for h in boxes[a["image_id"]]
+            if iou(a["bbox"], h["bbox"]) >= 0.5 and all(w in phrase for w in names[h["category_id"]])
+        ]
+        correct += bool(hits)
+        covered.update(hits)
+    n_pseudo, n_human = len(pseudo["annotations"]), sum(map(len, boxes.values()))
+    print(f"pseudo boxes {n_pseudo}: {correct} correct ({100 * correct / max(n_pseudo, 1):.1f}%); "
+          f"human boxes covered {len(covered)}/{n_human} ({100 * len(covered) / max(n_human, 1):.1f}%)")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
