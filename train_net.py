@@ -18,7 +18,8 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
-                            check_datasets_present, set_test_vocabulary)
+                            check_datasets_present, ema_weights, load_ema_for_eval,
+                            set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 
 
@@ -33,6 +34,12 @@ class Trainer(DefaultTrainer):
             self.ema = ModelEMA(self.model, cfg.SOLVER.EMA_DECAY)
             self.checkpointer.add_checkpointable("ema", self.ema)
             self.register_hooks([EMAHook(self.ema, self.model)])
+            if cfg.TEST.USE_EMA:  # the periodic and final evaluations see the EMA weights
+                self.test = self._test_with_ema
+
+    def _test_with_ema(self, cfg, model, evaluators=None):
+        with ema_weights(self.ema, model):
+            return type(self).test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -87,7 +94,11 @@ def main(args):
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpoint = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        if cfg.TEST.USE_EMA:
+            load_ema_for_eval(model, checkpoint)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -192,5 +192,8 @@ def add_glip_config(cfg):
     _C.SOLVER.LANG_LR_FACTOR = 0.1
     # Model EMA decay (0 = off; official 0.999).
     _C.SOLVER.EMA_DECAY = 0.0
+    # Evaluate with the EMA weights: during training when SOLVER.EMA_DECAY > 0, and with
+    # --eval-only when the checkpoint holds an "ema" entry (else the raw weights, logged).
+    _C.TEST.USE_EMA = True
     add_two_stage_config(cfg)
     return cfg

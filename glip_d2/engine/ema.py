@@ -1,5 +1,7 @@
 """Exponential moving average of model weights (official GLIP: MODEL_EMA 0.999)."""
+import contextlib
 import copy
+import logging
 
 import torch
 from detectron2.engine import HookBase
@@ -46,3 +48,30 @@ class EMAHook(HookBase):
 
     def after_step(self):
         self.ema.update(self.model)
+
+
+@contextlib.contextmanager
+def ema_weights(ema: ModelEMA, model: nn.Module):
+    """Run the body with the EMA weights in `model`; the training weights are restored after."""
+    backup = ema.swap_into(model)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(backup)
+
+
+def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
+    """Load the "ema" entry of a glip_d2 training checkpoint into `model` (TEST.USE_EMA).
+
+    Args:
+        checkpoint: what the checkpointer's load returned (the entries it did not consume).
+    Returns:
+        True if EMA weights were loaded, False when the checkpoint has none (the raw weights
+        stay, with a log line saying so).
+    """
+    state = checkpoint.get("ema") if checkpoint else None
+    if not state:
+        logging.getLogger(__name__).info("TEST.USE_EMA: the checkpoint has no EMA weights; evaluating the raw weights.")
+        return False
+    model.load_state_dict(state)
+    return True
