@@ -47,7 +47,10 @@ def main(argv=None):
              for s in range(args.batch)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     amp_dtype = torch.float16 if cuda else torch.bfloat16
-    scaler = torch.cuda.amp.GradScaler(enabled=args.amp and cuda)
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3; torch.cuda.amp.GradScaler is deprecated
+        scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
+    else:
+        scaler = torch.cuda.amp.GradScaler(enabled=args.amp and cuda)
 
     def step():
         with torch.autocast(args.device.split(":")[0], dtype=amp_dtype, enabled=args.amp):

@@ -16,12 +16,7 @@ from tests.helpers import make_input, tiny_cfg
 NAMES = ["red circle", "blue square", "green triangle", "purple star", "yellow hexagon"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture(scope="module")

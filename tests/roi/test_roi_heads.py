@@ -26,13 +26,7 @@ from tests.roi.roi_helpers import (
 NEW_VOCABULARY = ["green star", "red circle", "yellow cross", "blue square", "green triangle"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine's two cores are shared; one thread is also faster for these tiny models.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 def _precomputed(cfg):

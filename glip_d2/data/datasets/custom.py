@@ -55,6 +55,18 @@ def register_custom_coco(
     )
 
 
+def _check_entry(entry, key: str, fields) -> None:
+    """A config list entry must be [field, ...]: that many non-empty strings."""
+    if (
+        not isinstance(entry, (list, tuple))
+        or len(entry) != len(fields)
+        or not all(isinstance(x, str) and x for x in entry)
+    ):
+        raise ValueError(
+            f"{key} entry {entry!r} is not [{', '.join(fields)}] ({len(fields)} non-empty strings)."
+        )
+
+
 def _resolve(path: str, root: str) -> str:
     path = os.path.expanduser(path)
     return path if os.path.isabs(path) else os.path.join(root, path)
@@ -79,15 +91,7 @@ def register_datasets_from_config(cfg) -> List[str]:
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     registered = []
     for entry in cfg.DATASETS.get("CUSTOM", []):
-        if (
-            not isinstance(entry, (list, tuple))
-            or len(entry) != 3
-            or not all(isinstance(x, str) and x for x in entry)
-        ):
-            raise ValueError(
-                f"DATASETS.CUSTOM entry {entry!r} is not [name, json_file, image_root] "
-                "(three non-empty strings)."
-            )
+        _check_entry(entry, "DATASETS.CUSTOM", ("name", "json_file", "image_root"))
         name, json_file, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
@@ -108,15 +112,7 @@ def _register_pseudo_labels_from_config(cfg) -> List[str]:
 
     registered = []
     for entry in cfg.DATASETS.get("PSEUDO_LABELS", []):
-        if (
-            not isinstance(entry, (list, tuple))
-            or len(entry) != 2
-            or not all(isinstance(x, str) and x for x in entry)
-        ):
-            raise ValueError(
-                f"DATASETS.PSEUDO_LABELS entry {entry!r} is not [name, output_dir] (two non-empty "
-                "strings)."
-            )
+        _check_entry(entry, "DATASETS.PSEUDO_LABELS", ("name", "output_dir"))
         name, output_dir = entry[0], os.path.abspath(os.path.expanduser(entry[1]))
         if name in DatasetCatalog.list():
             known = MetadataCatalog.get(name).get("pseudo_label_dir")
