@@ -43,7 +43,8 @@ def load_results(results_dir):
         with open(path) as f:
             r = json.load(f)
         r["_file"] = os.path.basename(path)
-        out.append(r)
+        if r.get("kind") in ("inference", "training"):  # cpu_ratios.json is reported in the text
+            out.append(r)
     return out
 
 

@@ -18,6 +18,10 @@ def add_dataset_config(cfg):
     # Pseudo-label runs (python -m glip_d2.pseudo_label) registered as grounding datasets:
     # [[name, output_dir], ...]; relative output_dirs are relative to the working directory.
     _C.DATASETS.PSEUDO_LABELS = []
+    # Image-caption collections (jsonl/CSV: file name + caption) registered as box-free caption
+    # datasets, e.g. for RegionCLIP pretraining: [[name, collection_file, image_root], ...];
+    # relative paths are under $DETECTRON2_DATASETS.
+    _C.DATASETS.CAPTIONS = []
     # Relative sampling probability of each DATASETS.TRAIN entry (one per entry, e.g. (1, 1) to
     # draw human-labelled and pseudo-labelled data equally often whatever their sizes);
     # () = plain concatenation, images drawn in proportion to the dataset sizes.

@@ -1,6 +1,15 @@
-"""Initialising a language-aware R-CNN from a RegionCLIP-pretrained student."""
+"""Initialising a language-aware R-CNN from a RegionCLIP-pretrained student.
 
+    python -m glip_d2.regionclip.convert --detector-config configs/two_stage/faster_rcnn_R_50_FPN_glip.yaml \
+        --student output/regionclip/model_final.pth --output regionclip_init.pth [KEY VALUE ...]
+
+writes the mapped weights as a Detectron2 checkpoint ({"model": ...}) for the detector's
+MODEL.WEIGHTS, and prints what was loaded, skipped for shape and left unmapped.
+"""
+
+import argparse
 import logging
+import sys
 from typing import Dict, List, Tuple
 
 import torch
@@ -83,3 +92,42 @@ def init_detector_from_regionclip(
         f"{len(report['shape_mismatch'])} skipped for shape, {len(report['unmapped'])} unmapped."
     )
     return report
+
+
+def main(argv=None) -> Dict[str, List[str]]:
+    """Command-line entry point (see the module docstring); returns the mapping report."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from ..config import add_glip_config
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector-config", required=True, help="the language-aware R-CNN config")
+    p.add_argument("--student", required=True, help="RegionCLIPPretrainer checkpoint (.pth)")
+    p.add_argument("--output", required=True, help="where to write the detector checkpoint")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = p.parse_args(argv)
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(args.detector_config)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(args.opts))
+    detector = build_model(cfg)
+    checkpoint = torch.load(args.student, map_location="cpu", weights_only=True)
+    student_sd = checkpoint.get("model", checkpoint)
+    sd, report = regionclip_to_detector_state_dict(student_sd, detector)
+    if not sd:
+        raise SystemExit(
+            f"No tensor of {args.student} maps onto the detector of {args.detector_config}; is it "
+            "a RegionCLIPPretrainer checkpoint of the same backbone?"
+        )
+    torch.save({"model": sd, "__author__": "glip_d2.regionclip.convert"}, args.output)
+    print(
+        f"{args.output}: {len(report['loaded'])} tensors loaded, "
+        f"{len(report['shape_mismatch'])} skipped for shape {report['shape_mismatch'][:5]}, "
+        f"{len(report['unmapped'])} unmapped {report['unmapped'][:5]}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -288,3 +288,79 @@ def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(c
     torch.testing.assert_close(
         det_sd["roi_heads.box_predictor.region_proj.bias"], st_sd["region_proj.bias"]
     )
+
+
+def test_regionclip_pretraining_from_the_shipped_config_and_convert_cli(clip_dir, tmp_path):
+    """configs/two_stage/regionclip_pretrain_R_50_FPN.yaml on a 4-image caption collection
+    (DATASETS.CAPTIONS, concepts mined from its captions), one step through Detectron2's loader,
+    then `python -m glip_d2.regionclip.convert` into the R50 Faster R-CNN of the same family."""
+    import json
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    import glip_d2.regionclip  # noqa: F401
+    from glip_d2 import add_glip_config
+    from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
+    from glip_d2.data.datasets import register_datasets_from_config
+    from glip_d2.data.shapes import generate_split
+    from glip_d2.regionclip.convert import main as convert_main
+
+    json_file, image_root = generate_split(str(tmp_path), "val", num_images=4, image_size=128, seed=5)
+    collection = tmp_path / "captions.jsonl"
+    with open(json_file) as f:
+        images = json.load(f)["images"]
+    with open(collection, "w") as f:
+        for im in images:
+            f.write(json.dumps({"image": im["file_name"], "caption": im["caption"]}) + "\n")
+
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file("configs/two_stage/regionclip_pretrain_R_50_FPN.yaml")
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "MODEL.REGIONCLIP.TEACHER_PATH", clip_dir,
+        "DATASETS.CAPTIONS", str([["regionclip_cfg_test", str(collection), image_root]]),
+        "DATASETS.TRAIN", "('regionclip_cfg_test',)", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "128", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "MODEL.REGIONCLIP.PROPOSALS_PER_IMAGE", "8",
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SEED", "0",
+    ])
+    try:
+        assert register_datasets_from_config(cfg) == ["regionclip_cfg_test"]
+        torch.manual_seed(0)
+        student = build_model(cfg).train()
+        assert student.concepts and all(c for c in student.concepts)  # mined from the captions
+        loader = build_grounding_train_loader(cfg, GroundingDatasetMapper(cfg, is_train=True))
+        inputs = next(iter(loader))
+        assert len(inputs) == 2 and all(x["caption"] for x in inputs)
+        with EventStorage():
+            losses = student(inputs)
+        assert set(losses) == {"loss_region_contrastive", "loss_region_distill", "loss_image_text"}
+        assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    finally:
+        DatasetCatalog.remove("regionclip_cfg_test")
+
+    ckpt, out = tmp_path / "student.pth", tmp_path / "detector_init.pth"
+    torch.save({"model": student.state_dict(), "iteration": 1}, ckpt)
+    detector_opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                     "MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM", "16", "MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED", "False"]
+    report = convert_main([
+        "--detector-config", "configs/two_stage/faster_rcnn_R_50_FPN_glip.yaml",
+        "--student", str(ckpt), "--output", str(out), *detector_opts,
+    ])
+    assert report["unmapped"] == [] and report["shape_mismatch"] == []
+    assert "roi_heads.box_predictor.region_proj.weight" in report["loaded"]
+    det_cfg = get_cfg()
+    add_glip_config(det_cfg)
+    det_cfg.merge_from_file("configs/two_stage/faster_rcnn_R_50_FPN_glip.yaml")
+    det_cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + detector_opts)
+    detector = build_model(det_cfg)
+    DetectionCheckpointer(detector).load(str(out))
+    torch.testing.assert_close(
+        detector.state_dict()["roi_heads.box_head.fc1.weight"], student.state_dict()["box_head.fc1.weight"]
+    )
+    torch.testing.assert_close(
+        detector.state_dict()["backbone.bottom_up.res2.0.conv1.weight"],
+        student.state_dict()["backbone.bottom_up.res2.0.conv1.weight"],
+    )

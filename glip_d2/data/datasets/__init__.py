@@ -6,12 +6,14 @@ Importing this package registers (lazily) every real dataset found under ``$DETE
 * :func:`register_custom_coco` / ``DATASETS.CUSTOM``: any COCO-format json, detection-as-grounding;
 * :func:`register_objects365`, :func:`register_lvis`, :func:`register_odinw`;
 * :func:`register_mdetr`, :func:`register_flickr30k`, :func:`register_refexp`: MDETR jsons;
-* :func:`register_odvg` (and :func:`write_odvg_jsonl`): Grounding DINO's ODVG jsonl.
+* :func:`register_odvg` (and :func:`write_odvg_jsonl`): Grounding DINO's ODVG jsonl;
+* :func:`register_caption_collection` / ``DATASETS.CAPTIONS``: image-caption pairs, no boxes.
 """
 
 from . import builtin_real  # noqa: F401  (registers the datasets present under the root)
 from ._utils import DatasetFormatError
 from .builtin_real import register_all_real
+from .captions import load_caption_collection, register_caption_collection
 from .coco_json import load_detection_json, register_detection_json
 from .custom import register_custom_coco, register_datasets_from_config
 from .lvis import lvis_v1_metadata, register_lvis
@@ -25,6 +27,7 @@ __all__ = [
     "ODINW_DATASETS",
     "ODINW_SUITES",
     "clean_objects365_name",
+    "load_caption_collection",
     "load_detection_json",
     "load_mdetr_json",
     "load_odvg_jsonl",
@@ -32,6 +35,7 @@ __all__ = [
     "odinw_eval_names",
     "read_label_map",
     "register_all_real",
+    "register_caption_collection",
     "register_custom_coco",
     "register_datasets_from_config",
     "register_detection_json",

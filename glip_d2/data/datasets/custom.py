@@ -73,11 +73,13 @@ def _resolve(path: str, root: str) -> str:
 
 
 def register_datasets_from_config(cfg) -> List[str]:
-    """Register the ``DATASETS.CUSTOM`` and ``DATASETS.PSEUDO_LABELS`` entries (idempotent).
+    """Register the ``DATASETS.CUSTOM``, ``CAPTIONS`` and ``PSEUDO_LABELS`` entries (idempotent).
 
     A CUSTOM entry is ``[name, json_file, image_root]``; relative paths are relative to the
     ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset. A
-    PSEUDO_LABELS entry is ``[name, output_dir]`` of a finished ``glip_d2.pseudo_label`` run.
+    CAPTIONS entry is ``[name, collection_file, image_root]`` (jsonl/CSV image-caption pairs, same
+    root rule); a PSEUDO_LABELS entry is ``[name, output_dir]`` of a finished
+    ``glip_d2.pseudo_label`` run.
 
     Args:
         cfg: a config with ``DATASETS.CUSTOM`` (see :func:`glip_d2.add_dataset_config`).
@@ -104,7 +106,27 @@ def register_datasets_from_config(cfg) -> List[str]:
             )
         register_custom_coco(name, json_file, image_root)
         registered.append(name)
-    return registered + _register_pseudo_labels_from_config(cfg)
+    return registered + _register_captions_from_config(cfg, root) + _register_pseudo_labels_from_config(cfg)
+
+
+def _register_captions_from_config(cfg, root: str) -> List[str]:
+    from .captions import register_caption_collection
+
+    registered = []
+    for entry in cfg.DATASETS.get("CAPTIONS", []):
+        _check_entry(entry, "DATASETS.CAPTIONS", ("name", "collection_file", "image_root"))
+        name, path, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("caption_file"), meta.get("image_root")) == (path, image_root):
+                continue
+            raise ValueError(
+                f"DATASETS.CAPTIONS names {name!r}, which is already registered from "
+                f"{meta.get('caption_file')!r}; pick another name."
+            )
+        register_caption_collection(name, path, image_root)
+        registered.append(name)
+    return registered
 
 
 def _register_pseudo_labels_from_config(cfg) -> List[str]:

@@ -103,7 +103,9 @@ class HFBertLanguageBackbone(nn.Module):
                     local_files_only=True,
                     attn_implementation=attn_implementation,
                 )
-            except OSError as e:
+            # transformers raises OSError for a folder without weights, and (4.5x) an
+            # AttributeError for a hub name with a config but no cached weights.
+            except (OSError, AttributeError) as e:
                 raise FileNotFoundError(
                     f"Pretrained text weights for {model_type!r} are not available offline ({e}). "
                     "Point MODEL.LANGUAGE_BACKBONE.MODEL_TYPE at a local directory, use 'minilm', "
