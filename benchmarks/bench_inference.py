@@ -29,7 +29,9 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=1, help="images per forward")
     ap.add_argument("--vocab", default="coco", choices=("coco", "lvis"), help="COCO-80 or LVIS-1203")
-    ap.add_argument("--chunk-size", type=int, default=40, help="names per prompt (official: 40)")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="names per prompt; default: one packed prompt for COCO-80 (as the official "
+                         "COCO evaluation), 40 for LVIS (the official chunking, 31 prompts)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--attention", default="official", choices=("official", "sdpa"))
     ap.add_argument("--inference-batch", type=int, default=1, help="(image, chunk) pairs per tower pass")
@@ -60,6 +62,8 @@ def main(argv=None):
     if args.device.startswith("cuda"):  # fp32 means fp32 (no TF32), as in the official figures
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if args.chunk_size is None:
+        args.chunk_size = 40 if args.vocab == "lvis" else 0
     opts = ["MODEL.GLIP.TEST_CHUNK_SIZE", str(args.chunk_size),
             "MODEL.GLIP.INFERENCE_DTYPE", args.dtype,
             "MODEL.GLIP.INFERENCE_BATCH", str(args.inference_batch),
