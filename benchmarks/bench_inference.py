@@ -55,6 +55,21 @@ def run_name(args, slug: str) -> str:
     return name
 
 
+def _model_flops(model, infer):
+    """FLOPs of one call, counted eagerly on the official attention path, so that every setting
+    of the same model divides the same work by its time (FlopCounterMode does not count every
+    fused attention kernel)."""
+    attns = [b.fuse.attn for b in model.head.tower.blocks if b.fuse is not None]
+    impls = [a.impl for a in attns]
+    for a in attns:
+        a.impl = "official"
+    try:
+        return count_flops(infer)
+    finally:
+        for a, impl in zip(attns, impls):
+            a.impl = impl
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -80,7 +95,7 @@ def main(argv=None):
         with torch.no_grad():
             model(inputs)
 
-    flops = None if args.no_flops else count_flops(infer)  # eager, before compiling
+    flops = None if args.no_flops else _model_flops(model, infer)
     model.compile_mode = args.compile
     reset_peak_memory(args.device)
     ms, ms_min = time_ms(infer, args.device, args.iters, args.warmup)

@@ -93,7 +93,8 @@ def all_results_table(results):
             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         tflops = f"{r['tflops_per_s']:.2f}" if "tflops_per_s" in r else "-"
-        extra = f", {r['vocab']} ({r['chunks']} prompts)" if r["kind"] == "inference" else ", train step"
+        plural = "s" if r.get("chunks") != 1 else ""
+        extra = f", {r['vocab']} ({r.get('chunks')} prompt{plural})" if r["kind"] == "inference" else ", train step"
         rows.append(
             f"| `{r['_file']}` | {_where(r)} | {os.path.basename(r['config'])} {r['size'][0]}x{r['size'][1]}{extra} "
             f"| {r['batch']} | {_settings(r)} | {r['ms_median']:.1f} | {r['images_per_s']:.2f} | {tflops} "
