@@ -51,7 +51,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False),
+                                           batch_size=cfg.TEST.IMS_PER_BATCH)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -195,5 +195,8 @@ def add_glip_config(cfg):
     # Evaluate with the EMA weights: during training when SOLVER.EMA_DECAY > 0, and with
     # --eval-only when the checkpoint holds an "ema" entry (else the raw weights, logged).
     _C.TEST.USE_EMA = True
+    # Images per test batch (Detectron2's test loader uses 1); with MODEL.GLIP.INFERENCE_BATCH
+    # > 1 the images of a batch share tower passes.
+    _C.TEST.IMS_PER_BATCH = 1
     add_two_stage_config(cfg)
     return cfg

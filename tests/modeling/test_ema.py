@@ -47,26 +47,3 @@ def test_load_ema_for_eval_from_a_checkpoint_dict():
     assert torch.equal(net[0].bias, torch.full((2,), 3.0))
     assert not load_ema_for_eval(net, {"iteration": 9})  # raw weights stay
     assert torch.equal(net[0].bias, torch.full((2,), 3.0))
-
-
-def test_trainer_evaluates_with_the_ema_weights(monkeypatch):
-    import importlib.util
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(root, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-
-    net = _net()
-    ema = ModelEMA(net, decay=0.5)
-    ema.shadow["0.bias"].fill_(-4.0)
-    seen = []
-    monkeypatch.setattr(
-        train_net.Trainer, "test", classmethod(lambda cls, cfg, model, ev=None: seen.append(model[0].bias.clone()) or {})
-    )
-    trainer = train_net.Trainer.__new__(train_net.Trainer)  # only the EMA part of the trainer
-    trainer.ema = ema
-    trainer._test_with_ema(None, net)
-    assert torch.equal(seen[0], torch.full((2,), -4.0))
-    assert not torch.equal(net[0].bias, torch.full((2,), -4.0))  # training weights restored
