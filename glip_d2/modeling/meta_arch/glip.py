@@ -4,10 +4,10 @@ import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
-import torch.nn.functional as F
 from torch import nn
 
 from ...text import load_tokenizer
@@ -200,10 +200,9 @@ class GLIP(PromptingMixin, nn.Module):
         images = self.preprocess_image(batched_inputs)
         with self._autocast():
             feats = self.extract_features(images)
-        jobs, num_prompts = [], []  # (image index, (caption, spans per label, label ids))
+        jobs = []  # (image index, (caption, spans per label, label ids))
         for i, x in enumerate(batched_inputs):
             prompts, _ = self._prompts_for(x)
-            num_prompts.append(len(prompts))
             jobs += [(i, p) for p in prompts]
         parts: List[List[Dict]] = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), self.inference_batch):
