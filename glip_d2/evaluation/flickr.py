@@ -22,8 +22,6 @@ are numbered like ``GroundingDatasetMapper`` numbers them (see :mod:`.phrases`).
 """
 
 import functools
-import itertools
-import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -32,14 +30,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 
-from .phrases import hits_at_k, phrase_boxes, ranked_boxes
+from .phrases import hits_at_k, phrase_boxes
+from .ranked import RankedPhraseEvaluator
 
 __all__ = ["FlickrEvaluator", "parse_entities_sentences", "parse_entities_boxes", "recall_at_k"]
-
-logger = logging.getLogger(__name__)
 
 # "[/EN#18/people A man]": entity id, "/"-separated types, the words.
 _PHRASE = re.compile(r"\[/EN#(\d+)((?:/[^\s\]]+)*)\s+([^\]]*)\]")
@@ -128,7 +123,7 @@ def recall_at_k(
     return results
 
 
-class FlickrEvaluator(DatasetEvaluator):
+class FlickrEvaluator(RankedPhraseEvaluator):
     """Phrase-grounding Recall@k (Flickr30k Entities protocols), gathered like Detectron2's
     evaluators.
 
@@ -156,21 +151,9 @@ class FlickrEvaluator(DatasetEvaluator):
             task: prefix of the result keys.
             distributed: gather the predictions of all ranks to rank 0.
         """
-        self._dataset_name = dataset_name
-        self._topk = tuple(int(k) for k in topk)
-        self._thresh = iou_thresh
+        super().__init__(dataset_name, topk, iou_thresh, distributed)
         self._entities_dir = entities_dir
         self._task = task
-        self._distributed = distributed
-
-    def reset(self):
-        self._predictions = []
-
-    def process(self, inputs, outputs):
-        for inp, out in zip(inputs, outputs):
-            num_phrases = len(inp.get("phrase_spans", ()))
-            boxes = ranked_boxes(out["instances"], num_phrases, max(self._topk))
-            self._predictions.append((inp["image_id"], boxes))
 
     def _ground_truth(self, image_ids) -> Dict[object, List[dict]]:
         records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
@@ -214,16 +197,7 @@ class FlickrEvaluator(DatasetEvaluator):
             gt[i] = [{"boxes": boxes[p["entity"]], "types": p["types"]} for p in phrases]
         return gt
 
-    def evaluate(self):
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return None
-        if not predictions:
-            logger.warning(f"[FlickrEvaluator] No predictions for {self._dataset_name}.")
-            return {}
+    def _score(self, predictions):
         image_ids = [i for i, _ in predictions]
         gt = self._ground_truth(image_ids)
         results = recall_at_k(
