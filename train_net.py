@@ -19,7 +19,7 @@ from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
                             check_datasets_present, ema_weights, load_ema_for_eval,
-                            set_test_vocabulary)
+                            log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 
 
@@ -57,6 +57,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_glip_optimizer(cfg, model)
+
+    def build_hooks(self):
+        # log the LR of the main parameter group, not the text encoder's LANG_LR_FACTOR group
+        return log_main_group_lr(super().build_hooks(), self.cfg.SOLVER.BASE_LR)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -186,8 +186,9 @@ def add_glip_config(cfg):
     _C.INPUT.GROUNDING.FLIP_LEFT_RIGHT = "swap"
 
     # ---------------------------------------------------------------- solver extras
-    # "ADAMW" (official GLIP) or "SGD".
-    _C.SOLVER.OPTIMIZER = "ADAMW"
+    # "SGD" (Detectron2's optimizer and parameter rules, so stock configs keep their meaning) or
+    # "ADAMW" (official GLIP; set by every GLIP config).
+    _C.SOLVER.OPTIMIZER = "SGD"
     # LR multiplier of the language backbone (official 0.1: LANG_LR 1e-5 vs BASE_LR 1e-4).
     _C.SOLVER.LANG_LR_FACTOR = 0.1
     # Model EMA decay (0 = off; official 0.999).
