@@ -26,8 +26,8 @@ from glip_d2.evaluation import odinw_suite_summary
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.checkpointer = GLIPCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        self.checkpointer = GLIPCheckpointer(  # partial_init_ok: e.g. ImageNet backbone weights
+            self._trainer.model, cfg.OUTPUT_DIR, partial_init_ok=True, **self.checkpointer.checkpointables
         )
         self.ema = None
         if cfg.SOLVER.EMA_DECAY > 0:

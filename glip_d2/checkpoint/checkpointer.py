@@ -7,19 +7,25 @@ import pickle
 import re
 from typing import Dict, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
 from .official import convert_official_state_dict, is_official_glip_state_dict
+from .safe_pickle import load_pickle_weights
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "GLIPCheckpointer",
+    "atomic_torch_save",
+    "check_coverage",
     "check_variant",
     "describe_variant",
     "read_checkpoint",
+    "read_pkl_checkpoint",
     "to_glip_d2_state_dict",
 ]
 
@@ -30,11 +36,32 @@ _TOWER_BLOCK = re.compile(r"^head\.tower\.blocks\.(\d+)\.")
 _EMBED_KEY = "backbone.bottom_up.patch_embed.proj.weight"
 
 
+def read_pkl_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
+    """Read a Detectron2 / Detectron-1 model-zoo `.pkl` the way Detectron2 interprets it, but
+    through :func:`~glip_d2.checkpoint.safe_pickle.load_pickle_weights` (numpy arrays and plain
+    containers only: no code from the file runs).
+
+    Returns:
+        ``{"model": {name: ndarray}, "__author__": ...}``; Detectron-1 / Caffe2 files (no
+        "__author__") get ``"matching_heuristics": True`` and lose their "_momentum" blobs, as in
+        Detectron2's own loader.
+    """
+    data = load_pickle_weights(path, trust_pickle=trust_pickle)
+    if "model" in data and "__author__" in data:
+        return data
+    if "blobs" in data:  # detection models of Detectron-1 keep their weights under "blobs"
+        data = data["blobs"]
+    data = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
 def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
-    """Read a `.pth` / `.safetensors` checkpoint into a dict with a "model" state dict.
+    """Read a `.pth` / `.safetensors` / `.pkl` checkpoint into a dict with a "model" state dict.
 
     `.pth` files are read with `torch.load(weights_only=True)`: tensors, containers and plain
-    values only, no pickled code is run.
+    values only, no pickled code is run. `.pkl` files (Detectron2 model zoo) are read with a
+    restricted unpickler that only builds numpy arrays and plain containers
+    (:func:`read_pkl_checkpoint`; their arrays are returned as tensors).
 
     Args:
         path: a local file.
@@ -51,6 +78,13 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+    if path.endswith(".pkl"):
+        ckpt = read_pkl_checkpoint(path, trust_pickle=trust_pickle)
+        ckpt["model"] = {
+            k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+            for k, v in ckpt["model"].items()
+        }
+        return ckpt
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -190,16 +224,126 @@ def check_variant(model: nn.Module, converted: Dict[str, torch.Tensor]) -> None:
         )
 
 
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _examples(keys, limit: int = 4) -> str:
+    keys = sorted(keys)
+    if not keys:
+        return "none"
+    more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_coverage(
+    model: nn.Module,
+    sd: Dict[str, object],
+    source: str = "the checkpoint",
+    min_fraction: float = 0.5,
+    partial_init_ok: bool = False,
+) -> Dict[str, float]:
+    """Refuse a checkpoint that leaves most of the model at its random initialisation.
+
+    ``matched`` is the share of the model's parameters (counted in elements) that ``sd`` provides
+    under the same name and shape; ``used`` the share of ``sd``'s tensors that the model takes.
+    A checkpoint passes when ``matched >= min_fraction``, or, with ``partial_init_ok`` (a
+    training initialisation such as ImageNet backbone weights), when ``used >= min_fraction``.
+    A checkpoint that matches no parameter at all never passes.
+
+    Args:
+        model: the model to be loaded (DDP wrappers are unwrapped).
+        sd: the state dict in the model's names (after conversion / name matching).
+        source: the checkpoint, for the message.
+        min_fraction: the threshold (0.5 = half).
+        partial_init_ok: accept a checkpoint that covers a part of the model only.
+
+    Returns:
+        {"matched": fraction of the model, "used": fraction of the checkpoint}.
+
+    Raises:
+        ValueError: listing what the model expects and what the checkpoint holds.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    params = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {
+        k: tuple(v.shape) for k, v in sd.items() if isinstance(v, (torch.Tensor, np.ndarray))
+    }
+    total = sum(_numel(s) for s in params.values()) or 1
+    matched = sum(_numel(s) for k, s in params.items() if shapes.get(k) == s) / total
+    ckpt_total = sum(_numel(s) for s in shapes.values()) or 1
+    used = sum(_numel(s) for k, s in shapes.items() if own.get(k) == s) / ckpt_total
+    stats = {"matched": matched, "used": used}
+    ok = matched >= min_fraction or (partial_init_ok and used >= min_fraction)
+    if matched > 0 and ok:
+        return stats
+    wrong_shape = sorted(k for k, s in shapes.items() if k in own and own[k] != s)
+    need = (
+        f"at least {min_fraction:.0%} of the model, or (as an initialisation) {min_fraction:.0%} "
+        "of the checkpoint's own tensors used"
+        if partial_init_ok
+        else f"at least {min_fraction:.0%}"
+    )
+    raise ValueError(
+        f"{source} provides {matched:.1%} of the model's parameters ({need} needed); loading it "
+        "would leave the model mostly random. "
+        f"The model expects {len(own)} tensors such as {_examples(own, 3)}; "
+        f"the checkpoint holds {len(shapes)} tensors such as {_examples(shapes, 3)}; "
+        f"{sum(1 for k, s in shapes.items() if own.get(k) == s)} match by name and shape"
+        + (f", {len(wrong_shape)} have the name but another shape ({_examples(wrong_shape, 2)})"
+           if wrong_shape else "")
+        + ". Check that MODEL.WEIGHTS is a checkpoint of the model this config builds "
+        "(a glip_d2 or official GLIP checkpoint of the same variant)."
+    )
+
+
 class GLIPCheckpointer(DetectionCheckpointer):
     """`MODEL.WEIGHTS` may be a glip_d2 checkpoint, a Detectron2 one, a `.safetensors` file or an
     official GLIP `.pth` (`{"model": {"module.backbone.body...": ...}}`), detected and converted
-    on load. Files are read with `torch.load(weights_only=True)`: no pickled code is executed.
-    A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`).
+    on load. No pickled code is executed on any load path: `.pth` files are read with
+    `torch.load(weights_only=True)`, Detectron2 model-zoo `.pkl` files with a restricted
+    unpickler that builds numpy arrays and plain containers only (`safe_pickle.py`).
+    A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`), and
+    so does a checkpoint that provides too little of the model (:func:`check_coverage`).
+    Checkpoints are written atomically (temporary file + rename), so a failed write (a full disk)
+    leaves no partial file and `last_checkpoint` names only complete files.
+
+    Args (beyond Detectron2's):
+        partial_init_ok: accept a checkpoint that initialises a part of the model only (ImageNet
+            backbone weights for training); inference entry points leave it False.
+        min_fraction: see :func:`check_coverage`.
     """
+
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        partial_init_ok: bool = False,
+        min_fraction: float = 0.5,
+        **kwargs,
+    ):
+        super().__init__(model, save_dir, **kwargs)
+        self.partial_init_ok = partial_init_ok
+        self.min_fraction = min_fraction
+        self._loading = None
+
+    def load(self, path, *args, **kwargs):
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
 
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
-            return super()._load_file(filename)
+            # Detectron2 would pickle.load the file (running any code in it); read it safely.
+            return read_pkl_checkpoint(filename)
         ckpt = read_checkpoint(filename)
         sd, report = to_glip_d2_state_dict(ckpt["model"])
         for key, reason in report["ignored"]:
@@ -214,3 +358,73 @@ class GLIPCheckpointer(DetectionCheckpointer):
         ckpt["model"] = sd
         ckpt.setdefault("matching_heuristics", False)
         return ckpt
+
+    def _load_model(self, checkpoint):
+        if checkpoint.get("matching_heuristics", False):
+            # Name matching first (as Detectron2 does), so coverage is judged on the result.
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+            )
+            checkpoint["matching_heuristics"] = False
+        sd = checkpoint["model"]
+        prefix = "module." if sd and all(str(k).startswith("module.") for k in sd) else ""
+        view = {k[len(prefix):]: v for k, v in sd.items()}
+        stats = check_coverage(
+            self.model,
+            view,
+            source=f"Checkpoint {self._loading or 'file'}",
+            min_fraction=self.min_fraction,
+            partial_init_ok=self.partial_init_ok,
+        )
+        logger.info(
+            f"Checkpoint covers {stats['matched']:.1%} of the model's parameters "
+            f"({stats['used']:.1%} of its tensors used)."
+        )
+        return super()._load_model(checkpoint)
+
+    def save(self, name: str, **kwargs) -> None:
+        """Like Detectron2's, but written to a temporary file and renamed when complete."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        tmp = f"{save_file}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+            os.replace(tmp, save_file)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and a rename: the
+    file at ``path`` is either the old one or the complete new one, never a partial write.
+
+    Raises:
+        OSError (e.g. no space left): after removing the temporary file.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

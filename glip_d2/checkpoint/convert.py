@@ -19,7 +19,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .checkpointer import check_variant, read_checkpoint, to_glip_d2_state_dict
+from .checkpointer import (
+    atomic_torch_save,
+    check_coverage,
+    check_variant,
+    read_checkpoint,
+    to_glip_d2_state_dict,
+)
 
 __all__ = [
     "build_model_skeleton",
@@ -36,7 +42,8 @@ _FORMATS = (".pth", ".safetensors")
 
 
 def save_state_dict(sd: Dict[str, torch.Tensor], path: str) -> None:
-    """Write a state dict as ``{"model": sd}`` (``.pth``) or as a ``.safetensors`` file.
+    """Write a state dict as ``{"model": sd}`` (``.pth``) or as a ``.safetensors`` file, through
+    a temporary file and a rename (a failed write leaves no partial output).
 
     Raises:
         ValueError: for another file extension.
@@ -45,7 +52,7 @@ def save_state_dict(sd: Dict[str, torch.Tensor], path: str) -> None:
         raise ValueError(f"Output {path!r} must end with one of {_FORMATS}.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".pth"):
-        torch.save({"model": sd}, path)
+        atomic_torch_save({"model": sd}, path)
         return
     from safetensors.torch import save_file
 
@@ -56,7 +63,13 @@ def save_state_dict(sd: Dict[str, torch.Tensor], path: str) -> None:
         ptr = value.untyped_storage().data_ptr()
         flat[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
-    save_file(flat, path, metadata={"format": "pt", "producer": "glip_d2"})
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        save_file(flat, tmp, metadata={"format": "pt", "producer": "glip_d2"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def build_model_skeleton(cfg):
@@ -83,8 +96,10 @@ def build_model_skeleton(cfg):
 
 def compare_with_model(model, sd: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
     """Keys of the model's state dict absent from ``sd`` ("missing") and the reverse
-    ("unexpected"), after :func:`check_variant` (which raises on another GLIP variant)."""
+    ("unexpected"), after :func:`check_variant` (which raises on another GLIP variant) and
+    :func:`check_coverage` (which raises when ``sd`` provides under half of the model)."""
     check_variant(model, sd)
+    check_coverage(model, sd, source="The converted checkpoint")
     own = model.state_dict()
     return {
         "missing": sorted(k for k in own if k not in sd),
@@ -99,7 +114,8 @@ def convert_checkpoint(
     write ``dst`` (``.pth`` or ``.safetensors``).
 
     Args:
-        src: official GLIP or glip_d2 checkpoint (``.pth`` / ``.safetensors``).
+        src: official GLIP or glip_d2 checkpoint (``.pth`` / ``.safetensors``, or a Detectron2
+            ``.pkl`` read with the restricted unpickler).
         dst: output path; nothing is written when a check fails.
         config_file: a glip_d2 config whose model the checkpoint must fit.
         trust_pickle: read ``src`` with ``torch.load(weights_only=False)`` (runs pickled code:
@@ -110,8 +126,8 @@ def convert_checkpoint(
         "missing" / "unexpected".
 
     Raises:
-        ValueError: when the checkpoint is another GLIP variant than the config, or ``dst`` has
-            an unsupported extension.
+        ValueError: when the checkpoint is another GLIP variant than the config or provides
+            under half of its model's parameters, or ``dst`` has an unsupported extension.
         FileNotFoundError, RuntimeError: when ``src`` cannot be read.
     """
     if not dst.endswith(_FORMATS):
@@ -165,8 +181,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="read the input with torch.load(weights_only=False); this runs code pickled in the "
-        "file, so use it only for files from a source you trust",
+        help="read the input with torch.load(weights_only=False) (.pkl: plain pickle.load); this "
+        "runs code pickled in the file, so use it only for files from a source you trust",
     )
     return parser
 

@@ -5,7 +5,9 @@ annotation file (Objects365 v2 train is several GB of json) stores the parsed re
 ``$GLIP_D2_CACHE_DIR`` (default ``~/.cache/glip_d2/datasets``; an empty value turns the cache
 off), keyed by the file's absolute path, size and modification time, so a changed file is parsed
 again. Cache files are written atomically (temporary file + rename), so ranks that parse at the
-same time never read a half-written file.
+same time never read a half-written file, and read back with a restricted unpickler (plain
+containers, numpy arrays and Detectron2's ``BoxMode`` only): a tampered cache file runs no code,
+it is parsed again.
 """
 
 import hashlib
@@ -25,6 +27,8 @@ T = TypeVar("T")
 
 # Bump when the structure of cached objects changes, so old cache files are ignored.
 _CACHE_VERSION = 1
+# The only class (besides containers and numpy arrays) that parsed records hold.
+_CACHE_GLOBALS = (("detectron2.structures.boxes", "BoxMode"),)
 
 
 class DatasetFormatError(ValueError):
@@ -102,11 +106,13 @@ def cached_parse(source: str, tag: str, parse: Callable[[], T], peek: bool = Fal
         parse: computes the result; it must be picklable.
         peek: only look into the cache: return None instead of parsing when nothing is cached.
     """
+    from ...checkpoint.safe_pickle import restricted_load
+
     path = _cache_file(source, tag)
     if path is not None and os.path.isfile(path):
         try:
             with open(path, "rb") as f:
-                return pickle.load(f)
+                return restricted_load(f, extra_globals=_CACHE_GLOBALS)
         except (OSError, EOFError, pickle.UnpicklingError) as error:
             logger.warning(f"Ignoring the unreadable cache file {path} ({error}); parsing again.")
     if peek:
