@@ -7,16 +7,14 @@ Neither replaces a registration; Detectron2's builtin names (``coco_2017_train``
 
 import json
 import logging
-import os
-from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ..text import clean_name, validate_spans
+from ..text import clean_name
 
 __all__ = [
     "load_grounding_json",
@@ -25,10 +23,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Image-level fields of MDETR jsons carried into the dataset dicts when present.
-_IMAGE_EXTRA_KEYS = ("tokens_positive_eval", "sentence_id", "original_img_id")
-
 
 def _refuse_existing(name: str) -> None:
     if not isinstance(name, str) or not name:
@@ -45,7 +39,12 @@ def load_grounding_json(json_file: str, image_root: str) -> List[dict]:
     """Load an MDETR-style COCO json into Detectron2 dicts with grounding fields.
 
     Images carry ``"caption"``; annotations carry ``"tokens_positive"`` (``[[start, end], ...]``
-    character spans into the caption) and optionally ``"phrase_ids"``.
+    character spans into the caption) and optionally ``"phrase_ids"``. The file is parsed and
+    validated by the one grounding validator, :func:`~glip_d2.data.datasets.mdetr.parse_mdetr_json`
+    (the one ``register_mdetr`` uses): a negative-size, non-finite or malformed box, an
+    annotation without ``tokens_positive``, a span outside its caption, an empty caption or a
+    duplicate image id is a ``DatasetFormatError`` naming the file and the record, never a
+    silently changed or dropped box.
 
     Args:
         json_file: path to the json.
@@ -58,47 +57,11 @@ def load_grounding_json(json_file: str, image_root: str) -> List[dict]:
         ``iscrowd``, ``tokens_positive`` and, when present, ``phrase_id``.
 
     Raises:
-        ValueError: if an image has no caption or a span lies outside its caption.
+        DatasetFormatError (a ValueError): naming the file and the record.
     """
-    with PathManager.open(json_file) as f:
-        data = json.load(f)
-    annos_per_image: Dict[object, list] = defaultdict(list)
-    for anno in data.get("annotations", []):
-        annos_per_image[anno["image_id"]].append(anno)
+    from .datasets.mdetr import load_mdetr_json
 
-    dicts = []
-    for image in data["images"]:
-        image_id = image["id"]
-        caption = image.get("caption")
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(
-                f"Image {image_id!r} in {json_file} has no caption; grounding jsons need an image "
-                "'caption' (use register_detection_as_grounding for detection data)."
-            )
-        record = {
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "height": image["height"],
-            "width": image["width"],
-            "image_id": image_id,
-            "caption": caption,
-        }
-        record.update({k: image[k] for k in _IMAGE_EXTRA_KEYS if k in image})
-        objs = []
-        for anno in annos_per_image.get(image_id, []):
-            spans = validate_spans(caption, anno.get("tokens_positive") or [], image_id)
-            obj = {
-                "bbox": anno["bbox"],
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": anno.get("category_id", 0),
-                "iscrowd": anno.get("iscrowd", 0),
-                "tokens_positive": [list(s) for s in spans],
-            }
-            phrase_id = anno.get("phrase_ids", anno.get("phrase_id"))
-            if phrase_id is not None:
-                obj["phrase_id"] = phrase_id
-            objs.append(obj)
-        record["annotations"] = objs
-        dicts.append(record)
+    dicts = load_mdetr_json(json_file, image_root, view="train")
     logger.info(f"Loaded {len(dicts)} grounding images from {json_file}.")
     return dicts
 

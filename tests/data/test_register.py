@@ -75,7 +75,7 @@ def test_grounding_json_is_registered_lazily(tmp_path, name):
 
 def test_grounding_span_outside_caption_fails_at_load(tmp_path, name):
     register_grounding_instances(name, _write(tmp_path, _grounding_json((22, 99))), "/images")
-    with pytest.raises(ValueError, match=r"\[22, 99\) of image 3 lies outside its caption"):
+    with pytest.raises(ValueError, match=r"annotation #1 \(id 2\): Span \[22, 99\) lies outside its caption"):
         DatasetCatalog.get(name)
 
 
