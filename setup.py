@@ -3,7 +3,31 @@
 Detectron2 is deliberately NOT in install_requires: users who built it from source keep theirs.
 `pip install -e .[stack]` adds one verified registry build (see requirements.txt).
 """
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithConfigs(build_py):
+    """Also copy configs/**/*.yaml into glip_d2/model_zoo/configs/ of the build, so an installed
+    wheel carries them (glip_d2.model_zoo.get_config_file); a checkout reads configs/ directly."""
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        dest = os.path.join(self.build_lib, "glip_d2", "model_zoo", "configs")
+        for src in glip_d2_configs(here):
+            rel = os.path.relpath(src, os.path.join(here, "configs"))
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(dest, rel))
+
+
+def glip_d2_configs(here):
+    return sorted(glob.glob(os.path.join(here, "configs", "**", "*.yaml"), recursive=True))
+
 
 setup(
     name="glip_d2",
@@ -11,6 +35,7 @@ setup(
     description="GLIP (Grounded Language-Image Pre-training) for Detectron2",
     packages=find_packages(include=["glip_d2", "glip_d2.*"]),
     python_requires=">=3.9",
+    cmdclass={"build_py": BuildPyWithConfigs},
     install_requires=[
         "transformers>=4.40",
         "fvcore",

@@ -1,0 +1,162 @@
+"""glip_d2's model zoo: name -> config -> weights, like ``detectron2.model_zoo``.
+
+::
+
+    from glip_d2 import model_zoo
+    cfg = model_zoo.get_config("glip_swin_t")                 # a shipped config, by name
+    model = model_zoo.get("glip_tiny", trained=True)          # config + official weights
+    path = model_zoo.get_checkpoint("glip_tiny")              # cached or downloaded checkpoint
+
+Config names are the yaml files of ``configs/`` without ".yaml" ("glip_swin_t",
+"two_stage/faster_rcnn_R_50_FPN_glip", "protocols/lvis_minival"); they ship inside the package,
+so an installed wheel needs no checkout. Model names (:data:`MODELS`) pair a config with a
+checkpoint, found in the cache directory (``$GLIP_D2_CACHE``, default ``~/.cache/glip_d2``) or
+downloaded there once, with a progress bar and a sha256 check when the digest is known.
+"""
+import os
+from typing import List
+
+from .catalog import MODELS, OFFICIAL_URL_ROOT, ModelZooEntry
+from .download import cache_dir, download, sha256_of
+
+__all__ = [
+    "MODELS",
+    "OFFICIAL_URL_ROOT",
+    "ModelZooEntry",
+    "cache_dir",
+    "configs_root",
+    "download",
+    "get",
+    "get_checkpoint",
+    "get_checkpoint_url",
+    "get_config",
+    "get_config_file",
+    "list_configs",
+    "sha256_of",
+]
+
+_PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_CHECKOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+
+def configs_root() -> str:
+    """The folder of the shipped configs: inside the installed package, else the checkout's
+    ``configs/`` (editable installs and source trees)."""
+    for root in (_PACKAGED, _CHECKOUT):
+        if os.path.isfile(os.path.join(root, "Base-GLIP.yaml")):
+            return root
+    raise FileNotFoundError(
+        f"glip_d2's configs are neither in the package ({_PACKAGED}) nor in a checkout "
+        f"({_CHECKOUT}); reinstall glip_d2 (pip install .) so that they are packaged."
+    )
+
+
+def list_configs() -> List[str]:
+    """Names of every shipped config (relative yaml paths without ".yaml"), sorted."""
+    root = configs_root()
+    names = []
+    for folder, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".yaml"):
+                rel = os.path.relpath(os.path.join(folder, f), root)
+                names.append(rel[: -len(".yaml")].replace(os.sep, "/"))
+    return sorted(names)
+
+
+def _entry(name: str) -> ModelZooEntry:
+    if name not in MODELS:
+        raise ValueError(f"{name!r} is not a model of the zoo; known models: {sorted(MODELS)}.")
+    return MODELS[name]
+
+
+def get_config_file(name: str) -> str:
+    """Absolute path of a shipped config.
+
+    Args:
+        name: a config name ("glip_swin_t", "two_stage/mask_rcnn_R_50_FPN_glip"; ".yaml" and a
+            leading "configs/" are optional) or a model name of :data:`MODELS` (its config).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    rel = MODELS[name].config if name in MODELS else name
+    rel = rel[len("configs/"):] if rel.startswith("configs/") else rel
+    rel = rel if rel.endswith(".yaml") else rel + ".yaml"
+    path = os.path.join(configs_root(), *rel.split("/"))
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{name!r} is neither a shipped config nor a model of the zoo. Configs: "
+            f"{list_configs()}; models: {sorted(MODELS)}."
+        )
+    return path
+
+
+def get_checkpoint_url(name: str) -> str:
+    """Download URL of a zoo model's checkpoint ("" when it is not downloadable)."""
+    return _entry(name).url
+
+
+def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
+    """Local path of a zoo model's checkpoint: from the cache, or downloaded into it.
+
+    Raises:
+        FileNotFoundError: if the file is not cached and cannot be downloaded (no URL, or
+            ``download_if_missing=False``), saying where to put it.
+        RuntimeError / ValueError: from :func:`download` (unreachable URL, wrong checksum).
+    """
+    entry = _entry(name)
+    path = os.path.join(cache_dir(), entry.file_name)
+    if os.path.isfile(path):
+        return path
+    if not entry.url or not download_if_missing:
+        how = f"download {entry.url} and put it" if entry.url else "put it"
+        raise FileNotFoundError(
+            f"The checkpoint of {name!r} ({entry.file_name}) is not in the cache: {how} at "
+            f"{path} (or set GLIP_D2_CACHE to the folder that holds it). {entry.description}."
+        )
+    return download(entry.url, path, entry.sha256)
+
+
+def get_config(name: str, trained: bool = False):
+    """A glip_d2 config (``add_glip_config`` + the shipped yaml), ready for ``build_model``.
+
+    ``MODEL.DEVICE`` falls back to "cpu" (logged) when it asks for CUDA and CUDA is absent.
+
+    Args:
+        name: a config name or a model name (see :func:`get_config_file`).
+        trained: set ``MODEL.WEIGHTS`` to the model's checkpoint (downloaded if needed); needs a
+            model name.
+    """
+    from detectron2.config import get_cfg
+
+    from ..config import add_glip_config
+    from ..device import resolve_device
+
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(get_config_file(name))
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint(name)
+    return cfg
+
+
+def get(name: str, trained: bool = False, device=None):
+    """Build a zoo model in eval mode, with its weights when ``trained``.
+
+    Args:
+        name: a config name or a model name.
+        trained: load the model's checkpoint (cache or download); False = random weights.
+        device: e.g. "cpu" or "cuda"; None = the config's (CPU when CUDA is absent).
+    """
+    from detectron2.modeling import build_model
+
+    from ..checkpoint import GLIPCheckpointer
+
+    cfg = get_config(name, trained=trained)
+    if device is not None:
+        cfg.MODEL.DEVICE = str(device)
+    model = build_model(cfg)
+    if trained:
+        GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model.eval()

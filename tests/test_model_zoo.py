@@ -1,0 +1,161 @@
+"""glip_d2.model_zoo: shipped configs by name, the checkpoint cache, downloads with a checksum,
+and configs packaged by the build (an installed package needs no checkout)."""
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from glip_d2 import model_zoo
+from glip_d2.model_zoo import MODELS, ModelZooEntry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAYLOAD = b"glip_d2 model zoo test payload\n" * 1000
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "weights.pth").write_bytes(PAYLOAD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("GLIP_D2_CACHE", str(folder))
+    return folder
+
+
+def _add_model(monkeypatch, url, sha256, name="test_model", config="demo_glip_tiny_shapes"):
+    entry = ModelZooEntry(name, config, f"{name}.pth", url, sha256, "test", "a test entry")
+    monkeypatch.setitem(MODELS, name, entry)
+    return entry
+
+
+def test_config_names_resolve_to_the_shipped_yaml():
+    assert model_zoo.configs_root() == os.path.join(ROOT, "configs")
+    assert model_zoo.get_config_file("glip_swin_t") == os.path.join(ROOT, "configs", "glip_swin_t.yaml")
+    assert model_zoo.get_config_file("configs/two_stage/mask_rcnn_R_50_FPN_glip.yaml") == os.path.join(
+        ROOT, "configs", "two_stage", "mask_rcnn_R_50_FPN_glip.yaml"
+    )
+    assert model_zoo.get_config_file("glip_large").endswith("glip_swin_l.yaml")  # a model name
+    names = model_zoo.list_configs()
+    assert {"glip_swin_t", "demo_glip_tiny_shapes", "two_stage/faster_rcnn_R_50_FPN_glip"} <= set(names)
+    with pytest.raises(ValueError, match="neither a shipped config nor a model.*glip_swin_t"):
+        model_zoo.get_config_file("glip_swin_xl")
+
+
+def test_model_table_points_at_configs_and_official_files():
+    for entry in MODELS.values():
+        assert os.path.isfile(model_zoo.get_config_file(entry.config)), entry.name
+    assert MODELS["glip_tiny_o365_goldg"].file_name == "glip_tiny_model_o365_goldg.pth"
+    assert MODELS["glip_tiny_o365_goldg"].variant == "GLIP-T (C)"
+    assert model_zoo.get_checkpoint_url("glip_large") == model_zoo.OFFICIAL_URL_ROOT + "glip_large_model.pth"
+    assert model_zoo.get_checkpoint_url("glip_demo_shapes") == ""
+
+
+def test_get_config_falls_back_to_cpu_and_keeps_the_solver(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = model_zoo.get_config("glip_swin_t")
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.MODEL.META_ARCHITECTURE == "GLIP"
+    assert cfg.MODEL.WEIGHTS == ""
+
+
+def test_missing_checkpoint_says_where_to_put_it(cache):
+    with pytest.raises(FileNotFoundError, match="glip_tiny_model_o365_goldg.pth.*huggingface") as e:
+        model_zoo.get_checkpoint("glip_tiny_o365_goldg", download_if_missing=False)
+    assert str(cache) in str(e.value)
+    with pytest.raises(FileNotFoundError, match="scripts/demo.sh"):
+        model_zoo.get_checkpoint("glip_demo_shapes")
+    with pytest.raises(ValueError, match="not a model of the zoo"):
+        model_zoo.get_checkpoint("glip_tinyy")
+
+
+def test_download_with_good_checksum_then_cached(server, cache, monkeypatch):
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    _add_model(monkeypatch, server + "weights.pth", sha)
+    path = model_zoo.get_checkpoint("test_model")
+    assert path == str(cache / "test_model.pth")
+    with open(path, "rb") as f:
+        assert f.read() == PAYLOAD
+    assert model_zoo.sha256_of(path) == sha
+    assert sorted(os.listdir(cache)) == ["test_model.pth"]  # no temporary file left
+    _add_model(monkeypatch, server + "gone.pth", sha)  # a second call reads the cache only
+    assert model_zoo.get_checkpoint("test_model") == path
+
+
+def test_download_with_bad_checksum_leaves_nothing(server, cache, monkeypatch):
+    _add_model(monkeypatch, server + "weights.pth", "0" * 64)
+    with pytest.raises(ValueError, match="sha256 .* expected 0000"):
+        model_zoo.get_checkpoint("test_model")
+    assert not cache.exists() or os.listdir(cache) == []
+
+
+def test_download_errors_are_clear_and_leave_nothing(server, cache, monkeypatch):
+    _add_model(monkeypatch, server + "missing.pth", None)  # HTTP 404
+    with pytest.raises(RuntimeError, match="Could not download .*missing.pth.*put it at"):
+        model_zoo.get_checkpoint("test_model")
+    assert os.listdir(cache) == []
+
+
+def test_get_loads_the_cached_checkpoint(cache, monkeypatch, one_thread):
+    random_model = model_zoo.get("demo_glip_tiny_shapes", device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in random_model.parameters():
+            p.normal_()
+    cache.mkdir()
+    torch.save({"model": random_model.state_dict()}, cache / "glip_demo_shapes.pth")
+    loaded = model_zoo.get("glip_demo_shapes", trained=True, device="cpu")
+    assert not loaded.training
+    for (name, a), b in zip(random_model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_configs_are_packaged_by_the_build(tmp_path):
+    """`setup.py build_py` (what a wheel is built from) copies every config into the package,
+    and the built package finds them there, without the checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for item in ("setup.py", "MANIFEST.in", "glip_d2", "configs"):
+        copy = shutil.copytree if os.path.isdir(os.path.join(ROOT, item)) else shutil.copy
+        copy(os.path.join(ROOT, item), src / item)
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                   cwd=src, check=True, capture_output=True)
+    shutil.rmtree(src)  # no checkout left to fall back on
+    code = (
+        "import glip_d2, os\n"
+        "from glip_d2 import model_zoo\n"
+        "from detectron2.modeling import build_model\n"
+        "assert glip_d2.__file__.startswith(os.environ['LIB']), glip_d2.__file__\n"
+        "print(model_zoo.configs_root())\n"
+        "for name in model_zoo.list_configs():\n"
+        "    model_zoo.get_config(name)\n"
+        "print(len(model_zoo.list_configs()))\n"
+        "cfg = model_zoo.get_config('demo_glip_tiny_shapes')\n"
+        "cfg.MODEL.SWIN.DEPTHS = [1, 1, 1, 1]\n"
+        "print(type(build_model(cfg)).__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(lib), LIB=str(lib))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == [str(lib / "glip_d2" / "model_zoo" / "configs"), str(len(model_zoo.list_configs())), "GLIP"]
