@@ -177,7 +177,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             gt_positive_maps=[inst.gt_positive_map for inst in gt_instances],
         )
         if self.proposal_generator is not None:
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+            proposals, proposal_losses = self._run_proposal_generator(images, features, gt_instances, text)
         else:
             proposals = [x["proposals"].to(self.device) for x in batched_inputs]
             proposal_losses = {}
@@ -211,7 +211,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
                 prompts.append([self._encoded(*self._prompt_text(*c)) for c in p])
                 num_labels.append(n)
             text = RegionTextInputs(prompts=prompts, num_labels=num_labels)
-            proposals = self._proposals(images, features, batched_inputs)
+            proposals = self._proposals(images, features, batched_inputs, text)
             results, _ = self.roi_heads(images, features, proposals, None, text=text)
         else:
             results = [
@@ -232,10 +232,16 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             label_ids=label_ids,
         )
 
-    def _proposals(self, images, features, batched_inputs):
+    def _proposals(self, images, features, batched_inputs, text: Optional[RegionTextInputs] = None):
         if self.proposal_generator is not None:
-            return self.proposal_generator(images, features, None)[0]
+            return self._run_proposal_generator(images, features, None, text)[0]
         return [x["proposals"].to(self.device) for x in batched_inputs]
+
+    def _run_proposal_generator(self, images, features, gt_instances, text: RegionTextInputs):
+        # A prompt-reading generator (e.g. GLIPATSSProposalGenerator) gets the ROI heads' text.
+        if getattr(self.proposal_generator, "takes_text", False):
+            return self.proposal_generator(images, features, gt_instances, text=text)
+        return self.proposal_generator(images, features, gt_instances)
 
     def _fused_inference_single(self, images: ImageList, features, batched_inputs, i: int):
         """One image with deep fusion: RPN + ROI heads per prompt chunk, then merged."""
@@ -249,7 +255,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             text = RegionTextInputs(
                 prompts=[[self._encoded(ids, lang, pmap, labels, tokens)]], num_labels=[num_labels]
             )
-            proposals = self._proposals(image, fused, batched_inputs[i : i + 1])
+            proposals = self._proposals(image, fused, batched_inputs[i : i + 1], text)
             parts.append(self.roi_heads(image, fused, proposals, None, text=text)[0][0])
         if len(parts) == 1:
             return parts[0]

@@ -1,0 +1,201 @@
+"""GLIP's dense grounding head as the RPN of a two-stage model.
+
+``MODEL.PROPOSAL_GENERATOR.NAME: "GLIPATSSProposalGenerator"`` in a ``LanguageAwareRCNN`` config:
+a :class:`~glip_d2.modeling.heads.GLIPATSSHead` (VL-DyHead tower, ATSS box / centerness /
+token outputs) reads the prompt the language-aware R-CNN encodes for its ROI heads, is trained
+with GLIP's ATSS losses on the image's caption, and proposes the boxes whose best token
+(among the prompt's names at test time) scores highest, through Detectron2's
+``find_top_rpn_proposals`` (per-level top-k, NMS, ``RPN.POST_NMS_TOPK_*``).
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
+from detectron2.structures import ImageList, Instances
+from torch import nn
+
+from ..heads import GLIPATSSHead
+from ..heads import box_coder
+from ..roi_heads import EncodedPrompt, RegionTextInputs
+
+__all__ = ["GLIPATSSProposalGenerator"]
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class GLIPATSSProposalGenerator(nn.Module):
+    """Detectron2's proposal-generator interface around a :class:`GLIPATSSHead`.
+
+    ``forward(images, features, gt_instances=None, text=None)`` returns ``(proposals, losses)``
+    like Detectron2's RPN; ``text`` is the :class:`RegionTextInputs` the language-aware R-CNN
+    passes (one prompt per image in training, the vocabulary chunks or the grounding caption at
+    test time). Proposals carry ``proposal_boxes`` and ``objectness_logits`` (the logit of
+    sqrt(best token probability x centerness), GLIP's detection score with MAX aggregation).
+    Losses are the head's, renamed ``loss_rpn_cls`` (token focal loss), ``loss_rpn_loc`` (GIoU)
+    and ``loss_rpn_centerness`` so they do not collide with the ROI heads'.
+    """
+
+    takes_text = True  # LanguageAwareRCNN passes the prompt as `text=`
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        head: GLIPATSSHead,
+        in_features: List[str],
+        pre_nms_topk: Dict[bool, int],
+        post_nms_topk: Dict[bool, int],
+        nms_thresh: float = 0.7,
+        min_box_size: float = 0.0,
+        loss_weight: float = 1.0,
+    ):
+        """
+        Args:
+            head: the dense grounding head (its anchors: one per level of ``in_features``).
+            in_features: feature maps the head reads, finest first.
+            pre_nms_topk, post_nms_topk: {training: k} per level before NMS / per image after.
+            nms_thresh: NMS IoU threshold of the proposals.
+            min_box_size: proposals smaller than this (in input pixels) are dropped.
+            loss_weight: multiplies the head's losses.
+        """
+        super().__init__()
+        self.head = head
+        self.in_features = list(in_features)
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.nms_thresh = nms_thresh
+        self.min_box_size = min_box_size
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        rpn = cfg.MODEL.RPN
+        in_features = list(rpn.IN_FEATURES)
+        missing = [f for f in in_features if f not in input_shape]
+        channels = {input_shape[f].channels for f in in_features if f in input_shape}
+        if missing or channels != {cfg.MODEL.DYHEAD.CHANNELS}:
+            raise ValueError(
+                f"GLIPATSSProposalGenerator reads MODEL.RPN.IN_FEATURES {in_features}; the backbone "
+                f"gives { {k: v.channels for k, v in input_shape.items()} } and MODEL.DYHEAD.CHANNELS "
+                f"is {cfg.MODEL.DYHEAD.CHANNELS}: every feature must exist and have DYHEAD.CHANNELS "
+                "channels (set it to FPN.OUT_CHANNELS)."
+            )
+        head_args = GLIPATSSHead.from_config(cfg, language_dim=cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM)
+        head_args["num_levels"] = len(in_features)
+        return {
+            "head": GLIPATSSHead(**head_args),
+            "in_features": in_features,
+            "pre_nms_topk": {True: rpn.PRE_NMS_TOPK_TRAIN, False: rpn.PRE_NMS_TOPK_TEST},
+            "post_nms_topk": {True: rpn.POST_NMS_TOPK_TRAIN, False: rpn.POST_NMS_TOPK_TEST},
+            "nms_thresh": rpn.NMS_THRESH,
+            "min_box_size": cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
+            "loss_weight": rpn.LOSS_WEIGHT,
+        }
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+        text: Optional[RegionTextInputs] = None,
+    ):
+        """
+        Args:
+            images: the batch (``image_sizes`` bound the proposals).
+            features: backbone outputs by name.
+            gt_instances: training: per image ``gt_boxes`` (input pixels).
+            text: the prompts; in training also ``gt_positive_maps``.
+
+        Returns:
+            (list of Instances per image, dict of losses (empty at test time)).
+
+        Raises:
+            ValueError: without ``text`` (use the LanguageAwareRCNN meta-architecture).
+        """
+        if text is None:
+            raise ValueError(
+                "GLIPATSSProposalGenerator scores regions against a prompt and got none: use it "
+                "with MODEL.META_ARCHITECTURE 'LanguageAwareRCNN', which passes the prompt."
+            )
+        feats = [features[f] for f in self.in_features]
+        # One (image, prompt) pair per row: images repeat for their prompt chunks.
+        owner, prompts = [], []
+        for i, image_prompts in enumerate(text.prompts):
+            for p in image_prompts:
+                owner.append(i)
+                prompts.append(p)
+        index = torch.as_tensor(owner, device=feats[0].device)
+        rows = [f[index] for f in feats]
+        tokens, mask, token_filter = _stack_prompts(prompts)
+        out = self.head(rows, {"hidden": tokens, "embedded": tokens, "masks": mask})
+
+        losses = {}
+        if self.training:
+            if gt_instances is None or text.gt_positive_maps is None:
+                raise ValueError("Training GLIPATSSProposalGenerator needs gt_instances and "
+                                 "text.gt_positive_maps.")
+            raw = self.head.losses(out, [x.gt_boxes.tensor for x in gt_instances], text.gt_positive_maps)
+            names = {"loss_cls": "loss_rpn_cls", "loss_box_reg": "loss_rpn_loc",
+                     "loss_centerness": "loss_rpn_centerness"}
+            losses = {names[k]: v * self.loss_weight for k, v in raw.items()}
+        proposals = self._proposals(out, token_filter, index, images.image_sizes)
+        return proposals, losses
+
+    @torch.no_grad()
+    def _proposals(self, out: Dict, token_filter: torch.Tensor, owner: torch.Tensor, image_sizes):
+        """Per image: the pairs' boxes and objectness, per level, through find_top_rpn_proposals.
+        Proposals are fixed inputs of the ROI heads (no gradient), as in Detectron2's RPN."""
+        num_images = len(image_sizes)
+        boxes_per_level, logits_per_level = [], []
+        for reg, ctr, logits, anchors in zip(
+            out["box_regression"], out["centerness"], out["token_logits"], out["anchors"]
+        ):
+            n = reg.shape[0]
+            deltas = reg.permute(0, 2, 3, 1).reshape(-1, 4).float()
+            boxes = box_coder.from_official(
+                box_coder.decode(deltas, anchors.repeat(n, 1).to(deltas))
+            ).reshape(n, -1, 4)
+            token_logit = logits.float().masked_fill(~token_filter[:, None, :], float("-inf"))
+            prob = token_logit.max(dim=-1)[0].sigmoid()  # (n, HW)
+            score = (prob * ctr.flatten(1).float().sigmoid()).sqrt().clamp(1e-6, 1 - 1e-6)
+            obj = torch.logit(score)
+            # Concatenate the rows (prompt chunks) of each image along the anchor axis.
+            boxes_per_level.append(
+                torch.stack([boxes[owner == i].reshape(-1, 4) for i in range(num_images)])
+            )
+            logits_per_level.append(torch.stack([obj[owner == i].reshape(-1) for i in range(num_images)]))
+        return find_top_rpn_proposals(
+            boxes_per_level,
+            logits_per_level,
+            image_sizes,
+            self.nms_thresh,
+            self.pre_nms_topk[self.training],
+            self.post_nms_topk[self.training],
+            self.min_box_size,
+            self.training,
+        )
+
+
+def _stack_prompts(prompts: List[EncodedPrompt]):
+    """(tokens (P, T, D), mask (P, T), token filter (P, T) bool) with prompts padded to the
+    longest; the filter marks the tokens whose score counts: the labels' tokens when the prompt
+    has a label map (test time), else every real token but [CLS] and [SEP]."""
+    length = max(p.tokens.shape[0] for p in prompts)
+    tokens = torch.stack([F.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[0])) for p in prompts])
+    mask = torch.stack([F.pad(p.mask, (0, length - p.mask.shape[0])) for p in prompts])
+    filters = []
+    for p, m in zip(prompts, mask):
+        if p.label_map is not None:
+            f = p.label_map.any(dim=0)[:length]
+            f = F.pad(f, (0, length - f.shape[0]))
+        else:
+            f = m.bool().clone()
+            real = int(f.sum())
+            f[0] = False
+            if real > 1:
+                f[real - 1] = False
+        filters.append(f.to(mask.device))
+    return tokens, mask, torch.stack(filters)
