@@ -73,7 +73,8 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         ``file_names``, ``coco_urls`` (None where absent), ``heights``, ``widths``,
         ``image_extra`` (key -> list), and per annotation ``ann_image_index`` (int64),
         ``ann_boxes`` (float32 ``(N, 4)`` XYWH), ``ann_category_ids`` (int64, json ids),
-        ``ann_iscrowd`` (uint8).
+        ``ann_iscrowd`` (uint8), and ``ann_segmentations`` ({annotation index: polygons or
+        RLE} for the annotations that have a segmentation).
 
     Raises:
         DatasetFormatError: naming the first bad record: a missing key, a duplicate id, an
@@ -150,6 +151,8 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         "ann_boxes": boxes.astype(np.float32),
         "ann_category_ids": cat_ids,
         "ann_iscrowd": np.fromiter((a.get("iscrowd", 0) for a in annos), np.uint8, len(annos)),
+        # Only the annotations that have one (box-only jsons such as Objects365 store nothing).
+        "ann_segmentations": {i: a["segmentation"] for i, a in enumerate(annos) if a.get("segmentation")},
     }
 
 
@@ -214,9 +217,11 @@ def detection_dicts(
     boxes = parsed["ann_boxes"][order].tolist()
     contiguous = contiguous[order].tolist()
     iscrowd = parsed["ann_iscrowd"][order].tolist()
+    segmentations = parsed.get("ann_segmentations") or {}
+    order = order.tolist()
     extra = parsed["image_extra"]
     join = file_name_fn or (lambda root, name, url: _join(root, name))
-    dicts = []
+    dicts, dropped = [], 0
     for i, image_id in enumerate(parsed["image_ids"]):
         record = {
             "file_name": join(image_root, parsed["file_names"][i], parsed["coco_urls"][i]),
@@ -227,23 +232,48 @@ def detection_dicts(
         for key, values in extra.items():
             if values[i] is not None:
                 record[key] = values[i]
-        record["annotations"] = [
-            {
+        record["annotations"] = []
+        for j in range(bounds[i], bounds[i + 1]):
+            anno = {
                 "bbox": boxes[j],
                 "bbox_mode": BoxMode.XYWH_ABS,
                 "category_id": contiguous[j],
                 "iscrowd": iscrowd[j],
             }
-            for j in range(bounds[i], bounds[i + 1])
-        ]
+            if order[j] in segmentations:
+                segm = _valid_segmentation(segmentations[order[j]])
+                if segm is None:  # Detectron2's load_coco_json drops these instances too
+                    dropped += 1
+                    continue
+                anno["segmentation"] = segm
+            record["annotations"].append(anno)
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         dicts.append(record)
+    if dropped:
+        logger.warning(
+            f"{where}: dropped {dropped} annotations whose segmentation has no valid polygon "
+            "(each needs an even number >= 6 of coordinates), as Detectron2's load_coco_json does."
+        )
     return dicts
 
 
+def _valid_segmentation(segm):
+    """Polygons with an even number >= 6 of coordinates (None if none is left), or an RLE
+    (uncompressed counts are compressed, as Detectron2's load_coco_json does)."""
+    if isinstance(segm, dict):
+        if isinstance(segm.get("counts"), list):
+            from pycocotools import mask as mask_util
+
+            segm = mask_util.frPyObjects(segm, *segm["size"])
+        return segm
+    polygons = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+    return polygons or None
+
+
 def _parse_cached(json_file: str, image_extra_keys: Sequence[str] = ()) -> dict:
-    tag = "coco-det" + "".join(f"-{k}" for k in image_extra_keys)
+    # "-segm": parses cached before segmentations were kept are not reused.
+    tag = "coco-det-segm" + "".join(f"-{k}" for k in image_extra_keys)
     parsed = cached_parse(
         json_file, tag, functools.partial(parse_detection_json, json_file, image_extra_keys)
     )

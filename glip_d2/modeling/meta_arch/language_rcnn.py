@@ -162,8 +162,12 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             for x, inst in zip(batched_inputs, gt_instances):
                 if len(inst) and not inst.has("gt_masks"):
                     raise ValueError(
-                        f"MODEL.MASK_ON needs instances.gt_masks, image {x.get('image_id')!r} has "
-                        "none: the train mapper must keep the annotations' segmentation."
+                        f"MODEL.MASK_ON needs instances.gt_masks, image {x.get('image_id')!r} of "
+                        f"dataset {x.get('dataset_name', '?')!r} has none: its annotations carry no "
+                        "'segmentation'. The dataset's loader must keep them (Detectron2's "
+                        "load_coco_json and glip_d2's register_custom_coco / DATASETS.CUSTOM do; "
+                        "grounding and box-only datasets have none), and the mapper needs "
+                        "MODEL.MASK_ON."
                     )
         features = self.backbone(images.tensor)
         tok, lang = self.encode_text([x["caption"] for x in batched_inputs])
