@@ -18,8 +18,8 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
-                            check_datasets_present, ema_weights, load_ema_for_eval,
-                            log_main_group_lr, set_test_vocabulary)
+                            check_datasets_present, ema_weights, enable_exact_resume,
+                            load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 
 
@@ -29,6 +29,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer = GLIPCheckpointer(  # partial_init_ok: e.g. ImageNet backbone weights
             self._trainer.model, cfg.OUTPUT_DIR, partial_init_ok=True, **self.checkpointer.checkpointables
         )
+        enable_exact_resume(self)  # RNG states and the data-stream position go into checkpoints
         self.ema = None
         if cfg.SOLVER.EMA_DECAY > 0:
             self.ema = ModelEMA(self.model, cfg.SOLVER.EMA_DECAY)

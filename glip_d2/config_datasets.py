@@ -13,7 +13,8 @@ def add_dataset_config(cfg):
         return cfg
 
     # COCO-format jsons registered as detection-as-grounding by register_datasets_from_config:
-    # [[name, json_file, image_root], ...]; relative paths are under $DETECTRON2_DATASETS.
+    # [[name, json_file, image_root], ...]; a 4th field "lvis" = an LVIS-format json with its own
+    # vocabulary, evaluated with the LVIS protocol; relative paths are under $DETECTRON2_DATASETS.
     _C.DATASETS.CUSTOM = []
     # Pseudo-label runs (python -m glip_d2.pseudo_label) registered as grounding datasets:
     # [[name, output_dir], ...]; relative output_dirs are relative to the working directory.
@@ -26,6 +27,13 @@ def add_dataset_config(cfg):
     # draw human-labelled and pseudo-labelled data equally often whatever their sizes);
     # () = plain concatenation, images drawn in proportion to the dataset sizes.
     _C.DATASETS.TRAIN_RATIOS = ()
+    # Checks of the training records when first loaded (glip_d2/data/validate.py): "full" (files
+    # exist, json sizes match the image headers, spans map to tokens, category names tokenize),
+    # "quick" (all but reading image headers), "none".
+    _C.DATASETS.CHECK_RECORDS = "full"
+    # Drop and count bad training records (at load or when mapped) instead of stopping with an
+    # error that names the record.
+    _C.DATASETS.SKIP_BAD_RECORDS = False
 
     _C.TEST.BENCHMARK = CN()
     # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.

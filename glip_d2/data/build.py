@@ -1,47 +1,106 @@
-"""`build_grounding_train_loader`: Detectron2's train loader, with per-dataset sampling ratios."""
+"""`build_grounding_train_loader`: the training loader, with per-dataset sampling ratios, record
+checks at first load, and a data stream that resumes exactly (:mod:`glip_d2.data.stream`)."""
 
 import logging
 
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
 
 from .sampler import DatasetRatioTrainingSampler
+from .stream import ResumableTrainLoader
+from .validate import check_training_records
 
-__all__ = ["build_grounding_train_loader"]
+__all__ = ["build_grounding_train_loader", "load_checked_train_dicts"]
 
 logger = logging.getLogger(__name__)
 
 
-def build_grounding_train_loader(cfg, mapper):
-    """The training loader of `cfg` (Detectron2's, so every DATALOADER key applies).
+def _default_sampler(cfg, dataset):
+    """The sampler Detectron2 builds for DATALOADER.SAMPLER_TRAIN (TrainingSampler, repeat
+    factors, ...), through its own config function."""
+    try:
+        from detectron2.data.build import _train_loader_from_config
+    except ImportError:  # a Detectron2 without it: the default sampler
+        return TrainingSampler(len(dataset))
+    return _train_loader_from_config(cfg, mapper=lambda d: d, dataset=dataset)["sampler"]
 
-    Without ``DATASETS.TRAIN_RATIOS`` this is ``build_detection_train_loader``; with it the
-    datasets of ``DATASETS.TRAIN`` are drawn with those relative probabilities
-    (:class:`DatasetRatioTrainingSampler`) instead of in proportion to their sizes.
+
+def load_checked_train_dicts(cfg, mapper):
+    """The records of each DATASETS.TRAIN entry, checked (``DATASETS.CHECK_RECORDS``) and, with
+    ``DATASETS.SKIP_BAD_RECORDS``, without the bad ones.
+
+    Returns:
+        one list of records per DATASETS.TRAIN entry.
+    """
+    parts = []
+    tokenizer = getattr(mapper, "tokenizer", None)
+    for name in cfg.DATASETS.TRAIN:
+        dicts = get_detection_dataset_dicts(
+            [name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
+        )
+        meta = MetadataCatalog.get(name)
+        has_captions = any("caption" in d for d in dicts[:1])
+        names = meta.get("thing_classes", None) if not has_captions else None
+        source = f"dataset {name!r} ({meta.get('json_file', 'no json')})"
+        parts.append(
+            check_training_records(
+                dicts,
+                source,
+                tokenizer=tokenizer,
+                max_query_len=getattr(mapper, "max_query_len", 256),
+                level=cfg.DATASETS.get("CHECK_RECORDS", "full"),
+                skip_bad=cfg.DATASETS.get("SKIP_BAD_RECORDS", False),
+                category_names=names,
+            )
+        )
+        if not parts[-1]:
+            raise ValueError(f"{source} has no usable training records left.")
+    return parts
+
+
+def build_grounding_train_loader(cfg, mapper):
+    """The training loader of `cfg`: a :class:`~glip_d2.data.stream.ResumableTrainLoader`
+    (SOLVER.IMS_PER_BATCH, DATALOADER.ASPECT_RATIO_GROUPING / NUM_WORKERS / SAMPLER_TRAIN /
+    FILTER_EMPTY_ANNOTATIONS apply as in Detectron2).
+
+    Without ``DATASETS.TRAIN_RATIOS`` images are drawn by Detectron2's sampler over the
+    concatenated datasets; with it the datasets of ``DATASETS.TRAIN`` are drawn with those
+    relative probabilities (:class:`DatasetRatioTrainingSampler`) instead of in proportion to
+    their sizes. Records are checked when loaded (:func:`load_checked_train_dicts`).
     """
     ratios = tuple(cfg.DATASETS.get("TRAIN_RATIOS", ()))
-    if not ratios:
-        return build_detection_train_loader(cfg, mapper=mapper)
     names = list(cfg.DATASETS.TRAIN)
-    if len(ratios) != len(names):
+    if ratios and len(ratios) != len(names):
         raise ValueError(
             f"DATASETS.TRAIN_RATIOS {ratios} needs one ratio per DATASETS.TRAIN entry {names}."
         )
-    parts = [
-        get_detection_dataset_dicts(
-            [name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
-        )
-        for name in names
-    ]
-    sizes = [len(p) for p in parts]
-    total = sum(ratios)
-    logger.info(
-        "Training datasets drawn by ratio: "
-        + ", ".join(f"{n} ({s} images, {r / total:.1%})" for n, s, r in zip(names, sizes, ratios))
-    )
+    parts = load_checked_train_dicts(cfg, mapper)
     dataset = [d for p in parts for d in p]
-    return build_detection_train_loader(
-        cfg,
-        mapper=mapper,
-        dataset=dataset,
-        sampler=DatasetRatioTrainingSampler(sizes, ratios, seed=cfg.SEED if cfg.SEED >= 0 else None),
+    seed = cfg.SEED if cfg.SEED >= 0 else None
+    if ratios:
+        sizes = [len(p) for p in parts]
+        total = sum(ratios)
+        logger.info(
+            "Training datasets drawn by ratio: "
+            + ", ".join(f"{n} ({s} images, {r / total:.1%})" for n, s, r in zip(names, sizes, ratios))
+        )
+        sampler = DatasetRatioTrainingSampler(sizes, ratios, seed=seed)
+    else:
+        sampler = _default_sampler(cfg, dataset)
+    world_size = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number of "
+            f"processes ({world_size})."
+        )
+    return ResumableTrainLoader(
+        dataset,
+        sampler,
+        mapper,
+        batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        seed=seed,
+        skip_bad_records=cfg.DATASETS.get("SKIP_BAD_RECORDS", False),
     )

@@ -1,0 +1,118 @@
+"""Issue 15, item 5: a training run killed with SIGKILL and resumed with --resume reproduces the
+uninterrupted run's losses (and final weights) exactly on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.reliability.helpers import fast_tiny_cfg, write_cfg
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "reliability" / "train_logged.py"
+MAX_ITER, PERIOD = 7, 3
+
+
+def write_detection_dataset(folder: Path, n: int = 10):
+    """n random images of two orientations (so aspect-ratio grouping delivers out of order)
+    with 1-2 boxes of three categories, as a COCO json."""
+    rng = np.random.default_rng(0)
+    images, annos = [], []
+    for i in range(n):
+        h, w = (48, 80) if rng.random() < 0.5 else (80, 48)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        for k in range(1 + i % 2):
+            annos.append({"id": len(annos) + 1, "image_id": i + 1, "category_id": 1 + (i + k) % 3,
+                          "bbox": [4 + 6 * k, 5, 20, 18], "area": 360, "iscrowd": 0})
+    cats = [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue square"},
+            {"id": 3, "name": "green triangle"}]
+    path = folder / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": annos, "categories": cats}))
+    return str(path)
+
+
+def train_cfg(tmp_path, output_dir):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    json_file = write_detection_dataset(data)
+    cfg = fast_tiny_cfg()
+    cfg.DATASETS.CUSTOM = [["resume_shapes_train", json_file, str(data)]]
+    cfg.DATASETS.TRAIN = ("resume_shapes_train",)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (48, 64), 96
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.MAX_ITER = MAX_ITER
+    cfg.SOLVER.CHECKPOINT_PERIOD = PERIOD
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.STEPS = (6,)
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.SEED = 11
+    cfg.OUTPUT_DIR = str(output_dir)
+    return write_cfg(cfg, tmp_path / f"{Path(output_dir).name}.yaml")
+
+
+def _start(cfg_file, loss_file, resume=False):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(SCRIPT), str(loss_file), "--config-file", cfg_file]
+    if resume:
+        cmd.append("--resume")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _losses(path):
+    out = []
+    for line in Path(path).read_text().splitlines():
+        it, value = line.split()
+        out.append((int(it), float.fromhex(value)))
+    return out
+
+
+def _wait(proc, what):
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
+
+
+def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path):
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    full_log, killed_log = tmp_path / "full.txt", tmp_path / "killed.txt"
+    full = _start(train_cfg(tmp_path, full_dir), full_log)
+    killed_cfg = train_cfg(tmp_path, killed_dir)
+    victim = _start(killed_cfg, killed_log)
+    # kill -9 once the run is past its first checkpoint (iteration 2) and mid-way to the next
+    deadline = time.time() + 240
+    while time.time() < deadline and victim.poll() is None:
+        if killed_log.exists() and any(it >= PERIOD + 1 for it, _ in _losses(killed_log)):
+            break
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run ended before it could be killed:\n" + victim.stderr.read()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    before_kill = _losses(killed_log)
+    last = (killed_dir / "last_checkpoint").read_text()
+    resumed_from = int(last[len("model_"):-len(".pth")])
+    assert resumed_from < before_kill[-1][0]  # iterations after the checkpoint are redone
+    _wait(_start(killed_cfg, killed_log, resume=True), "the resumed run")
+    _wait(full, "the uninterrupted run")
+
+    reference = dict(_losses(full_log))
+    assert sorted(reference) == list(range(MAX_ITER))
+    after = _losses(killed_log)[len(before_kill):]
+    assert [it for it, _ in after] == list(range(resumed_from + 1, MAX_ITER))
+    for it, loss in before_kill + after:
+        assert loss == reference[it], f"iteration {it}: {loss} vs uninterrupted {reference[it]}"
+    a = torch.load(full_dir / "model_final.pth", weights_only=True)
+    b = torch.load(killed_dir / "model_final.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    stream = b["trainer"]["hooks"]["ExactResumeHook"]["ranks"][0]["stream"]
+    assert stream == a["trainer"]["hooks"]["ExactResumeHook"]["ranks"][0]["stream"]
+    assert stream["next_position"] + len(stream["delivered_ahead"]) == MAX_ITER * 2
