@@ -21,6 +21,7 @@ from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_
                             check_datasets_present, ema_weights, enable_exact_resume,
                             load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
+from glip_d2.model_zoo import apply_protocol, list_protocols
 
 
 class Trainer(DefaultTrainer):
@@ -88,6 +89,8 @@ def setup(args):
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
+    if getattr(args, "protocol", ""):  # evaluation protocol on top of the model config
+        apply_protocol(cfg, args.protocol)
     cfg.merge_from_list(args.opts)
     register_datasets_from_config(cfg)  # DATASETS.CUSTOM and DATASETS.PSEUDO_LABELS entries
     cfg.freeze()
@@ -114,7 +117,14 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--protocol", default="", help="evaluation protocol applied on top of the "
+                        f"config: one of {list_protocols()} or a protocol yaml (configs/protocols/)")
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -23,6 +23,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .lvis_progress import lvis_progress
 from .lvis_standard import lvis_numpy_compat
 
 __all__ = ["FixedAPEvaluator", "fixed_ap_results", "top_per_category"]
@@ -71,7 +72,7 @@ def fixed_ap_results(lvis_gt, results: list) -> dict:
 
     if not results:
         return {m: float("nan") for m in _METRICS}
-    with lvis_numpy_compat():
+    with lvis_numpy_compat(), lvis_progress("FixedAP evaluation"):
         dets = LVISResults(lvis_gt, copy.deepcopy(results), max_dets=-1)  # no per-image cap
         lvis_eval = LVISEval(lvis_gt, dets, iou_type="bbox")
         lvis_eval.params.max_dets = -1

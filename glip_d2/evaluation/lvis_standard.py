@@ -16,6 +16,8 @@ import contextlib
 import torch
 from detectron2.evaluation import LVISEvaluator
 
+from .lvis_progress import lvis_progress
+
 __all__ = ["lvis_numpy_compat", "StandardLVISEvaluator"]
 
 
@@ -64,5 +66,5 @@ class StandardLVISEvaluator(LVISEvaluator):
         super().process(inputs, capped)
 
     def evaluate(self):
-        with lvis_numpy_compat():
+        with lvis_numpy_compat(), lvis_progress("LVIS evaluation"):
             return super().evaluate()

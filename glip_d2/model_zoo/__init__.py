@@ -18,11 +18,13 @@ from typing import List
 
 from .catalog import MODELS, OFFICIAL_URL_ROOT, ModelZooEntry
 from .download import cache_dir, download, sha256_of
+from .protocols import apply_protocol, get_protocol_file, list_protocols
 
 __all__ = [
     "MODELS",
     "OFFICIAL_URL_ROOT",
     "ModelZooEntry",
+    "apply_protocol",
     "cache_dir",
     "configs_root",
     "download",
@@ -31,7 +33,9 @@ __all__ = [
     "get_checkpoint_url",
     "get_config",
     "get_config_file",
+    "get_protocol_file",
     "list_configs",
+    "list_protocols",
     "sha256_of",
 ]
 

@@ -3,7 +3,8 @@
 Importing this package registers (lazily) every real dataset found under ``$DETECTRON2_DATASETS``
 (:mod:`.builtin_real`). The helpers register more:
 
-* :func:`register_custom_coco` / ``DATASETS.CUSTOM``: any COCO-format json, detection-as-grounding;
+* :func:`register_custom_coco` / ``DATASETS.CUSTOM``: any COCO-format json, detection-as-grounding
+  (:func:`register_custom_lvis`: an LVIS-format json with its own vocabulary);
 * :func:`register_objects365`, :func:`register_lvis`, :func:`register_odinw`;
 * :func:`register_mdetr`, :func:`register_flickr30k`, :func:`register_refexp`: MDETR jsons;
 * :func:`register_odvg` (and :func:`write_odvg_jsonl`): Grounding DINO's ODVG jsonl;
@@ -15,7 +16,7 @@ from ._utils import DatasetFormatError
 from .builtin_real import register_all_real
 from .captions import load_caption_collection, register_caption_collection
 from .coco_json import load_detection_json, register_detection_json
-from .custom import register_custom_coco, register_datasets_from_config
+from .custom import register_custom_coco, register_custom_lvis, register_datasets_from_config
 from .lvis import lvis_v1_metadata, register_lvis
 from .mdetr import load_mdetr_json, register_flickr30k, register_mdetr, register_refexp
 from .objects365 import clean_objects365_name, register_objects365
@@ -37,6 +38,7 @@ __all__ = [
     "register_all_real",
     "register_caption_collection",
     "register_custom_coco",
+    "register_custom_lvis",
     "register_datasets_from_config",
     "register_detection_json",
     "register_flickr30k",

@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco_json import register_detection_json
 
-__all__ = ["register_custom_coco", "register_datasets_from_config"]
+__all__ = ["register_custom_coco", "register_custom_lvis", "register_datasets_from_config"]
 
 
 def register_custom_coco(
@@ -55,6 +55,28 @@ def register_custom_coco(
     )
 
 
+# Formats of a DATASETS.CUSTOM entry's optional 4th field.
+_CUSTOM_FORMATS = ("coco", "lvis")
+
+
+def register_custom_lvis(name: str, json_file: str, image_root: str) -> None:
+    """Register an LVIS-format json with its own vocabulary (the json's category names), evaluated
+    with the LVIS protocol (LVISEvaluator; FixedAP with TEST.BENCHMARK.LVIS_FIXED_AP).
+
+    Unlike :func:`glip_d2.data.datasets.register_lvis` (LVIS v1's 1203 names), the categories
+    come from the json. Image paths follow LVIS: ``file_name``, else the folder of ``coco_url``.
+
+    Raises:
+        ValueError: if ``name`` is taken, or (``DatasetFormatError``) the json is malformed.
+    """
+    from .lvis import _IMAGE_KEYS, lvis_file_name
+
+    register_detection_json(
+        name, json_file, image_root, evaluator_type="lvis", file_name_fn=lvis_file_name,
+        image_extra_keys=_IMAGE_KEYS,
+    )
+
+
 def _check_entry(entry, key: str, fields) -> None:
     """A config list entry must be [field, ...]: that many non-empty strings."""
     if (
@@ -75,7 +97,9 @@ def _resolve(path: str, root: str) -> str:
 def register_datasets_from_config(cfg) -> List[str]:
     """Register the ``DATASETS.CUSTOM``, ``CAPTIONS`` and ``PSEUDO_LABELS`` entries (idempotent).
 
-    A CUSTOM entry is ``[name, json_file, image_root]``; relative paths are relative to the
+    A CUSTOM entry is ``[name, json_file, image_root]`` (COCO format, COCOEvaluator) or
+    ``[name, json_file, image_root, "lvis"]`` (LVIS format with its own vocabulary, LVIS
+    evaluation; "coco" is the default format); relative paths are relative to the
     ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset. A
     CAPTIONS entry is ``[name, collection_file, image_root]`` (jsonl/CSV image-caption pairs, same
     root rule); a PSEUDO_LABELS entry is ``[name, output_dir]`` of a finished
@@ -93,8 +117,15 @@ def register_datasets_from_config(cfg) -> List[str]:
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     registered = []
     for entry in cfg.DATASETS.get("CUSTOM", []):
-        _check_entry(entry, "DATASETS.CUSTOM", ("name", "json_file", "image_root"))
+        fields = ("name", "json_file", "image_root") + (("format",) if len(entry) == 4 else ())
+        _check_entry(entry, "DATASETS.CUSTOM", fields)
         name, json_file, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
+        fmt = entry[3] if len(entry) == 4 else "coco"
+        if fmt not in _CUSTOM_FORMATS:
+            raise ValueError(
+                f"DATASETS.CUSTOM entry {list(entry)!r}: format must be one of {_CUSTOM_FORMATS}, "
+                f"got {fmt!r}."
+            )
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
             if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
@@ -104,7 +135,10 @@ def register_datasets_from_config(cfg) -> List[str]:
                 f"json_file={meta.get('json_file')!r}, image_root={meta.get('image_root')!r}; "
                 "pick another name."
             )
-        register_custom_coco(name, json_file, image_root)
+        if fmt == "lvis":
+            register_custom_lvis(name, json_file, image_root)
+        else:
+            register_custom_coco(name, json_file, image_root)
         registered.append(name)
     return registered + _register_captions_from_config(cfg, root) + _register_pseudo_labels_from_config(cfg)
 

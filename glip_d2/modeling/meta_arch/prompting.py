@@ -1,10 +1,13 @@
 """Prompt handling shared by the language-conditioned meta-architectures: the test vocabulary
 and its chunks, text encoding, and the test-time cache of encoded prompts."""
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
 from ...text import chunk_vocabulary, create_positive_map, tokenize
+
+logger = logging.getLogger(__name__)
 
 
 def default_vocabulary(cfg) -> Optional[List[str]]:
@@ -49,6 +52,7 @@ class PromptingMixin:
         )
         self.vocabulary, self._chunks = names, chunks
         self._text_cache.clear()
+        logger.info(f"Vocabulary of {len(names)} names: {len(chunks)} prompt chunk(s) per image.")
 
     def encode_text(self, captions: Sequence[str]):
         """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
