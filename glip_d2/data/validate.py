@@ -74,7 +74,8 @@ def _span_problems(record: dict, tokenizer, max_query_len: int) -> List[str]:
     for k, (start, end) in spans:
         if truncated and start >= covered:
             continue  # past the token limit: the mapper drops it (and logs it), by design
-        if span_to_token_range(tokenized, (start, min(end, covered) if truncated else end)) is None:
+        tokens = span_to_token_range(tokenized, (start, min(end, covered) if truncated else end))
+        if tokens is None or tokens[0] > tokens[1]:  # what create_positive_map rejects
             problems.append(
                 f"annotation #{k}: span [{start}, {end}) = {caption[start:end]!r} maps to no "
                 "token (whitespace or invisible characters only)"
