@@ -171,6 +171,10 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
     # Token-score aggregation per label: "MEAN" (official) or "MAX".
     _C.MODEL.ATSS.SCORE_AGG = "MEAN"
+    # Official quirk: when a prompt fills all MAX_QUERY_LEN tokens, every negative anchor gets a
+    # target of 1 at the last token (a leftover "no object" token). Off in glip_d2 (a real name's
+    # token would be trained as "no object"); True reproduces the official loss exactly.
+    _C.MODEL.ATSS.NO_OBJECT_TOKEN_TARGET = False
 
     # ---------------------------------------------------------------- grounding inputs
     _C.INPUT.GROUNDING = CN()

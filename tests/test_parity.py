@@ -52,8 +52,9 @@ class Report:
             )
 
 
-@pytest.fixture(scope="module")
-def parity_model(parity_npz):
+def load_parity_weights(parity_npz):
+    """The fixture's official-key weights (``../shared/parity/weights_recipe.py``), checked against
+    the recorded per-tensor checksums."""
     spec = importlib.util.spec_from_file_location("weights_recipe", PARITY_DIR / "weights_recipe.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -63,14 +64,19 @@ def parity_model(parity_npz):
     assert keys == list(official)
     sums = np.array([float(official[k].double().sum()) for k in keys])
     np.testing.assert_allclose(sums, parity_npz["recipe_sum"], rtol=1e-12, atol=1e-9)
+    return official
 
+
+def build_parity_model(official, overrides=()):
+    """GLIP-T(C) from configs/glip_swin_t.yaml (CPU, random text weights) with the fixture's
+    weights loaded through the converter."""
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file("configs/glip_swin_t.yaml")
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED", "False",
         "INPUT.MIN_SIZE_TEST", "320", "INPUT.MAX_SIZE_TEST", "480", "MODEL.ATSS.INFERENCE_TH", "0.0",
-        "MODEL.ATSS.DETECTIONS_PER_IMG", "100", "DATASETS.TEST", "()",
+        "MODEL.ATSS.DETECTIONS_PER_IMG", "100", "DATASETS.TEST", "()", *overrides,
     ])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -82,6 +88,11 @@ def parity_model(parity_npz):
     # only model-built buffers are not in the recipe (Swin relative_position_index)
     assert missing and all(k.endswith("relative_position_index") for k in missing), missing
     return cfg, model
+
+
+@pytest.fixture(scope="module")
+def parity_model(parity_npz):
+    return build_parity_model(load_parity_weights(parity_npz))
 
 
 def _run_case(cfg, model, z, case):

@@ -65,6 +65,7 @@ class GLIPATSSHead(nn.Module):
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
         score_agg: str = "MEAN",
+        no_object_token: int = -1,
     ):
         super().__init__()
         if len(anchor_sizes) != num_levels or len(anchor_strides) != num_levels:
@@ -84,6 +85,8 @@ class GLIPATSSHead(nn.Module):
         self.use_fused_text = use_fused_text
         self.topk = topk
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        # Column set to 1 for negative anchors when the prompt reaches it (official quirk; -1 = off).
+        self.no_object_token = no_object_token
         self.loss_weights = dict(loss_cls=cls_weight, loss_box_reg=reg_weight, loss_centerness=ctr_weight)
         self.test_args = dict(
             score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
@@ -116,6 +119,7 @@ class GLIPATSSHead(nn.Module):
             nms_thresh=a.NMS_TH,
             detections_per_img=a.DETECTIONS_PER_IMG,
             score_agg=a.SCORE_AGG,
+            no_object_token=(cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN - 1) if a.NO_OBJECT_TOKEN_TARGET else -1,
         )
 
     # ------------------------------------------------------------------ forward
@@ -167,6 +171,8 @@ class GLIPATSSHead(nn.Module):
             pm[:, :w] = pmap[:, :w]
             tgt = torch.zeros(flat_anchors.shape[0], num_tokens, dtype=torch.bool, device=pm.device)
             reg = torch.zeros_like(flat_anchors)
+            if 0 <= self.no_object_token < num_tokens:
+                tgt[~pos, self.no_object_token] = True
             if pos.any():
                 tgt[pos] = pm[assigned[pos]]
                 reg[pos] = box_coder.encode(gt[assigned[pos]], flat_anchors[pos])
