@@ -5,13 +5,20 @@ from .chunking import PromptChunk, chunk_vocabulary
 from .positive_map import create_positive_map, span_to_token_range
 from .prompt import build_detection_prompt, clean_name
 from .spans import mentions_left_right, swap_left_right, validate_spans
-from .tokenization import count_tokens, load_tokenizer, packaged_model_dir, tokenize
+from .tokenization import (
+    check_text,
+    count_tokens,
+    load_tokenizer,
+    packaged_model_dir,
+    tokenize,
+)
 from .training_prompt import build_training_prompt
 
 __all__ = [
     "aggregate_token_scores",
     "build_detection_prompt",
     "build_training_prompt",
+    "check_text",
     "chunk_vocabulary",
     "clean_name",
     "count_tokens",

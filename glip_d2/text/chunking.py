@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
 from .prompt import build_detection_prompt, clean_name
-from .tokenization import count_tokens
+from .positive_map import span_to_token_range
+from .tokenization import check_text, count_tokens, tokenize
 
 __all__ = ["PromptChunk", "chunk_vocabulary"]
 
@@ -42,6 +43,8 @@ def _check_names(names: Sequence[str], strict_duplicates: bool) -> List[str]:
         raise ValueError("chunk_vocabulary got an empty vocabulary; pass at least one name.")
     cleaned = []
     for i, name in enumerate(names):
+        if isinstance(name, str):
+            check_text(name, f"Vocabulary name #{i}")
         if not isinstance(name, str) or not clean_name(name):
             raise ValueError(
                 f"Vocabulary name #{i} ({name!r}) is empty after clean_name; give every class "
@@ -134,7 +137,25 @@ def chunk_vocabulary(
     for group in groups:
         caption, spans = build_detection_prompt([cleaned[i] for i in group], separator, clean=False)
         chunks.append(PromptChunk(caption=caption, spans=spans, label_ids=list(group)))
+    if tokenizer is not None:
+        for chunk in chunks:
+            _check_spans_map_to_tokens(chunk, names, tokenizer, max_len)
     return chunks
+
+
+def _check_spans_map_to_tokens(chunk: PromptChunk, names, tokenizer, max_len: int) -> None:
+    """Each name must cover tokens of its prompt, exactly as inference looks them up; a name
+    that begins or ends with characters the tokenizer drops (zero-width, BOM, control
+    characters, lone combining marks) may not, and would only fail at inference."""
+    tokenized = tokenize(tokenizer, [chunk.caption], max_len, pad_to_max=False)
+    for span, label in zip(chunk.spans, chunk.label_ids):
+        tokens = span_to_token_range(tokenized, span)
+        if tokens is None or tokens[0] > tokens[1]:
+            raise ValueError(
+                f"Vocabulary name #{label} ({names[label]!r}) maps to no token of its prompt: its "
+                "first or last characters are ones the tokenizer drops (zero-width, BOM, control "
+                "or lone combining characters). Remove them from the name."
+            )
 
 
 def _pack(lengths: List[int], sep_len: int, chunk_size: int, max_len: int) -> List[List[int]]:

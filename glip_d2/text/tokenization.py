@@ -151,6 +151,7 @@ def tokenize(tokenizer, captions: Sequence[str], max_length: int = 256, pad_to_m
                 f"Caption #{i} is empty ({caption!r}); every image needs a caption or a prompt "
                 "built from category names."
             )
+        check_text(caption, f"Caption #{i}")
     if max_length < 3:
         raise ValueError(f"max_length={max_length} leaves no room between [CLS] and [SEP].")
     return tokenizer(
@@ -162,6 +163,36 @@ def tokenize(tokenizer, captions: Sequence[str], max_length: int = 256, pad_to_m
     )
 
 
+def check_text(text: str, what: str = "The text") -> str:
+    """Refuse text the tokenizer cannot encode: a lone UTF-16 surrogate (U+D800-U+DFFF, e.g.
+    from decoding bytes with ``errors="surrogateescape"``) is not valid Unicode text.
+
+    Args:
+        text: the string to check.
+        what: how to name it in the message ("Caption #0", "Vocabulary name #3", ...).
+
+    Returns:
+        ``text`` unchanged.
+
+    Raises:
+        ValueError: for a non-string or a string with a lone surrogate.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a str, got a {type(text).__name__}: {text!r}.")
+    for i, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(
+                f"{what} holds a lone surrogate U+{ord(char):04X} at character {i}, which is not "
+                "valid Unicode text; decode its source with errors='replace' or remove it."
+            )
+    return text
+
+
 def count_tokens(tokenizer, text: str) -> int:
-    """Number of tokens ``text`` becomes, special tokens excluded and without truncation."""
+    """Number of tokens ``text`` becomes, special tokens excluded and without truncation.
+
+    Raises:
+        ValueError: for text :func:`check_text` refuses.
+    """
+    check_text(text)
     return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
