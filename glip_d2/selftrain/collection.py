@@ -37,6 +37,16 @@ def _pick(row: dict, keys, what: str, where: str) -> str:
     )
 
 
+def _integer_id(value, where: str) -> int:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number.is_integer():
+        raise ValueError(f"{where}: id {value!r} is not an integer; give integer ids or none.")
+    return int(number)
+
+
 def read_caption_collection(path: str) -> List[CaptionRecord]:
     """Read an image-caption collection.
 
@@ -56,8 +66,21 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
     if ext in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append((f"{path}:{n}", json.loads(line)))
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}:{n}: not valid JSON ({error.msg} at column {error.colno}); every "
+                        "line must be one JSON object."
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{path}:{n}: a JSON {type(row).__name__}, not an object; every line must "
+                        'be {"file_name": ..., "caption": ...}.'
+                    )
+                rows.append((f"{path}:{n}", row))
     elif ext in (".csv", ".tsv"):
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
@@ -70,7 +93,7 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
     records, seen = [], set()
     for index, (where, row) in enumerate(rows):
         caption = _pick(row, _CAPTION_KEYS, "caption", where).strip()
-        image_id = int(row["id"]) if row.get("id") not in (None, "") else index
+        image_id = _integer_id(row.get("id"), where) if row.get("id") not in (None, "") else index
         if image_id in seen:
             raise ValueError(f"{where}: image id {image_id} is repeated; ids must be unique.")
         seen.add(image_id)

@@ -258,6 +258,7 @@ def test_pseudo_labels_register_from_config_next_to_human_data(uninterrupted, tm
         cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
         cfg.SOLVER.IMS_PER_BATCH = 8
         cfg.SEED = 0
+        cfg.DATASETS.CHECK_RECORDS = "none"  # the records name no real image files
         loader = build_grounding_train_loader(cfg, mapper=lambda d: d["file_name"])
         files = [f for b in itertools.islice(iter(loader), 25) for f in b]
         pseudo = {d["file_name"] for d in dicts}
