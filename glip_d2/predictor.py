@@ -19,6 +19,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from .checkpoint import GLIPCheckpointer
+from .device import resolve_device
 from .nlp import find_noun_phrases
 from .text import check_text, count_tokens, span_to_token_range, tokenize
 from .vocabularies import get_vocabulary
@@ -152,6 +153,8 @@ class GLIPPredictor:
         if weights and "://" not in weights and not os.path.isfile(weights):
             raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} does not exist.")
         self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.MODEL.DEVICE = resolve_device(self.cfg.MODEL.DEVICE)  # CPU when CUDA is absent
         self.cfg.freeze()
         self.input_format = input_format
         self.confidence_threshold = _check_threshold(confidence_threshold)
@@ -171,6 +174,25 @@ class GLIPPredictor:
         # gives neither a vocabulary nor a caption.
         self.default_vocabulary = list(self.model.vocabulary) if self.model.vocabulary else None
 
+    @classmethod
+    def from_name(cls, name: str, *, trained: bool = True, device: Optional[str] = None, **kwargs):
+        """A predictor for a model of :mod:`glip_d2.model_zoo` (or a shipped config name).
+
+        Args:
+            name: e.g. "glip_tiny", "glip_large", or a config name such as
+                "demo_glip_tiny_shapes" (with ``trained=False``).
+            trained: load the model's checkpoint (from the cache, else downloaded once);
+                False = random weights.
+            device: "cpu", "cuda", ...; None = the config's (CPU when CUDA is absent).
+            kwargs: passed to :class:`GLIPPredictor` (``input_format``, ``confidence_threshold``).
+        """
+        from . import model_zoo
+
+        cfg = model_zoo.get_config(name, trained=trained)
+        if device is not None:
+            cfg.MODEL.DEVICE = str(device)
+        return cls(cfg, **kwargs)
+
     def __call__(
         self,
         image,
@@ -178,12 +200,14 @@ class GLIPPredictor:
         caption: Union[None, str, Sequence[str]] = None,
         phrases: Optional[Sequence] = None,
         confidence_threshold: Optional[float] = None,
+        top_k: Optional[int] = None,
+        visualize: bool = False,
     ) -> Union[Dict, List[Dict]]:
         """Detect a vocabulary or ground a caption's phrases.
 
         Args:
-            image: one image (numpy (H, W[, C]) in ``input_format``, or PIL) or a list of them
-                (run as one batch).
+            image: one image (numpy (H, W[, C]) in ``input_format``, PIL, or a file path) or a
+                list of them (run as one batch).
             vocabulary: names to detect, or "coco" / "lvis"; None = the config's vocabulary.
             caption: text whose phrases are grounded (one caption for all images, or one per
                 image); excludes ``vocabulary``.
@@ -192,10 +216,14 @@ class GLIPPredictor:
                 :func:`glip_d2.nlp.find_noun_phrases` finds. With one caption per image, give one
                 such list per image.
             confidence_threshold: minimum score; None = the predictor's default.
+            top_k: keep at most this many detections per image (the highest scores); None = all.
+            visualize: also return "visualization": an (H, W, 3) uint8 RGB drawing of the
+                detections (Detectron2's Visualizer, boxes labelled with name and score).
 
         Returns:
             for one image a dict {"instances": Instances (pred_boxes, scores, pred_classes; on
-            the model's device), "labels": [str]}, where ``labels[pred_classes[i]]`` names
+            the model's device), "labels": [str]} (plus "visualization" when asked), where
+            ``labels[pred_classes[i]]`` names
             detection i (the vocabulary, or the phrases; grounding also gives "caption" and
             "phrase_spans"); for a list of images a list of such dicts.
 
@@ -205,7 +233,9 @@ class GLIPPredictor:
                 vocabulary and a caption.
         """
         single = not isinstance(image, (list, tuple))
-        images = [image] if single else list(image)
+        images = [_load_if_path(x) for x in ([image] if single else list(image))]
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
         if not images:
             raise ValueError("Got an empty list of images.")
         threshold = (
@@ -241,7 +271,13 @@ class GLIPPredictor:
         results = []
         for out, extra in zip(outputs, extras):
             inst = out["instances"]
-            results.append(dict(extra, instances=inst[inst.scores >= threshold]))
+            inst = inst[inst.scores >= threshold]
+            if top_k is not None:
+                inst = inst[inst.scores.argsort(descending=True)[: int(top_k)]]
+            results.append(dict(extra, instances=inst))
+        if visualize:
+            for res, img in zip(results, images):
+                res["visualization"] = self.draw(img, res)
         return results[0] if single else results
 
     def preprocess(self, image) -> Dict:
@@ -350,6 +386,39 @@ class GLIPPredictor:
         extra = [k for k in cache if k[0] not in keep]
         for key in extra[: max(0, len(extra) - _TEXT_CACHE_CAPTIONS)]:
             del cache[key]
+
+
+    def draw(self, image, result: Dict) -> np.ndarray:
+        """(H, W, 3) uint8 RGB drawing of one call's ``result`` on ``image`` (as passed to the
+        call), boxes labelled with their name and score by Detectron2's Visualizer."""
+        from .data.visualize import draw_grounding
+
+        inst, labels = result["instances"].to("cpu"), result["labels"]
+        return draw_grounding(
+            to_rgb_uint8(_load_if_path(image), self.input_format),
+            inst.pred_boxes,
+            [labels[c] for c in inst.pred_classes.tolist()],
+            inst.scores.tolist(),
+        )
+
+
+def _load_if_path(image):
+    """A file path (str or os.PathLike) -> its PIL image (EXIF orientation applied); anything
+    else unchanged."""
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file {path!r} does not exist.")
+    from PIL import ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"Could not read {path!r} as an image ({e}).") from e
 
 
 def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:

@@ -106,8 +106,11 @@ class HFBertLanguageBackbone(nn.Module):
             # transformers raises OSError for a folder without weights, and (4.5x) an
             # AttributeError for a hub name with a config but no cached weights.
             except (OSError, AttributeError) as e:
+                # the AttributeError's own text ("'NoneType' object has no attribute ...") says
+                # nothing useful; an OSError's names the missing file
+                why = str(e) if isinstance(e, OSError) else "no weights in the local HF cache"
                 raise FileNotFoundError(
-                    f"Pretrained text weights for {model_type!r} are not available offline ({e}). "
+                    f"Pretrained text weights for {model_type!r} are not available offline ({why}). "
                     "Point MODEL.LANGUAGE_BACKBONE.MODEL_TYPE at a local directory, use 'minilm', "
                     "or set MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED False when MODEL.WEIGHTS "
                     "(e.g. an official GLIP checkpoint) supplies the text weights."
