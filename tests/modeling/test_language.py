@@ -42,8 +42,9 @@ def test_packaged_minilm_outputs_and_padding_mask():
 
 @pytest.mark.skipif(_bert_base_cached(), reason="bert-base-uncased is in the local HF cache")
 def test_bert_base_without_cached_weights_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="not available offline.*LOAD_PRETRAINED False"):
+    with pytest.raises(FileNotFoundError, match="not available offline.*LOAD_PRETRAINED False") as e:
         HFBertLanguageBackbone(model_type="bert-base-uncased", load_pretrained=True)
+    assert "NoneType" not in str(e.value) and "endswith" not in str(e.value)
     # random weights from the built-in config work without any file
     lb = HFBertLanguageBackbone(model_type="bert-base-uncased", load_pretrained=False, num_hidden_layers=1)
     assert lb.language_dim == 768
