@@ -52,8 +52,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         nargs="+",
-        required=True,
         help="image files, glob patterns (quoted) or directories (their images, not recursive)",
+    )
+    parser.add_argument(
+        "--video-input",
+        metavar="FILE",
+        help="a video file instead of --input: every frame is detected; with --output (a folder, "
+        "or a .mp4/.avi file) the annotated frames are written as a video",
     )
     parser.add_argument(
         "--output",
@@ -292,6 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.confidence_threshold <= 1.0:
         parser.error("--confidence-threshold must lie in [0, 1]")
+    if bool(args.input) == bool(args.video_input):
+        parser.error("give either --input (images) or --video-input (a video)")
     query = _query(args, parser)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -299,6 +306,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     def report(msg):
         tqdm.write(msg, file=sys.stderr)
 
+    if args.video_input:
+        return _video_main(args, query, report)
     paths, errors = collect_inputs(args.input)
     for e in errors:
         report(f"error: {e}")
@@ -356,6 +365,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         report("error: no image could be processed")
         return 1
     return 0
+
+
+def _video_main(args, query: Dict, report) -> int:
+    from .demo_video import run_video
+    from .predictor import GLIPPredictor
+
+    try:
+        cfg = setup_cfg(args)
+        predictor = GLIPPredictor(
+            cfg, input_format="RGB", confidence_threshold=args.confidence_threshold
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as e:  # config, checkpoint, variant
+        report(f"error: {e}")
+        return 2
+    try:
+        return run_video(predictor, query, args.video_input, args.output or "", report)
+    except ValueError as e:  # the vocabulary / caption
+        report(f"error: {e}")
+        return 2
 
 
 def _save_png(rgb: np.ndarray, path: str) -> None:

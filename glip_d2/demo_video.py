@@ -1,0 +1,87 @@
+"""``python -m glip_d2.demo --video-input FILE``: frames in, an annotated video out."""
+import os
+import sys
+from typing import Callable, Dict
+
+import numpy as np
+
+__all__ = ["run_video", "video_output_path"]
+
+# Codec by output extension (OpenCV's FourCC codes).
+_FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+def video_output_path(output: str, video: str) -> str:
+    """``output`` when it names a video file (.mp4 / .avi / .mkv), else
+    ``<output>/<video name>.mp4`` (the folder is created)."""
+    if os.path.splitext(output)[1].lower() in _FOURCC:
+        folder = os.path.dirname(output)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        return output
+    os.makedirs(output, exist_ok=True)
+    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+
+
+def run_video(predictor, query: Dict, video: str, output: str, report: Callable[[str], None]) -> int:
+    """Detect in every frame of ``video`` and write the annotated frames to a video.
+
+    Args:
+        predictor: a :class:`~glip_d2.predictor.GLIPPredictor` taking RGB input.
+        query: the call's ``vocabulary`` / ``caption`` / ``phrases`` keywords.
+        video: the input video file.
+        output: a video file or a folder (see :func:`video_output_path`); "" = only a summary.
+        report: prints a message (errors, the summary).
+
+    Returns:
+        0 when at least one frame was processed, else 1.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from .data.visualize import draw_grounding
+
+    if not os.path.isfile(video):
+        report(f"error: video {video!r} does not exist")
+        return 1
+    capture = cv2.VideoCapture(video)
+    if not capture.isOpened():
+        report(f"error: could not open {video!r} as a video")
+        return 1
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer, path, frames, detections = None, None, 0, 0
+    try:
+        with tqdm(total=total, desc="glip_d2 video", unit="frame", file=sys.stderr) as bar:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+                out = predictor(rgb, **query)
+                inst, labels = out["instances"].to("cpu"), out["labels"]
+                detections += len(inst)
+                if output:
+                    drawing = draw_grounding(rgb, inst.pred_boxes,
+                                             [labels[c] for c in inst.pred_classes.tolist()],
+                                             inst.scores.tolist())
+                    if writer is None:
+                        path = video_output_path(output, video)
+                        fourcc = cv2.VideoWriter_fourcc(*_FOURCC[os.path.splitext(path)[1].lower()])
+                        h, w = drawing.shape[:2]
+                        writer = cv2.VideoWriter(path, fourcc, fps, (w, h))
+                        if not writer.isOpened():
+                            report(f"error: could not write the video {path!r}")
+                            return 1
+                    writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
+                frames += 1
+                bar.update(1)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if not frames:
+        report(f"error: no frame could be read from {video!r}")
+        return 1
+    report(f"{video}: {frames} frames, {detections} detections" + (f" -> {path}" if path else ""))
+    return 0
