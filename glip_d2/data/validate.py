@@ -101,8 +101,10 @@ def check_record(
     problems = []
     file_name = record.get("file_name")
     h, w = record.get("height"), record.get("width")
+    # records without sizes (caption collections) get them from the image when mapped
+    sizes_given = h is not None or w is not None
     sizes_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w))
-    if not sizes_ok:
+    if sizes_given and not sizes_ok:
         problems.append(f"height/width {h!r}/{w!r} are not positive integers")
     if not isinstance(file_name, str) or not os.path.isfile(file_name):
         problems.append("image file does not exist")
