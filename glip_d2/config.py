@@ -105,6 +105,14 @@ def add_glip_config(cfg):
     _C.MODEL.DYHEAD.USE_DYRELU = True
     # Modulated deformable 3x3 convs (offsets from a 27-channel conv).
     _C.MODEL.DYHEAD.USE_DFCONV = True
+    # Std of the normal init of the tower's plain 3x3 convs (official 0.01; deformable convs keep
+    # the official U(+-1/sqrt(fan_in))). GroupNorm follows, so this sets how fast Adam moves them
+    # relative to their size: a step changes a weight by about BASE_LR.
+    _C.MODEL.DYHEAD.CONV_INIT_STD = 0.01
+    # Identity shortcut around each DyConv block: level l leaves as x_l + DyConv(x)_l (not
+    # official). Trained from scratch, the residual-free tower does not pass the FPN's colour
+    # information on to the scorer (docs/one_stage_demo.md); the shortcut does.
+    _C.MODEL.DYHEAD.RESIDUAL = False
     # Scale attention (avg-pool -> 1x1 conv -> ReLU -> h_sigmoid) across the three levels.
     _C.MODEL.DYHEAD.USE_DYFUSE = True
     # Reproduce the official CUDA kernel's raw read of level-l offsets for the smaller level-(l+1)
@@ -175,6 +183,19 @@ def add_glip_config(cfg):
     # target of 1 at the last token (a leftover "no object" token). Off in glip_d2 (a real name's
     # token would be trained as "no object"); True reproduces the official loss exactly.
     _C.MODEL.ATSS.NO_OBJECT_TOKEN_TARGET = False
+    # Extra 3x3 conv-GroupNorm-ReLU layers on the tower output for the region-word scoring only
+    # (0 = official: scoring, box regression and centerness read the same tower output).
+    _C.MODEL.ATSS.NUM_CLS_CONVS = 0
+    # Region features before the dot product: "" (official: as they leave the tower) or
+    # "linear_ln" (a learned linear map + LayerNorm, like the two-stage region embedding).
+    _C.MODEL.ATSS.REGION_PROJECTION = ""
+    # Weight of a softmax-over-tokens loss at positive anchors (cross-entropy to the uniform
+    # distribution over the box's tokens), next to the token focal loss; 0 = off (official).
+    _C.MODEL.ATSS.TOKEN_SOFTMAX_LOSS_WEIGHT = 0.0
+    # Subtract the mean over the prompt's real tokens from the projected token features before
+    # the dot product (not official): no token-independent "object here" score, so the dot
+    # product can only score by telling the names apart.
+    _C.MODEL.ATSS.CENTER_TOKENS = False
 
     # ---------------------------------------------------------------- grounding inputs
     _C.INPUT.GROUNDING = CN()

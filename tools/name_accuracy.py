@@ -64,7 +64,7 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, train_fraction: f
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--weights", default="", help="checkpoint; empty = the model at initialisation")
     parser.add_argument("--dataset", default="shapes_train")
     parser.add_argument("--vocabulary-from", default="shapes_val_novel",
                         help="dataset whose thing_classes form the prompt (all 25 shapes names)")
@@ -82,14 +82,16 @@ def main():
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
     model = build_model(cfg)
-    GLIPCheckpointer(model).load(args.weights)
+    if args.weights:
+        GLIPCheckpointer(model).load(args.weights)
     vocabulary = MetadataCatalog.get(args.vocabulary_from).thing_classes
     inputs, gt_names = load_inputs(cfg, args.dataset, args.num_images)
-    preds, gts, levels, feats = [], [], [], []
+    preds, gts, levels, feats, fpn = [], [], [], [], []
     for s in range(0, len(inputs), args.batch):
         r = name_accuracy_at_positives(model, inputs[s : s + args.batch], vocabulary, gt_names[s : s + args.batch])
-        preds.append(r["pred"]), gts.append(r["gt"]), levels.append(r["level"]), feats.append(r["features"])
+        preds.append(r["pred"]), gts.append(r["gt"]), levels.append(r["level"]), feats.append(r["features"]), fpn.append(r["fpn_features"])
     pred, gt, level = torch.cat(preds), torch.cat(gts), torch.cat(levels)
     result = {"dataset": args.dataset, "num_positives": len(gt),
               "name_accuracy": (pred == gt).float().mean().item()}
@@ -103,7 +105,13 @@ def main():
             same = [words[p][part] == words[g][part] for p, g in zip(pred.tolist(), gt.tolist())]
             result[f"{name}_accuracy"] = sum(same) / max(len(same), 1)
     if args.probe:
-        result["linear_probe_name_accuracy"] = linear_probe(torch.cat(feats), gt)
+        for where, x in (("tower", torch.cat(feats)), ("fpn", torch.cat(fpn))):
+            result[f"probe_{where}_name_accuracy"] = linear_probe(x, gt)
+            if all(len(w) == 2 for w in words):
+                for part, name in ((0, "colour"), (1, "shape")):
+                    values = sorted({w[part] for w in words})
+                    labels = torch.as_tensor([values.index(words[g][part]) for g in gt.tolist()])
+                    result[f"probe_{where}_{name}_accuracy"] = linear_probe(x, labels)
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as f:

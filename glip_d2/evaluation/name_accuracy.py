@@ -28,7 +28,8 @@ def name_accuracy_at_positives(model, batched_inputs: List[Dict], vocabulary: Se
         dict with ``accuracy`` (fraction of positive anchors whose top-scored name is their
         box's name), ``num_positives``, and per positive anchor ``pred`` / ``gt`` (indices into
         ``vocabulary``), ``level`` (pyramid level index) and ``features`` (the tower output the
-        scorer sees at each positive anchor, (P, C), for probing).
+        scorer sees at each positive anchor, (P, C), for probing) and ``fpn_features`` (the
+        image backbone's features there).
     """
     was_training = model.training
     model.eval()
@@ -52,7 +53,8 @@ def name_accuracy_at_positives(model, batched_inputs: List[Dict], vocabulary: Se
         )
         index = {name: k for k, name in zip(label_ids, vocabulary)}
         flat_visual = torch.cat([v.flatten(2) for v in out["visual"]], dim=2).transpose(1, 2)
-        preds, gts, levels, features = [], [], [], []
+        flat_fpn = torch.cat([f.flatten(2) for f in feats], dim=2).transpose(1, 2)
+        preds, gts, levels, features, fpn_features = [], [], [], [], []
         for i, (x, names) in enumerate(zip(batched_inputs, gt_names)):
             boxes = x["instances"].gt_boxes.tensor.to(logits.device)
             if len(boxes) == 0:
@@ -68,6 +70,7 @@ def name_accuracy_at_positives(model, batched_inputs: List[Dict], vocabulary: Se
             gts.append(torch.as_tensor([index[names[j]] for j in assigned[pos].tolist()], dtype=torch.long))
             levels.append(level_of_anchor[pos.cpu()])
             features.append(flat_visual[i, pos].cpu())
+            fpn_features.append(flat_fpn[i, pos].cpu())
     finally:
         model.train(was_training)
     pred = torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long)
@@ -75,4 +78,5 @@ def name_accuracy_at_positives(model, batched_inputs: List[Dict], vocabulary: Se
     accuracy = (pred == gt).float().mean().item() if len(gt) else float("nan")
     return dict(accuracy=accuracy, num_positives=len(gt), pred=pred, gt=gt,
                 level=torch.cat(levels) if levels else torch.zeros(0, dtype=torch.long),
-                features=torch.cat(features) if features else torch.zeros(0, 0))
+                features=torch.cat(features) if features else torch.zeros(0, 0),
+                fpn_features=torch.cat(fpn_features) if fpn_features else torch.zeros(0, 0))

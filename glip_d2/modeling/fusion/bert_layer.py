@@ -37,9 +37,8 @@ class BertEncoderLayer(nn.Module):
         self.ffn_out = nn.Linear(intermediate_size, hidden_size)
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
-        for lin in [self.query, self.key, self.value, self.attn_out, self.ffn_in, self.ffn_out]:
-            nn.init.normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
+        # PyTorch's default Linear/LayerNorm init, as the official layer: GLIP's BertEncoderLayer is
+        # a BertPreTrainedModel that never calls init_weights(), so BERT's N(0, 0.02) is not used.
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape

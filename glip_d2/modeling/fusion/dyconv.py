@@ -39,15 +39,18 @@ class DyReLU(nn.Module):
 class ConvNorm(nn.Module):
     """3x3 conv (deformable or plain) followed by GroupNorm (or nothing)."""
 
-    def __init__(self, channels: int, stride: int, deformable: bool, gn_groups: int, raw_prefix: bool):
+    def __init__(self, channels: int, stride: int, deformable: bool, gn_groups: int, raw_prefix: bool,
+                 init_std: float = 0.01):
         super().__init__()
         self.deformable = deformable
         if deformable:
+            # Keeps its own U(+-1/sqrt(fan_in)) init: the official DyConv.init_weights re-initialises
+            # only nn.Conv2d modules, which maskrcnn-benchmark's ModulatedDeformConv is not.
             self.conv = ModulatedDeformConv3x3(channels, channels, stride, raw_prefix)
         else:
             self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+            nn.init.normal_(self.conv.weight, 0, init_std)
         self.norm = nn.GroupNorm(gn_groups, channels) if gn_groups > 0 else nn.Identity()
-        nn.init.normal_(self.conv.weight, 0, 0.01)
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x, offset=None, mask=None):
@@ -71,11 +74,14 @@ class DyConv(nn.Module):
         use_dyrelu: bool = True,
         gn_groups: int = 16,
         raw_prefix: bool = True,
+        conv_init_std: float = 0.01,
+        residual: bool = False,
     ):
         super().__init__()
+        self.residual = residual
         # convs[0]: on the next (smaller) level, convs[1]: same level, convs[2]: previous level, stride 2
         self.convs = nn.ModuleList(
-            [ConvNorm(channels, s, use_deform, gn_groups, raw_prefix) for s in (1, 1, 2)]
+            [ConvNorm(channels, s, use_deform, gn_groups, raw_prefix, conv_init_std) for s in (1, 1, 2)]
         )
         self.scale_attn = nn.Conv2d(channels, 1, kernel_size=1) if use_dyfuse else None
         if self.scale_attn is not None:
@@ -106,6 +112,7 @@ class DyConv(nn.Module):
             else:
                 fused = stacked.mean(dim=0)
             out.append(fused)
-        if self.dyrelu is not None:
-            return [self.dyrelu(f) for f in out]
-        return [F.relu(f) for f in out]
+        out = [self.dyrelu(f) for f in out] if self.dyrelu is not None else [F.relu(f) for f in out]
+        if self.residual:  # identity shortcut (not official; MODEL.DYHEAD.RESIDUAL)
+            out = [x + f for x, f in zip(feats, out)]
+        return out

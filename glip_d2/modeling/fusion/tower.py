@@ -81,6 +81,8 @@ class VLDyHeadTower(nn.Module):
         offset_raw_prefix: bool = True,
         use_checkpoint: bool = False,
         attention: str = "official",
+        conv_init_std: float = 0.01,
+        residual: bool = False,
     ):
         super().__init__()
         self.early_fuse = early_fuse
@@ -101,7 +103,8 @@ class VLDyHeadTower(nn.Module):
                     )
             dy = DyConv(
                 channels, use_deform=use_deform, use_dyfuse=use_dyfuse, use_dyrelu=use_dyrelu,
-                gn_groups=gn_groups, raw_prefix=offset_raw_prefix,
+                gn_groups=gn_groups, raw_prefix=offset_raw_prefix, conv_init_std=conv_init_std,
+                residual=residual,
             )
             blocks.append(FusedBlock(fuse, text, dy, use_checkpoint))
         self.blocks = nn.ModuleList(blocks)
@@ -133,6 +136,8 @@ class VLDyHeadTower(nn.Module):
             offset_raw_prefix=dh.OFFSET_RAW_PREFIX,
             use_checkpoint=dh.USE_CHECKPOINT,
             attention=fc.ATTENTION,
+            conv_init_std=dh.CONV_INIT_STD,
+            residual=dh.RESIDUAL,
         )
 
     def forward(

@@ -12,7 +12,7 @@ from ..fusion import build_fusion_tower
 from . import box_coder
 from .anchors import grid_anchors
 from .atss_assigner import atss_assign
-from .losses import centerness_targets, giou_loss, token_sigmoid_focal_loss
+from .losses import centerness_targets, giou_loss, token_sigmoid_focal_loss, token_softmax_loss
 from .postprocess import select_detections
 from .region_word import RegionWordScorer
 
@@ -66,6 +66,11 @@ class GLIPATSSHead(nn.Module):
         detections_per_img: int = 100,
         score_agg: str = "MEAN",
         no_object_token: int = -1,
+        num_cls_convs: int = 0,
+        region_projection: str = "",
+        gn_groups: int = 16,
+        token_softmax_weight: float = 0.0,
+        center_tokens: bool = False,
     ):
         super().__init__()
         if len(anchor_sizes) != num_levels or len(anchor_strides) != num_levels:
@@ -80,7 +85,21 @@ class GLIPATSSHead(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)])
-        self.scorer = RegionWordScorer(channels, language_dim, prior_prob, log_scale, clamp_dot_product)
+        # Optional scoring-only branch on the shared tower output (0 = official: the scorer reads
+        # the tower output that box regression and centerness read).
+        self.cls_tower = nn.Sequential(*[
+            layer for _ in range(num_cls_convs) for layer in (
+                nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(gn_groups, channels), nn.ReLU()
+            )
+        ])
+        for layer in self.cls_tower:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.zeros_(layer.bias)
+        self.scorer = RegionWordScorer(
+            channels, language_dim, prior_prob, log_scale, clamp_dot_product, region_projection,
+            center_tokens,
+        )
         self.anchor_sizes, self.anchor_strides = list(anchor_sizes), list(anchor_strides)
         self.use_fused_text = use_fused_text
         self.topk = topk
@@ -88,6 +107,8 @@ class GLIPATSSHead(nn.Module):
         # Column set to 1 for negative anchors when the prompt reaches it (official quirk; -1 = off).
         self.no_object_token = no_object_token
         self.loss_weights = dict(loss_cls=cls_weight, loss_box_reg=reg_weight, loss_centerness=ctr_weight)
+        if token_softmax_weight > 0:
+            self.loss_weights["loss_token_softmax"] = token_softmax_weight
         self.test_args = dict(
             score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
             detections_per_img=detections_per_img, score_agg=score_agg,
@@ -120,6 +141,11 @@ class GLIPATSSHead(nn.Module):
             detections_per_img=a.DETECTIONS_PER_IMG,
             score_agg=a.SCORE_AGG,
             no_object_token=(cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN - 1) if a.NO_OBJECT_TOKEN_TARGET else -1,
+            num_cls_convs=a.NUM_CLS_CONVS,
+            region_projection=a.REGION_PROJECTION,
+            gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
+            token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
+            center_tokens=a.CENTER_TOKENS,
         )
 
     # ------------------------------------------------------------------ forward
@@ -136,12 +162,13 @@ class GLIPATSSHead(nn.Module):
         mask = lang["masks"]
         visual, text = self.tower(features, lang["hidden"], mask)
         embedding = text if self.use_fused_text else lang["embedded"]
-        proj, bias = self.scorer.encode_tokens(embedding)
+        proj, bias = self.scorer.encode_tokens(embedding, mask)
         box_reg, ctr, logits = [], [], []
         for lvl, v in enumerate(visual):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
-            logits.append(self.scorer.score(v.flatten(2).transpose(1, 2), proj, bias))
+            c = self.cls_tower(v)
+            logits.append(self.scorer.score(c.flatten(2).transpose(1, 2), proj, bias))
         anchors = grid_anchors(
             self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
         )
@@ -206,6 +233,10 @@ class GLIPATSSHead(nn.Module):
             loss_reg = box_reg.sum() * 0.0
             loss_ctr = ctr.sum() * 0.0
         raw = dict(loss_cls=loss_cls, loss_box_reg=loss_reg, loss_centerness=loss_ctr)
+        if "loss_token_softmax" in self.loss_weights:
+            raw["loss_token_softmax"] = token_softmax_loss(
+                logits, token_targets & pos_mask[..., None], out["text_mask"]
+            ) / num_pos_avg
         return {k: v * self.loss_weights[k] for k, v in raw.items()}
 
     # ------------------------------------------------------------------ inference

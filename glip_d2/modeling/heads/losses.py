@@ -22,6 +22,26 @@ def token_sigmoid_focal_loss(logits, targets, text_mask, alpha: float = 0.25, ga
     return loss.sum()
 
 
+def token_softmax_loss(logits, targets, text_mask):
+    """Sum over anchors with a target of the cross-entropy between the softmax of the anchor's
+    logits over the real tokens and the uniform distribution over its target tokens.
+
+    Unlike the per-token sigmoid loss, a score shared by every token (an "object here" term)
+    cancels in the softmax, so this loss only rewards telling the named tokens from the others.
+
+    Args:
+        logits, targets: (B, A, T); targets binary. text_mask: (B, T), 1 = real token.
+    """
+    has_target = targets.any(dim=-1)  # (B, A)
+    if not has_target.any():
+        return logits.sum() * 0.0
+    real = (text_mask > 0)[:, None, :].expand_as(logits)[has_target]  # (P, T)
+    x = logits[has_target].masked_fill(~real, float("-inf"))
+    t = targets[has_target].to(x.dtype)
+    log_p = torch.log_softmax(x, dim=-1).masked_fill(~real, 0.0)
+    return -((t * log_p).sum(-1) / t.sum(-1)).sum()
+
+
 def centerness_targets(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) of anchor centres inside their boxes."""
     cx = (anchors[:, 2] + anchors[:, 0]) / 2
