@@ -1,0 +1,87 @@
+"""The one-stage learning options (docs/one_stage_demo.md), each off by default, against
+independent computations; and the official no-object token quirk as a switch."""
+import torch
+from detectron2.modeling import build_model
+from torch import nn
+
+from glip_d2.modeling.fusion.dyconv import DyConv
+from glip_d2.modeling.heads.losses import token_softmax_loss
+from glip_d2.modeling.heads.region_word import RegionWordScorer
+from tests.helpers import make_input, tiny_cfg
+
+
+def test_token_softmax_loss_against_a_loop():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 5, generator=g)
+    targets = torch.zeros(2, 6, 5, dtype=torch.bool)
+    targets[0, 1, [1, 2]] = True  # a two-token name
+    targets[1, 4, 3] = True
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    expected = 0.0
+    for b, a in ((0, 1), (1, 4)):
+        real = mask[b].bool()
+        log_p = torch.log_softmax(logits[b, a, real], dim=0)
+        t = targets[b, a, real].float()
+        expected += -(t * log_p).sum() / t.sum()
+    torch.testing.assert_close(token_softmax_loss(logits, targets, mask), expected)
+    # a score shared by every token cancels
+    torch.testing.assert_close(token_softmax_loss(logits + 7.0, targets, mask), expected)
+    assert token_softmax_loss(logits, torch.zeros_like(targets), mask) == 0
+
+
+def test_centred_tokens_have_zero_mean_over_real_tokens_and_same_default():
+    torch.manual_seed(0)
+    plain = RegionWordScorer(8, 12)
+    centred = RegionWordScorer(8, 12, center_tokens=True)
+    centred.load_state_dict(plain.state_dict())  # the option adds no parameter
+    tokens = torch.randn(2, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    p0, b0 = plain.encode_tokens(tokens, mask)
+    p1, b1 = centred.encode_tokens(tokens, mask)
+    torch.testing.assert_close(b0, b1)
+    for i in range(2):
+        real = mask[i].bool()
+        torch.testing.assert_close(p1[i, real], p0[i, real] - p0[i, real].mean(0))
+        assert p1[i, real].mean(0).abs().max() < 1e-6
+    # a region feature along the shared direction no longer moves the scores
+    regions = torch.randn(2, 3, 8)
+    before = centred.score(regions, p1, b1)
+    assert not torch.allclose(plain.score(regions, p0, b0), before)
+
+
+def test_residual_dyconv_adds_its_input():
+    torch.manual_seed(0)
+    block = DyConv(16, use_deform=False, gn_groups=4)
+    res = DyConv(16, use_deform=False, gn_groups=4, residual=True)
+    res.load_state_dict(block.state_dict())
+    feats = [torch.randn(1, 16, s, s) for s in (8, 4, 2)]
+    for x, y, z in zip(feats, block(feats), res(feats)):
+        torch.testing.assert_close(z, x + y)
+
+
+def test_plain_and_deformable_tower_conv_init():
+    plain = DyConv(64, use_deform=False, conv_init_std=0.01)
+    assert abs(plain.convs[1].conv.weight.std().item() - 0.01) < 1e-3
+    wide = DyConv(64, use_deform=False, conv_init_std=0.05)
+    assert abs(wide.convs[1].conv.weight.std().item() - 0.05) < 5e-3
+    deform = DyConv(64, use_deform=True)  # official U(+-1/sqrt(fan_in)) kept
+    bound = 1 / (64 * 9) ** 0.5
+    w = deform.convs[1].conv.weight
+    assert w.abs().max() <= bound and w.std().item() > 0.5 * bound / 3 ** 0.5
+
+
+def _losses(no_object: bool, caption: str):
+    cfg = tiny_cfg()
+    cfg.MODEL.ATSS.NO_OBJECT_TOKEN_TARGET = no_object
+    cfg.MODEL.LANGUAGE_BACKBONE.PAD_MAX = True
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = make_input(model, caption, [[10, 20, 90, 100]], [(0, 3)])
+    return model([x])["loss_cls"].item()
+
+
+def test_no_object_token_switch():
+    short = "red circle"
+    assert _losses(False, short) == _losses(True, short)  # token 255 is padding: no effect
+    full = "red " * 300  # fills all 256 tokens: the official quirk trains token 255 as "no object"
+    assert _losses(True, full) > _losses(False, full) + 1e-3
