@@ -14,11 +14,8 @@ import argparse
 import json
 
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from name_accuracy import load_cpu_model  # tools/ (run as python tools/loss_gradients.py)
 
-from glip_d2 import add_glip_config
-from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 
 
@@ -30,16 +27,8 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    if args.weights:
-        GLIPCheckpointer(model).load(args.weights)
+    cfg, model = load_cpu_model(args.config_file, args.opts, args.weights, num_workers=0)
+    model.train()
     loader = iter(build_grounding_train_loader(cfg, GroundingDatasetMapper(cfg, is_train=True)))
     totals = {}
     for _ in range(args.batches):

@@ -23,6 +23,23 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.evaluation.name_accuracy import name_accuracy_at_positives
 
 
+def load_cpu_model(config_file: str, opts, weights: str = "", num_workers: int = None):
+    """(cfg, model) on the CPU from a config file and overrides, with `weights` loaded (empty =
+    the model at initialisation, seeded). Shared by the diagnostics in tools/."""
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.MODEL.DEVICE = "cpu"
+    if num_workers is not None:
+        cfg.DATALOADER.NUM_WORKERS = num_workers
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if weights:
+        GLIPCheckpointer(model).load(weights)
+    return cfg, model
+
+
 def load_inputs(cfg, dataset: str, num_images: int):
     """Test-size inputs with gt boxes and the name of every box."""
     dicts = DatasetCatalog.get(dataset)[:num_images]
@@ -77,15 +94,7 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if args.weights:
-        GLIPCheckpointer(model).load(args.weights)
+    cfg, model = load_cpu_model(args.config_file, args.opts, args.weights)
     vocabulary = MetadataCatalog.get(args.vocabulary_from).thing_classes
     inputs, gt_names = load_inputs(cfg, args.dataset, args.num_images)
     preds, gts, levels, feats, fpn = [], [], [], [], []
