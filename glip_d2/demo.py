@@ -286,12 +286,24 @@ def _summary(path: str, inst, labels) -> str:
     return f"{path}: {len(inst)} detections" + (f" ({', '.join(top[:5])}{more})" if top else "")
 
 
+def _build_predictor(args, report):
+    """The predictor the arguments describe, or None after reporting why it cannot be built."""
+    from .predictor import GLIPPredictor
+
+    try:
+        return GLIPPredictor(
+            setup_cfg(args), input_format="RGB", confidence_threshold=args.confidence_threshold
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as e:  # config, checkpoint, variant
+        report(f"error: {e}")
+        return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; returns 0 when at least one image was processed, else 1 (2 = setup error)."""
     from tqdm import tqdm
 
     from .data.visualize import draw_grounding
-    from .predictor import GLIPPredictor
 
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -314,13 +326,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not paths:
         report("error: no input image")
         return 1
-    try:
-        cfg = setup_cfg(args)
-        predictor = GLIPPredictor(
-            cfg, input_format="RGB", confidence_threshold=args.confidence_threshold
-        )
-    except (OSError, RuntimeError, ValueError, KeyError) as e:  # config, checkpoint, variant
-        report(f"error: {e}")
+    predictor = _build_predictor(args, report)
+    if predictor is None:
         return 2
     if args.output:
         os.makedirs(args.output, exist_ok=True)
@@ -343,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             report(f"note: {path}: {note}")
         inst, labels = out["instances"].to("cpu"), out["labels"]
         if category_ids is None:
-            category_ids = _category_ids(query, len(labels), cfg)
+            category_ids = _category_ids(query, len(labels), predictor.cfg)
         results += _results(image_id, path, inst, labels, category_ids, query)
         report(_summary(path, inst, labels))
         if args.output:
@@ -369,15 +376,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _video_main(args, query: Dict, report) -> int:
     from .demo_video import run_video
-    from .predictor import GLIPPredictor
 
-    try:
-        cfg = setup_cfg(args)
-        predictor = GLIPPredictor(
-            cfg, input_format="RGB", confidence_threshold=args.confidence_threshold
-        )
-    except (OSError, RuntimeError, ValueError, KeyError) as e:  # config, checkpoint, variant
-        report(f"error: {e}")
+    predictor = _build_predictor(args, report)
+    if predictor is None:
         return 2
     try:
         return run_video(predictor, query, args.video_input, args.output or "", report)

@@ -1,37 +1,12 @@
-"""Fixtures of the benchmark tests: a private parse cache, and dataset names cleaned up after."""
-
-import uuid
+"""Fixtures of the benchmark tests: a private parse cache for every test; ``names`` and
+``forget`` come from tests/conftest.py."""
 
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from tests.conftest import forget  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture(autouse=True)
-def parse_cache(tmp_path, monkeypatch):
+def parse_cache(private_parse_cache):
     """Every test gets its own parse cache (never the user's ~/.cache)."""
-    folder = tmp_path / "parse_cache"
-    monkeypatch.setenv("GLIP_D2_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
-def names():
-    """Make unique dataset names; whatever a test registers under them is removed afterwards."""
-    made = []
-
-    def make(prefix="bench"):
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        made.append(name)
-        return name
-
-    yield make
-    forget(*made)
-
-
-def forget(*dataset_names):
-    """Remove registrations made under fixed names (builtin-style registration tests)."""
-    for name in dataset_names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
+    return private_parse_cache
