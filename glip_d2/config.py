@@ -40,6 +40,16 @@ def add_glip_config(cfg):
     # "reduce-overhead" (CUDA graphs; fixed input sizes) or "max-autotune". Compiles on the first
     # batch of each new input shape.
     _C.MODEL.GLIP.COMPILE = ""
+    # GLIPv2 losses next to the grounding loss; each weight 0 = off (official GLIP).
+    _C.MODEL.GLIP.LOSSES = CN()
+    # Inter-image region-word contrastive loss: positive anchors' region features of the whole
+    # batch (gathered across workers) against every prompt's words; a region's positives are
+    # the words of its positive-map row, all other words (other images' too) are negatives.
+    _C.MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT = 0.0
+    # Masked language modelling on the fused text features (2-layer MLP over the vocabulary).
+    _C.MODEL.GLIP.LOSSES.MLM_WEIGHT = 0.0
+    # Share of the maskable prompt tokens (outside every positive span, not special) masked.
+    _C.MODEL.GLIP.LOSSES.MLM_PROBABILITY = 0.15
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()

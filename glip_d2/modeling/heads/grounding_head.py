@@ -12,6 +12,7 @@ from ..fusion import build_fusion_tower
 from . import box_coder
 from .anchors import grid_anchors
 from .atss_assigner import atss_assign
+from .contrastive import gathered_region_word_contrastive_loss
 from .losses import centerness_targets, giou_loss, token_sigmoid_focal_loss, token_softmax_loss
 from .postprocess import select_detections
 from .region_word import RegionWordScorer
@@ -71,6 +72,7 @@ class GLIPATSSHead(nn.Module):
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
         center_tokens: bool = False,
+        contrastive_weight: float = 0.0,
     ):
         super().__init__()
         if len(anchor_sizes) != num_levels or len(anchor_strides) != num_levels:
@@ -109,6 +111,8 @@ class GLIPATSSHead(nn.Module):
         self.loss_weights = dict(loss_cls=cls_weight, loss_box_reg=reg_weight, loss_centerness=ctr_weight)
         if token_softmax_weight > 0:
             self.loss_weights["loss_token_softmax"] = token_softmax_weight
+        if contrastive_weight > 0:  # GLIPv2 inter-image region-word contrastive loss
+            self.loss_weights["loss_contrastive"] = contrastive_weight
         self.test_args = dict(
             score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
             detections_per_img=detections_per_img, score_agg=score_agg,
@@ -146,6 +150,7 @@ class GLIPATSSHead(nn.Module):
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
             center_tokens=a.CENTER_TOKENS,
+            contrastive_weight=cfg.MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT,
         )
 
     # ------------------------------------------------------------------ forward
@@ -163,17 +168,21 @@ class GLIPATSSHead(nn.Module):
         visual, text = self.tower(features, lang["hidden"], mask)
         embedding = text if self.use_fused_text else lang["embedded"]
         proj, bias = self.scorer.encode_tokens(embedding, mask)
-        box_reg, ctr, logits = [], [], []
+        box_reg, ctr, logits, regions = [], [], [], []
         for lvl, v in enumerate(visual):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
-            c = self.cls_tower(v)
-            logits.append(self.scorer.score(c.flatten(2).transpose(1, 2), proj, bias))
+            c = self.cls_tower(v).flatten(2).transpose(1, 2)  # (B, H*W, C)
+            regions.append(c)
+            logits.append(self.scorer.score(c, proj, bias))
         anchors = grid_anchors(
             self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
         )
-        return dict(box_regression=box_reg, centerness=ctr, token_logits=logits, visual=visual,
-                    text=text, anchors=anchors, text_mask=mask)
+        out = dict(box_regression=box_reg, centerness=ctr, token_logits=logits, visual=visual,
+                   text=text, anchors=anchors, text_mask=mask)
+        if self.training and "loss_contrastive" in self.loss_weights:
+            out.update(region_features=regions, projected_tokens=proj)
+        return out
 
     # ------------------------------------------------------------------ training
     def losses(self, out: Dict, gt_boxes: List[torch.Tensor], gt_positive_maps: List[torch.Tensor]):
@@ -237,7 +246,29 @@ class GLIPATSSHead(nn.Module):
             raw["loss_token_softmax"] = token_softmax_loss(
                 logits, token_targets & pos_mask[..., None], out["text_mask"]
             ) / num_pos_avg
+        if "loss_contrastive" in self.loss_weights:
+            raw["loss_contrastive"] = self._contrastive_loss(out, token_targets, pos_mask)
         return {k: v * self.loss_weights[k] for k, v in raw.items()}
+
+    def _contrastive_loss(self, out: Dict, token_targets: torch.Tensor, pos_mask: torch.Tensor):
+        """GLIPv2 inter-image region-word contrastive loss: the positive anchors' region
+        features of the whole (global) batch against the real tokens of every prompt in it."""
+        regions = torch.cat(out["region_features"], dim=1)[pos_mask].float()  # (P, C)
+        if self.scorer.proj_region is not None:
+            regions = self.scorer.proj_region(regions)
+        real = out["text_mask"] > 0  # (B, T)
+        words = out["projected_tokens"][real].float()  # (W, C)
+        # (P, B*T): a region's targets sit in the columns of its own image's prompt only
+        b, t = real.shape
+        image_of_region = pos_mask.nonzero()[:, 0]
+        targets = token_targets.new_zeros(regions.shape[0], b, t)
+        targets[torch.arange(regions.shape[0], device=targets.device), image_of_region] = (
+            token_targets[pos_mask]
+        )
+        targets = targets.reshape(regions.shape[0], b * t)[:, real.reshape(-1)]
+        return gathered_region_word_contrastive_loss(
+            regions, words, targets, self.scorer.log_scale.exp().reciprocal()
+        )
 
     # ------------------------------------------------------------------ inference
     def inference(self, out: Dict, positive_maps: List[torch.Tensor], image_sizes, apply_nms: bool = True):

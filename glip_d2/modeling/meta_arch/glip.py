@@ -10,8 +10,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_pos
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from ...text import load_tokenizer
+from ...text import load_tokenizer, tokenize
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
+from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..language import build_language_backbone, resolve_text_model_path
 from .prompting import PromptingMixin, default_vocabulary
 
@@ -89,6 +90,9 @@ class GLIP(PromptingMixin, nn.Module):
         inference_batch: int = 1,
         inference_dtype: str = "float32",
         compile_mode: str = "",
+        mlm_head: Optional[nn.Module] = None,
+        mlm_weight: float = 0.0,
+        mlm_probability: float = 0.15,
     ):
         super().__init__()
         self.backbone = backbone
@@ -120,6 +124,10 @@ class GLIP(PromptingMixin, nn.Module):
         self._compiled: Dict[str, object] = {}
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # GLIPv2 masked language modelling (None = off); outside `head`, so official checkpoints
+        # load with its weights reported missing.
+        self.mlm_head = mlm_head
+        self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         self._init_prompting(vocabulary)
         if freeze_backbone:
             for p in self.backbone.parameters():
@@ -138,11 +146,18 @@ class GLIP(PromptingMixin, nn.Module):
             )
         head = GLIPATSSHead(cfg, language_dim=language_backbone.language_dim)
         tok_name = lb.TOKENIZER_TYPE or lb.MODEL_TYPE
+        tokenizer = load_tokenizer(resolve_text_model_path(tok_name))
+        losses = cfg.MODEL.GLIP.LOSSES
+        mlm_head = None
+        if losses.MLM_WEIGHT > 0:
+            config = getattr(getattr(language_backbone, "model", None), "config", None)
+            vocab = getattr(config, "vocab_size", None) or len(tokenizer)
+            mlm_head = MLMHead(language_backbone.language_dim, vocab)
         return dict(
             backbone=backbone,
             language_backbone=language_backbone,
             head=head,
-            tokenizer=load_tokenizer(resolve_text_model_path(tok_name)),
+            tokenizer=tokenizer,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,
             in_features=cfg.MODEL.GLIP.IN_FEATURES,
@@ -156,6 +171,9 @@ class GLIP(PromptingMixin, nn.Module):
             inference_batch=cfg.MODEL.GLIP.INFERENCE_BATCH,
             inference_dtype=cfg.MODEL.GLIP.INFERENCE_DTYPE,
             compile_mode=cfg.MODEL.GLIP.COMPILE,
+            mlm_head=mlm_head,
+            mlm_weight=losses.MLM_WEIGHT,
+            mlm_probability=losses.MLM_PROBABILITY,
         )
 
     @property
@@ -186,12 +204,41 @@ class GLIP(PromptingMixin, nn.Module):
         self._check_training_inputs(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         feats = self.extract_features(images)
-        _, lang = self.encode_text([x["caption"] for x in batched_inputs])
-        out = self.head(feats, lang)
         inst = [x["instances"].to(self.device) for x in batched_inputs]
-        return self.head.losses(
+        captions = [x["caption"] for x in batched_inputs]
+        if self.mlm_head is not None:
+            lang, mlm_labels = self.encode_masked_text(captions, [i.gt_positive_map for i in inst])
+        else:
+            _, lang = self.encode_text(captions)
+        out = self.head(feats, lang)
+        losses = self.head.losses(
             out, [i.gt_boxes.tensor for i in inst], [i.gt_positive_map for i in inst]
         )
+        if self.mlm_head is not None:
+            losses["loss_mlm"] = self.mlm_weight * self.mlm_head.loss(out["text"], mlm_labels)
+        return losses
+
+    def encode_masked_text(self, captions: Sequence[str], positive_maps: Sequence[torch.Tensor],
+                           generator: Optional[torch.Generator] = None):
+        """Tokenize, mask for MLM the tokens no ground-truth box is matched to (never special
+        tokens), and run the language backbone on the masked prompts.
+
+        Returns:
+            (language dict, (B, T) MLM labels: original ids at masked tokens, -100 elsewhere).
+        """
+        tok = tokenize(self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max)
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        positive = torch.zeros_like(ids, dtype=torch.bool)
+        for b, pmap in enumerate(positive_maps):
+            w = min(ids.shape[1], pmap.shape[1])
+            positive[b, :w] = pmap[:, :w].any(dim=0)
+        maskable = maskable_tokens(ids, mask, positive, self.tokenizer.all_special_ids)
+        masked, labels = mask_tokens(
+            ids, maskable, self.tokenizer.mask_token_id, self.mlm_head.decoder.out_features,
+            self.mlm_probability, generator,
+        )
+        return self.language_backbone(masked, mask), labels
 
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
         """Detections for each input. The image backbone runs once per image, the text side once
