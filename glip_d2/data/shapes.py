@@ -15,7 +15,9 @@ Layout written under ``<root>/shapes/``::
 
     {split}/000000.png ...            RGB images
     annotations/{split}.json          COCO detection json + image "caption" +
-                                      annotation "tokens_positive" [[start, end]]
+                                      annotation "tokens_positive" [[start, end]] +
+                                      exact instance masks ("segmentation", COCO RLE of
+                                      the shape's visible pixels)
     annotations/{split}.complete      marker with the generator parameters (written last)
 
 Generation is deterministic: image ``i`` of a split only depends on ``(seed, split, i)``, so a
@@ -42,7 +44,8 @@ except ImportError:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 # Bump whenever the rendered images or the json change: existing data is then regenerated.
-SHAPES_GENERATOR_VERSION = 1
+# 2: annotations carry "segmentation" (RLE); images, boxes and captions are those of version 1.
+SHAPES_GENERATOR_VERSION = 2
 
 # Saturated, mutually distant RGB colours.
 COLORS: Dict[str, Tuple[int, int, int]] = {
@@ -211,8 +214,9 @@ def render_image(
 
     Returns:
         (image, objects): uint8 RGB (side, side, 3) and, in drawing order, dicts with
-        "category" (name), "bbox" (tight XYXY of the whole shape, x1/y1 exclusive) and
-        "area" (pixels of the whole shape).
+        "category" (name), "bbox" (tight XYXY of the whole shape, x1/y1 exclusive),
+        "area" (pixels of the whole shape) and "mask" (bool (side, side): the pixels the shape
+        covers in the image, i.e. without the parts a later shape occludes).
     """
     img = _background(rng, side)
     top = np.full((side, side), -1, np.int16)  # index of the topmost object per pixel
@@ -245,6 +249,7 @@ def render_image(
             break
     for j, o in enumerate(objects):
         img[top == j] = o.pop("rgb")
+        o["mask"] = top == j
     img = _add_grain(rng, img)
     return np.clip(np.round(img), 0, 255).astype(np.uint8), objects
 
@@ -355,6 +360,14 @@ def iter_split(
         yield image, objects, caption, tokens_positive
 
 
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO RLE ({"size": [h, w], "counts": str}) of a boolean mask, as json can store it."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def _write_split(out_dir: str, split: str, num_images: int, image_size: int, seed: int) -> dict:
     """Write PNGs into ``out_dir`` and return the COCO json dict."""
     images, annotations = [], []
@@ -384,6 +397,7 @@ def _write_split(out_dir: str, split: str, num_images: int, image_size: int, see
                     "area": float(o["area"]),
                     "iscrowd": 0,
                     "tokens_positive": tokens,
+                    "segmentation": mask_to_rle(o["mask"]),
                 }
             )
     categories = [
