@@ -6,6 +6,9 @@
 
     --vocabulary coco|lvis            builtin names (default: the config's vocabulary)
     --custom-vocabulary "a,b,c"       your own names
+    --descriptions FILE               class descriptions (JSON/YAML): a list of
+                                      {prefix, name, suffix} is the vocabulary; a mapping
+                                      name -> {prefix, suffix} describes --custom-vocabulary
     --caption "a man riding a bike"   grounding; --phrases "a man,a bike" (default: noun phrases)
 
 ``--output DIR`` receives one PNG per image (boxes labelled with name/phrase and score) and one
@@ -14,8 +17,11 @@ inputs), "category_id" (COCO / LVIS ids for those vocabularies, else the 1-based
 "bbox" (XYWH), "score", plus "category_name", "file_name" and, with --caption, "phrase".
 
 Unusual images (grayscale, alpha, 16-bit, tiny) are converted with a note on stderr; a missing or
-broken image is reported on stderr and skipped. Exit status: 0 when at least one image was
-processed, 1 when none could be, 2 for a setup error (config, checkpoint, vocabulary, caption).
+broken image, or one the model cannot take (e.g. 3x10000 pixels, too elongated to resize), is
+reported on stderr and skipped, and ``detections.json`` holds the images that succeeded (it is
+also written when the run is interrupted). Exit status: 0 when at least one image was processed,
+1 when none could be, 2 for a setup error (config, checkpoint, vocabulary, caption, an
+``--output`` that is not a folder).
 """
 
 import argparse
@@ -74,6 +80,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--custom-vocabulary", metavar="NAMES", help='comma-separated names, e.g. "cat,dog"'
+    )
+    parser.add_argument(
+        "--descriptions",
+        metavar="FILE",
+        help="JSON/YAML file of class descriptions: a list of {prefix, name, suffix} (or names) "
+        "is the vocabulary; a mapping name -> {prefix, suffix} describes the names of "
+        "--custom-vocabulary. Only the names' tokens score a class; the rest is context",
     )
     parser.add_argument(
         "--caption", help="ground the phrases of this caption instead of a vocabulary"
@@ -206,11 +219,12 @@ def _palette_is_gray(img) -> bool:
 
 def _query(args, parser) -> Dict:
     """The predictor's keyword arguments (vocabulary or caption + phrases) from the CLI."""
+    descriptions = getattr(args, "descriptions", None)
     if args.caption is not None:
-        if args.vocabulary or args.custom_vocabulary:
+        if args.vocabulary or args.custom_vocabulary or descriptions:
             parser.error(
                 "--caption grounds phrases; do not combine it with --vocabulary / "
-                "--custom-vocabulary"
+                "--custom-vocabulary / --descriptions"
             )
         phrases = _split(args.phrases) if args.phrases is not None else None
         if phrases is not None and not phrases:
@@ -218,6 +232,8 @@ def _query(args, parser) -> Dict:
         return {"caption": args.caption, "phrases": phrases}
     if args.phrases is not None:
         parser.error("--phrases needs --caption")
+    if descriptions is not None:
+        return {"vocabulary": _described_vocabulary(args, parser, descriptions)}
     if args.custom_vocabulary is not None:
         if args.vocabulary not in (None, "custom"):
             parser.error("--custom-vocabulary goes with --vocabulary custom (or alone)")
@@ -228,6 +244,29 @@ def _query(args, parser) -> Dict:
     if args.vocabulary == "custom":
         parser.error('--vocabulary custom needs --custom-vocabulary "name1,name2,..."')
     return {"vocabulary": args.vocabulary}
+
+
+def _described_vocabulary(args, parser, path: str) -> List:
+    """The vocabulary of --descriptions (with --custom-vocabulary when it is a mapping)."""
+    from .text import apply_descriptions, load_descriptions
+
+    if not os.path.isfile(path):
+        parser.error(f"--descriptions {path!r} is not a file")
+    if args.vocabulary not in (None, "custom"):
+        parser.error("--descriptions describes custom names; do not combine it with "
+                     f"--vocabulary {args.vocabulary}")
+    try:
+        descriptions = load_descriptions(path)
+        if args.custom_vocabulary is not None:
+            return apply_descriptions(_split(args.custom_vocabulary), descriptions)
+    except ValueError as e:
+        parser.error(f"--descriptions: {e}")
+    if isinstance(descriptions, dict):
+        parser.error("--descriptions holds a mapping name -> description; give the names with "
+                     '--custom-vocabulary "name1,name2" (or make the file a list)')
+    if not descriptions:
+        parser.error(f"--descriptions {path!r} holds no class")
+    return descriptions
 
 
 def _split(text: str) -> List[str]:
@@ -286,6 +325,42 @@ def _summary(path: str, inst, labels) -> str:
     return f"{path}: {len(inst)} detections" + (f" ({', '.join(top[:5])}{more})" if top else "")
 
 
+def _output_folder_error(path: str) -> Optional[str]:
+    """Why ``--output`` cannot be the folder of drawings and detections.json (None: it can; it is
+    created if missing)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return (
+            f"--output {path!r} is an existing file; it must name a folder (created if missing) "
+            "for the drawings and detections.json"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"--output {path!r}: cannot create the folder ({e})"
+    return None
+
+
+def _check_query(predictor, query: Dict) -> None:
+    """Raise the ValueError a bad vocabulary or caption gives, before any image is read, so that
+    an error while detecting in an image is about that image."""
+    if "caption" in query:
+        predictor._grounding_inputs(query["caption"], query["phrases"], 1)
+    else:
+        predictor.set_vocabulary(query["vocabulary"])
+
+
+def _write_json(results: List[Dict], path: str) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(results, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _build_predictor(args, report):
     """The predictor the arguments describe, or None after reporting why it cannot be built."""
     from .predictor import GLIPPredictor
@@ -326,48 +401,64 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not paths:
         report("error: no input image")
         return 1
+    if args.output:
+        problem = _output_folder_error(args.output)
+        if problem:
+            report(f"error: {problem}")
+            return 2
     predictor = _build_predictor(args, report)
     if predictor is None:
         return 2
-    if args.output:
-        os.makedirs(args.output, exist_ok=True)
+    try:
+        _check_query(predictor, query)
+    except ValueError as e:  # the vocabulary / caption: wrong for every image
+        report(f"error: {e}")
+        return 2
 
-    results, used_names, done, category_ids = [], set(), 0, None
-    for image_id, path in enumerate(
-        tqdm(paths, desc="glip_d2 demo", unit="image", file=sys.stderr), 1
-    ):
-        try:
-            rgb, notes = read_image_file(path)
-        except ImageReadError as e:
-            report(f"error: {e}; skipped")
-            continue
-        try:
-            out = predictor(rgb, **query)
-        except ValueError as e:  # the vocabulary / caption: wrong for every image
-            report(f"error: {e}")
-            return 2
-        for note in notes:
-            report(f"note: {path}: {note}")
-        inst, labels = out["instances"].to("cpu"), out["labels"]
-        if category_ids is None:
-            category_ids = _category_ids(query, len(labels), predictor.cfg)
-        results += _results(image_id, path, inst, labels, category_ids, query)
-        report(_summary(path, inst, labels))
+    results, used_names, done, failed, category_ids = [], set(), 0, 0, None
+    try:
+        for image_id, path in enumerate(
+            tqdm(paths, desc="glip_d2 demo", unit="image", file=sys.stderr), 1
+        ):
+            try:
+                rgb, notes = read_image_file(path)
+            except ImageReadError as e:
+                report(f"error: {e}; skipped")
+                failed += 1
+                continue
+            try:
+                out = predictor(rgb, **query)
+                inst, labels = out["instances"].to("cpu"), out["labels"]
+                if args.output:
+                    scale = min(_MAX_DRAW_SCALE, max(1.0, _DRAW_SHORT_SIDE / min(rgb.shape[:2])))
+                    drawing = draw_grounding(
+                        rgb,
+                        inst.pred_boxes,
+                        [labels[c] for c in inst.pred_classes.tolist()],
+                        inst.scores.tolist(),
+                        scale=scale,
+                    )
+                    _save_png(drawing, os.path.join(args.output, _output_name(path, used_names)))
+            # the query was checked above, so these are about this image (its size, memory, a
+            # failed write): report it and go on with the next one
+            except (ValueError, RuntimeError, OSError, MemoryError) as e:
+                report(f"error: {path}: {e}; skipped")
+                failed += 1
+                continue
+            for note in notes:
+                report(f"note: {path}: {note}")
+            if category_ids is None:
+                category_ids = _category_ids(query, len(labels), predictor.cfg)
+            results += _results(image_id, path, inst, labels, category_ids, query)
+            report(_summary(path, inst, labels))
+            done += 1
+    finally:  # also after an interrupt: what succeeded is kept
         if args.output:
-            scale = min(_MAX_DRAW_SCALE, max(1.0, _DRAW_SHORT_SIDE / min(rgb.shape[:2])))
-            drawing = draw_grounding(
-                rgb,
-                inst.pred_boxes,
-                [labels[c] for c in inst.pred_classes.tolist()],
-                inst.scores.tolist(),
-                scale=scale,
+            _write_json(results, os.path.join(args.output, "detections.json"))
+            report(
+                f"Wrote {done} drawings and {len(results)} detections to {args.output}"
+                + (f"; {failed} of {len(paths)} images failed" if failed else "")
             )
-            _save_png(drawing, os.path.join(args.output, _output_name(path, used_names)))
-        done += 1
-    if args.output:
-        with open(os.path.join(args.output, "detections.json"), "w") as f:
-            json.dump(results, f)
-        report(f"Wrote {done} drawings and {len(results)} detections to {args.output}")
     if not done:
         report("error: no image could be processed")
         return 1

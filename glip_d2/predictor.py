@@ -21,7 +21,7 @@ from PIL import Image
 from .checkpoint import GLIPCheckpointer
 from .device import resolve_device
 from .nlp import find_noun_phrases
-from .text import check_text, count_tokens, span_to_token_range, tokenize
+from .text import ClassDescription, check_text, count_tokens, entry_name, span_to_token_range, tokenize
 from .vocabularies import get_vocabulary
 
 __all__ = ["GLIPPredictor", "locate_phrases", "to_rgb_uint8"]
@@ -50,13 +50,13 @@ def to_rgb_uint8(image, input_format: str = "RGB") -> np.ndarray:
         a new or the same array; (H, W, 3), uint8, RGB.
 
     Raises:
-        ValueError: for another type, shape or channel count, an empty image, or values that
-            are not valid 8-bit intensities.
+        ValueError: for another type, shape or channel count, an empty image, values that
+            are not valid 8-bit intensities, or a PIL image whose file is truncated or corrupt.
     """
     if input_format not in ("RGB", "BGR"):
         raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}.")
     if isinstance(image, Image.Image):
-        image, input_format = _pil_to_array(image), "RGB"
+        image, input_format = _pil_to_array(_loaded(image)), "RGB"
     if not isinstance(image, np.ndarray):
         raise ValueError(
             f"Expected an image as a numpy array (H, W[, C]) or a PIL image, got "
@@ -78,6 +78,18 @@ def to_rgb_uint8(image, input_format: str = "RGB") -> np.ndarray:
     if input_format == "BGR":
         image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
+
+
+def _loaded(image: "Image.Image") -> "Image.Image":
+    """The PIL image with its pixels decoded: ``Image.open`` is lazy, so a truncated or corrupt
+    file shows only now, as an OSError (or SyntaxError) from the decoder."""
+    try:
+        image.load()
+    except (OSError, SyntaxError) as e:
+        raise ValueError(
+            f"The PIL image cannot be decoded: its file is truncated or corrupt ({e})."
+        ) from e
+    return image
 
 
 def _pil_to_array(image: "Image.Image") -> np.ndarray:
@@ -228,7 +240,8 @@ class GLIPPredictor:
             "phrase_spans"); for a list of images a list of such dicts.
 
         Raises:
-            ValueError: for an invalid image, an empty or unknown vocabulary, a name or caption
+            ValueError: for an invalid image (also a truncated file, or one too elongated to
+                resize to the test size), an empty or unknown vocabulary, a name or caption
                 longer than the model's token limit, a phrase absent from the caption, or both a
                 vocabulary and a caption.
         """
@@ -287,6 +300,16 @@ class GLIPPredictor:
         rgb = to_rgb_uint8(image, self.input_format)
         img = rgb if self.cfg.INPUT.FORMAT == "RGB" else rgb[:, :, ::-1]
         height, width = img.shape[:2]
+        new_h, new_w = T.ResizeShortestEdge.get_output_shape(
+            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        )
+        if min(new_h, new_w) < 1:
+            raise ValueError(
+                f"The image ({width}x{height} pixels) is too elongated for the test size: "
+                f"resized to fit INPUT.MIN_SIZE_TEST {self.cfg.INPUT.MIN_SIZE_TEST} / "
+                f"MAX_SIZE_TEST {self.cfg.INPUT.MAX_SIZE_TEST} it would be {new_w}x{new_h}; "
+                "crop it into less elongated pieces."
+            )
         resized = self.aug.get_transform(img).apply_image(img)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
         return {"image": tensor, "height": height, "width": width}
@@ -296,7 +319,9 @@ class GLIPPredictor:
         changes. Calls with a vocabulary do this themselves.
 
         Args:
-            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary.
+            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary. An entry
+                may be a class description ``{"prefix", "name", "suffix"}``: the prompt reads
+                the whole text, the name's tokens score the class and name it in the labels.
 
         Returns:
             the labels: ``labels[pred_classes[i]]`` names detection i.
@@ -311,18 +336,25 @@ class GLIPPredictor:
                     "No vocabulary: pass vocabulary=[...] or 'coco'/'lvis', a caption, or set "
                     "MODEL.GLIP.VOCABULARY / DATASETS.TEST in the config."
                 )
-            labels, prompt_names = self.default_vocabulary, self.default_vocabulary
+            prompt_names = self.default_vocabulary
+            labels = [entry_name(e) for e in prompt_names]
         elif isinstance(vocabulary, str):
             vocab = get_vocabulary(vocabulary)
             labels, prompt_names = list(vocab.names), list(vocab.prompt_names)
         else:
-            labels = list(vocabulary)
-            if not labels:
+            prompt_names = list(vocabulary)
+            if not prompt_names:
                 raise ValueError("The vocabulary is empty; give at least one name.")
-            bad = [n for n in labels if not isinstance(n, str)]
+            bad = [n for n in prompt_names if not isinstance(n, (str, dict, ClassDescription))]
             if bad:
-                raise ValueError(f"Vocabulary names must be strings, got {bad[0]!r}.")
-            prompt_names = labels
+                raise ValueError(
+                    f"Vocabulary entries must be names (str) or {{prefix, name, suffix}} "
+                    f"descriptions, got {bad[0]!r}."
+                )
+            try:
+                labels = [entry_name(e) for e in prompt_names]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"Invalid vocabulary: {e}") from e
         if self.model.vocabulary != prompt_names:
             old = (self.model.vocabulary, self.model._chunks)
             try:
