@@ -5,6 +5,7 @@
     python train_net.py --config-file configs/glip_swin_t.yaml --eval-only MODEL.WEIGHTS glip_tiny_model_o365_goldg.pth
 """
 import logging
+import sys
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
@@ -18,7 +19,7 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
-                            check_datasets_present, ema_weights, enable_exact_resume,
+                            check_datasets_present, check_training_device, ema_weights, enable_exact_resume,
                             load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
@@ -85,7 +86,8 @@ class Trainer(DefaultTrainer):
         return results
 
 
-def setup(args):
+def load_cfg(args):
+    """The config of the arguments, its DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS registered; no side effects."""
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -94,13 +96,25 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     register_datasets_from_config(cfg)  # DATASETS.CUSTOM and DATASETS.PSEUDO_LABELS entries
     cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    cfg = load_cfg(args)
     default_setup(cfg, args)
     return cfg
 
 
+def check_setup(cfg, args):
+    """Errors of the config found before any model is built (missing datasets, AMP on the CPU)."""
+    check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if not args.eval_only:
+        check_training_device(cfg)
+
+
 def main(args):
     cfg = setup(args)
-    check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    check_setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpoint = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -124,7 +138,17 @@ def argument_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = argument_parser().parse_args()
+def cli(argv=None):
+    """The command line: configuration errors are one message (exit 2) before any process starts."""
+    args = argument_parser().parse_args(argv)
+    try:
+        check_setup(load_cfg(args), args)
+    except (OSError, ValueError) as e:  # missing config or json, malformed json, missing dataset, AMP on CPU
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,5 @@
 from .datasets_check import check_datasets_present
+from .device_check import check_training_device
 from .ema import EMAHook, ModelEMA, ema_weights, load_ema_for_eval
 from .evaluation import build_glip_evaluator, set_test_vocabulary
 from .hooks import MainGroupLRScheduler, log_main_group_lr

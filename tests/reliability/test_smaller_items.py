@@ -1,10 +1,11 @@
-"""Issue 15, item 8: pseudo_label input lines, AMP on CPU."""
+"""Issue 15, item 8: pseudo_label input lines, DATASETS.CUSTOM with a missing json, AMP on CPU."""
 
 import json
 
 import pytest
 
 from glip_d2.selftrain import read_caption_collection
+from tests.reliability.helpers import fast_tiny_cfg, load_train_net, write_cfg
 
 
 @pytest.mark.parametrize(
@@ -29,3 +30,60 @@ def test_integer_ids_as_numbers_or_strings_still_read(tmp_path):
     path.write_text('{"file_name": "a.png", "caption": "a dog", "id": "4"}\n'
                     '{"file_name": "b.png", "caption": "a cat", "id": 5.0}\n')
     assert [r.image_id for r in read_caption_collection(str(path))] == [4, 5]
+
+
+@pytest.fixture
+def train_net(monkeypatch):
+    """train_net.py, its model building made to fail (the checks must come first) and without
+    Detectron2's default_setup."""
+    module = load_train_net()
+
+    def no_model(cfg):
+        raise AssertionError("the model was built before the configuration was checked")
+
+    monkeypatch.setattr(module.Trainer, "build_model", classmethod(lambda cls, cfg: no_model(cfg)))
+    monkeypatch.setattr(module, "default_setup", lambda cfg, args: None)  # slow, global loggers
+    return module
+
+
+def test_custom_dataset_with_a_missing_json_is_one_clear_message(train_net, tmp_path, monkeypatch, capsys):
+    from glip_d2.data.datasets import register_datasets_from_config
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    cfg = fast_tiny_cfg()
+    cfg.DATASETS.CUSTOM = [["rel15_missing_json", "mine/train.json", "mine/images"]]
+    expected = (
+        "DATASETS.CUSTOM entry ['rel15_missing_json', 'mine/train.json', 'mine/images']: "
+        f"{str(tmp_path / 'mine' / 'train.json')!r} does not exist (relative paths are taken "
+        f"from the DETECTRON2_DATASETS root, now {str(tmp_path)!r})."
+    )
+    with pytest.raises(FileNotFoundError) as e:  # before: [Errno 2] from deep in the json loader
+        register_datasets_from_config(cfg)
+    assert str(e.value) == expected
+    argv = ["--config-file", write_cfg(fast_tiny_cfg(), tmp_path / "c.yaml"),
+            "DATASETS.CUSTOM", "[['rel15_missing_json', 'mine/train.json', 'mine/images']]",
+            "DATASETS.TRAIN", "('rel15_missing_json',)", "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        train_net.cli(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {expected}\n"  # one line, no traceback
+
+
+def test_amp_on_cpu_is_refused_before_the_model_is_built(train_net, tmp_path, capsys):
+    from glip_d2.engine import check_training_device
+
+    cfg = fast_tiny_cfg()
+    cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE = True, "cpu"
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED is True but MODEL.DEVICE is 'cpu'"):
+        check_training_device(cfg)
+    cfg.SOLVER.AMP.ENABLED = False
+    check_training_device(cfg)  # float32 on the CPU is fine
+    argv = ["--config-file", write_cfg(fast_tiny_cfg(), tmp_path / "c.yaml"),
+            "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:  # before: AMPTrainer's assert after the model was built
+        train_net.cli(argv)
+    assert e.value.code == 2
+    assert "error: SOLVER.AMP.ENABLED is True but MODEL.DEVICE is 'cpu'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs CUDA"):  # main() itself checks first too
+        train_net.main(train_net.argument_parser().parse_args(argv))

@@ -94,6 +94,26 @@ def _resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
+def _require_file(key: str, entry, given: str, root: str) -> str:
+    """The resolved path of a config entry's data file, which must exist before the entry is
+    registered (parsing would fail with a bare "No such file" deep inside the loader).
+
+    Raises:
+        FileNotFoundError: naming the entry, the path and the root relative paths are read from.
+    """
+    path = _resolve(given, root)
+    if os.path.isfile(path):
+        return path
+    problem = "is not a file" if os.path.exists(path) else "does not exist"
+    hint = ""
+    if not os.path.isabs(os.path.expanduser(given)):
+        hint = (
+            " (relative paths are taken from the DETECTRON2_DATASETS root, now "
+            f"{os.path.abspath(root)!r})"
+        )
+    raise FileNotFoundError(f"{key} entry {list(entry)!r}: {path!r} {problem}{hint}.")
+
+
 def register_datasets_from_config(cfg) -> List[str]:
     """Register the ``DATASETS.CUSTOM``, ``CAPTIONS`` and ``PSEUDO_LABELS`` entries (idempotent).
 
@@ -113,6 +133,7 @@ def register_datasets_from_config(cfg) -> List[str]:
 
     Raises:
         ValueError: on a malformed entry, or a name registered before with other files.
+        FileNotFoundError: when an entry's json or collection file does not exist.
     """
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     registered = []
@@ -135,6 +156,7 @@ def register_datasets_from_config(cfg) -> List[str]:
                 f"json_file={meta.get('json_file')!r}, image_root={meta.get('image_root')!r}; "
                 "pick another name."
             )
+        _require_file("DATASETS.CUSTOM", entry, entry[1], root)
         if fmt == "lvis":
             register_custom_lvis(name, json_file, image_root)
         else:
@@ -158,6 +180,7 @@ def _register_captions_from_config(cfg, root: str) -> List[str]:
                 f"DATASETS.CAPTIONS names {name!r}, which is already registered from "
                 f"{meta.get('caption_file')!r}; pick another name."
             )
+        _require_file("DATASETS.CAPTIONS", entry, entry[1], root)
         register_caption_collection(name, path, image_root)
         registered.append(name)
     return registered
