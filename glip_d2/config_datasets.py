@@ -35,6 +35,13 @@ def add_dataset_config(cfg):
     # error that names the record.
     _C.DATASETS.SKIP_BAD_RECORDS = False
 
+    # Class descriptions per dataset (official DATASETS.CAPTION_PROMPT): [[dataset_name, source],
+    # ...], source = a .json/.yaml file or inline JSON, either a list with one entry per class in
+    # label order (a name or {"prefix", "name", "suffix"}) or a mapping class name ->
+    # {"prefix", "suffix"}; the prompt reads prefix + name + suffix, only the name's tokens are
+    # the class's positive tokens. Used by training prompts and the test vocabulary.
+    _C.DATASETS.CLASS_DESCRIPTIONS = []
+
     _C.TEST.BENCHMARK = CN()
     # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.
     _C.TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE = 300

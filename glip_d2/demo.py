@@ -6,6 +6,9 @@
 
     --vocabulary coco|lvis            builtin names (default: the config's vocabulary)
     --custom-vocabulary "a,b,c"       your own names
+    --descriptions FILE               class descriptions (JSON/YAML): a list of
+                                      {prefix, name, suffix} is the vocabulary; a mapping
+                                      name -> {prefix, suffix} describes --custom-vocabulary
     --caption "a man riding a bike"   grounding; --phrases "a man,a bike" (default: noun phrases)
 
 ``--output DIR`` receives one PNG per image (boxes labelled with name/phrase and score) and one
@@ -77,6 +80,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--custom-vocabulary", metavar="NAMES", help='comma-separated names, e.g. "cat,dog"'
+    )
+    parser.add_argument(
+        "--descriptions",
+        metavar="FILE",
+        help="JSON/YAML file of class descriptions: a list of {prefix, name, suffix} (or names) "
+        "is the vocabulary; a mapping name -> {prefix, suffix} describes the names of "
+        "--custom-vocabulary. Only the names' tokens score a class; the rest is context",
     )
     parser.add_argument(
         "--caption", help="ground the phrases of this caption instead of a vocabulary"
@@ -209,11 +219,12 @@ def _palette_is_gray(img) -> bool:
 
 def _query(args, parser) -> Dict:
     """The predictor's keyword arguments (vocabulary or caption + phrases) from the CLI."""
+    descriptions = getattr(args, "descriptions", None)
     if args.caption is not None:
-        if args.vocabulary or args.custom_vocabulary:
+        if args.vocabulary or args.custom_vocabulary or descriptions:
             parser.error(
                 "--caption grounds phrases; do not combine it with --vocabulary / "
-                "--custom-vocabulary"
+                "--custom-vocabulary / --descriptions"
             )
         phrases = _split(args.phrases) if args.phrases is not None else None
         if phrases is not None and not phrases:
@@ -221,6 +232,8 @@ def _query(args, parser) -> Dict:
         return {"caption": args.caption, "phrases": phrases}
     if args.phrases is not None:
         parser.error("--phrases needs --caption")
+    if descriptions is not None:
+        return {"vocabulary": _described_vocabulary(args, parser, descriptions)}
     if args.custom_vocabulary is not None:
         if args.vocabulary not in (None, "custom"):
             parser.error("--custom-vocabulary goes with --vocabulary custom (or alone)")
@@ -231,6 +244,29 @@ def _query(args, parser) -> Dict:
     if args.vocabulary == "custom":
         parser.error('--vocabulary custom needs --custom-vocabulary "name1,name2,..."')
     return {"vocabulary": args.vocabulary}
+
+
+def _described_vocabulary(args, parser, path: str) -> List:
+    """The vocabulary of --descriptions (with --custom-vocabulary when it is a mapping)."""
+    from .text import apply_descriptions, load_descriptions
+
+    if not os.path.isfile(path):
+        parser.error(f"--descriptions {path!r} is not a file")
+    if args.vocabulary not in (None, "custom"):
+        parser.error("--descriptions describes custom names; do not combine it with "
+                     f"--vocabulary {args.vocabulary}")
+    try:
+        descriptions = load_descriptions(path)
+        if args.custom_vocabulary is not None:
+            return apply_descriptions(_split(args.custom_vocabulary), descriptions)
+    except ValueError as e:
+        parser.error(f"--descriptions: {e}")
+    if isinstance(descriptions, dict):
+        parser.error("--descriptions holds a mapping name -> description; give the names with "
+                     '--custom-vocabulary "name1,name2" (or make the file a list)')
+    if not descriptions:
+        parser.error(f"--descriptions {path!r} holds no class")
+    return descriptions
 
 
 def _split(text: str) -> List[str]:

@@ -21,7 +21,7 @@ from PIL import Image
 from .checkpoint import GLIPCheckpointer
 from .device import resolve_device
 from .nlp import find_noun_phrases
-from .text import check_text, count_tokens, span_to_token_range, tokenize
+from .text import ClassDescription, check_text, count_tokens, entry_name, span_to_token_range, tokenize
 from .vocabularies import get_vocabulary
 
 __all__ = ["GLIPPredictor", "locate_phrases", "to_rgb_uint8"]
@@ -319,7 +319,9 @@ class GLIPPredictor:
         changes. Calls with a vocabulary do this themselves.
 
         Args:
-            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary.
+            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary. An entry
+                may be a class description ``{"prefix", "name", "suffix"}``: the prompt reads
+                the whole text, the name's tokens score the class and name it in the labels.
 
         Returns:
             the labels: ``labels[pred_classes[i]]`` names detection i.
@@ -334,18 +336,25 @@ class GLIPPredictor:
                     "No vocabulary: pass vocabulary=[...] or 'coco'/'lvis', a caption, or set "
                     "MODEL.GLIP.VOCABULARY / DATASETS.TEST in the config."
                 )
-            labels, prompt_names = self.default_vocabulary, self.default_vocabulary
+            prompt_names = self.default_vocabulary
+            labels = [entry_name(e) for e in prompt_names]
         elif isinstance(vocabulary, str):
             vocab = get_vocabulary(vocabulary)
             labels, prompt_names = list(vocab.names), list(vocab.prompt_names)
         else:
-            labels = list(vocabulary)
-            if not labels:
+            prompt_names = list(vocabulary)
+            if not prompt_names:
                 raise ValueError("The vocabulary is empty; give at least one name.")
-            bad = [n for n in labels if not isinstance(n, str)]
+            bad = [n for n in prompt_names if not isinstance(n, (str, dict, ClassDescription))]
             if bad:
-                raise ValueError(f"Vocabulary names must be strings, got {bad[0]!r}.")
-            prompt_names = labels
+                raise ValueError(
+                    f"Vocabulary entries must be names (str) or {{prefix, name, suffix}} "
+                    f"descriptions, got {bad[0]!r}."
+                )
+            try:
+                labels = [entry_name(e) for e in prompt_names]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"Invalid vocabulary: {e}") from e
         if self.model.vocabulary != prompt_names:
             old = (self.model.vocabulary, self.model._chunks)
             try:

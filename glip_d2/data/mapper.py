@@ -15,6 +15,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..text import (
+    apply_descriptions,
     build_training_prompt,
     create_positive_map,
     load_tokenizer,
@@ -24,6 +25,8 @@ from ..text import (
     tokenize,
     validate_spans,
 )
+
+from .class_descriptions import class_descriptions_from_config
 
 __all__ = ["GroundingDatasetMapper"]
 
@@ -82,6 +85,7 @@ class GroundingDatasetMapper:
         dataset_names: Sequence[str] = (),
         use_instance_mask: bool = False,
         instance_mask_format: str = "polygon",
+        class_descriptions: Optional[Dict[str, object]] = None,
     ):
         """
         Args:
@@ -101,6 +105,9 @@ class GroundingDatasetMapper:
                 ``"dataset_name"`` uses that dataset's names.
             use_instance_mask: keep segmentations as ``gt_masks`` (two-stage Mask R-CNN heads).
             instance_mask_format: "polygon" or "bitmask" (INPUT.MASK_FORMAT).
+            class_descriptions: dataset name -> its class descriptions (a list per class or a
+                mapping name -> description, DATASETS.CLASS_DESCRIPTIONS): detection prompts
+                then read prefix + name + suffix, the name's tokens being the positives.
         """
         if flip_left_right not in _FLIP_MODES:
             raise ValueError(
@@ -125,6 +132,7 @@ class GroundingDatasetMapper:
         self.dataset_names = tuple(dataset_names)
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
+        self.class_descriptions = dict(class_descriptions or {})
         mode = "training" if is_train else "inference"
         logger.info(f"[GroundingDatasetMapper] Augmentations used in {mode}: {augmentations}")
 
@@ -140,6 +148,7 @@ class GroundingDatasetMapper:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         lang = cfg.MODEL.LANGUAGE_BACKBONE
         grounding = cfg.INPUT.GROUNDING
+        fixed_prompt = cfg.MODEL.get("GLIP", {}).get("TUNING", "full") == "prompt"
         return {
             "is_train": is_train,
             "augmentations": augs,
@@ -147,13 +156,15 @@ class GroundingDatasetMapper:
             "tokenizer": lang.TOKENIZER_TYPE or lang.MODEL_TYPE,
             "max_query_len": lang.MAX_QUERY_LEN,
             "separator": grounding.SEPARATION_TOKENS,
-            "shuffle_categories": grounding.SHUFFLE_CATEGORIES,
-            "num_negatives": grounding.RANDOM_SAMPLE_NEG,
-            "max_prompt_categories": grounding.MAX_PROMPT_CATEGORIES,
+            # Prompt tuning learns one fixed prompt: all classes, in label order, every image.
+            "shuffle_categories": grounding.SHUFFLE_CATEGORIES and not fixed_prompt,
+            "num_negatives": -1 if fixed_prompt else grounding.RANDOM_SAMPLE_NEG,
+            "max_prompt_categories": -1 if fixed_prompt else grounding.MAX_PROMPT_CATEGORIES,
             "flip_left_right": grounding.FLIP_LEFT_RIGHT,
             "dataset_names": list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST),
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "class_descriptions": class_descriptions_from_config(cfg),
         }
 
     # ------------------------------------------------------------------ category names
@@ -162,12 +173,12 @@ class GroundingDatasetMapper:
         if name is not None:
             classes = MetadataCatalog.get(name).get("thing_classes")
             if classes:
-                return dict(enumerate(classes))
+                return dict(enumerate(self._described(name, classes)))
         if self.category_names is None:
             for dataset in self.dataset_names:
                 classes = MetadataCatalog.get(dataset).get("thing_classes")
                 if classes:
-                    self.category_names = dict(enumerate(classes))
+                    self.category_names = dict(enumerate(self._described(dataset, classes)))
                     break
             else:
                 raise ValueError(
@@ -177,6 +188,10 @@ class GroundingDatasetMapper:
                     "grounding does) or pass category_names to the mapper."
                 )
         return self.category_names
+
+    def _described(self, dataset_name: str, classes):
+        """A dataset's class names with its descriptions (DATASETS.CLASS_DESCRIPTIONS) applied."""
+        return apply_descriptions(classes, self.class_descriptions.get(dataset_name))
 
     # ------------------------------------------------------------------ main entry
     def __call__(self, dataset_dict):

@@ -21,6 +21,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..config_datasets import add_dataset_config
+from ..text import apply_descriptions
 from ..evaluation import FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator
 
 # Datasets whose inputs carry their own caption: no vocabulary prompt.
@@ -110,12 +111,14 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     )
 
 
-def set_test_vocabulary(model, dataset_name: str):
+def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     """Detect the dataset's own class names (unless MODEL.GLIP.VOCABULARY fixes one).
 
     Grounding datasets (Flickr30k, RefCOCO, ...) need no vocabulary: each input carries its
     caption and phrases. Datasets registered lazily record their names when first loaded, so
-    the dataset is loaded here if its metadata has no ``thing_classes`` yet.
+    the dataset is loaded here if its metadata has no ``thing_classes`` yet. ``descriptions``
+    (a list per class or a mapping name -> description, DATASETS.CLASS_DESCRIPTIONS) turn the
+    names into class descriptions.
     """
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
@@ -124,4 +127,4 @@ def set_test_vocabulary(model, dataset_name: str):
     names = meta.get("thing_classes", None)
     if names is None:
         raise ValueError(f"Dataset {dataset_name!r} has no thing_classes to build a prompt from")
-    getattr(model, "module", model).set_vocabulary(names)
+    getattr(model, "module", model).set_vocabulary(apply_descriptions(names, descriptions))

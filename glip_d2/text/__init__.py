@@ -1,6 +1,13 @@
 """Text side of GLIP: prompts, tokenization, positive maps, score aggregation, vocabulary chunks."""
 
 from .aggregation import aggregate_token_scores
+from .descriptions import (
+    ClassDescription,
+    apply_descriptions,
+    as_description,
+    entry_name,
+    load_descriptions,
+)
 from .chunking import PromptChunk, chunk_vocabulary
 from .positive_map import create_positive_map, span_to_token_range
 from .prompt import build_detection_prompt, clean_name
@@ -16,6 +23,11 @@ from .training_prompt import build_training_prompt
 
 __all__ = [
     "aggregate_token_scores",
+    "apply_descriptions",
+    "as_description",
+    "ClassDescription",
+    "entry_name",
+    "load_descriptions",
     "build_detection_prompt",
     "build_training_prompt",
     "check_text",

@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
+from .descriptions import ClassDescription, as_description, entry_name
 from .prompt import build_detection_prompt, clean_name
 from .positive_map import span_to_token_range
 from .tokenization import check_text, count_tokens, tokenize
@@ -36,23 +37,38 @@ class PromptChunk:
     label_ids: List[int] = field(default_factory=list)
 
 
-def _check_names(names: Sequence[str], strict_duplicates: bool) -> List[str]:
+def _check_names(names: Sequence, strict_duplicates: bool) -> List:
+    """Validated entries with cleaned names: plain names stay strings, descriptions become
+    :class:`ClassDescription` (their prefix and suffix untouched)."""
     if isinstance(names, str):
         raise TypeError(f"chunk_vocabulary expects a sequence of names, got the string {names!r}.")
     if len(names) == 0:
         raise ValueError("chunk_vocabulary got an empty vocabulary; pass at least one name.")
-    cleaned = []
-    for i, name in enumerate(names):
+    cleaned, plain = [], []
+    for i, entry in enumerate(names):
+        try:
+            description = None if isinstance(entry, str) else as_description(entry, i)
+        except TypeError:
+            description = None
+        name = description.name if description is not None else entry
         if isinstance(name, str):
             check_text(name, f"Vocabulary name #{i}")
+        if description is not None:
+            check_text(description.prefix + description.suffix, f"The description of #{i}")
         if not isinstance(name, str) or not clean_name(name):
             raise ValueError(
-                f"Vocabulary name #{i} ({name!r}) is empty after clean_name; give every class "
+                f"Vocabulary name #{i} ({entry!r}) is empty after clean_name; give every class "
                 "a non-empty name."
             )
-        cleaned.append(clean_name(name))
+        plain.append(name)
+        if description is None:
+            cleaned.append(clean_name(name))
+        else:
+            cleaned.append(ClassDescription(clean_name(name), description.prefix, description.suffix))
+    names = plain
+    cleaned_names = [entry_name(c) for c in cleaned]
     by_raw, by_clean = defaultdict(list), defaultdict(list)
-    for i, (name, clean) in enumerate(zip(names, cleaned)):
+    for i, (name, clean) in enumerate(zip(names, cleaned_names)):
         by_raw[name.strip()].append(i)
         by_clean[clean].append(i)
     raw_dups = {n: ids for n, ids in by_raw.items() if len(ids) > 1}
@@ -87,7 +103,8 @@ def chunk_vocabulary(
     """Split category names into detection prompts.
 
     Args:
-        names: the vocabulary, in label order.
+        names: the vocabulary, in label order: names or class descriptions
+            (``{prefix, name, suffix}``, see :mod:`glip_d2.text.descriptions`).
         tokenizer: a fast tokenizer; required when ``chunk_size == 0``. When given, every chunk
             is checked to fit ``max_len`` tokens ([CLS] and [SEP] included) and split further if
             it does not.
@@ -116,8 +133,8 @@ def chunk_vocabulary(
         groups[-1] = [i for i in groups[-1] if i < len(names)]
     else:
         lengths = []
-        for i, text in enumerate(cleaned):
-            n = count_tokens(tokenizer, text)
+        for i, entry in enumerate(cleaned):
+            n = count_tokens(tokenizer, _entry_text(entry))
             if n == 0:
                 raise ValueError(f"Vocabulary name #{i} ({names[i]!r}) yields no token.")
             if n + _NUM_SPECIAL_TOKENS > max_len:
@@ -156,6 +173,10 @@ def _check_spans_map_to_tokens(chunk: PromptChunk, names, tokenizer, max_len: in
                 "first or last characters are ones the tokenizer drops (zero-width, BOM, control "
                 "or lone combining characters). Remove them from the name."
             )
+
+
+def _entry_text(entry) -> str:
+    return entry if isinstance(entry, str) else entry.text(clean=False)
 
 
 def _pack(lengths: List[int], sep_len: int, chunk_size: int, max_len: int) -> List[List[int]]:

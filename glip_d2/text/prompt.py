@@ -8,6 +8,8 @@ builds that caption exactly as the official ``create_queries_and_maps`` does.
 import re
 from typing import List, Sequence, Tuple
 
+from .descriptions import as_description
+
 __all__ = ["clean_name", "build_detection_prompt"]
 
 # Greedy on purpose, like the official regex: "a_(b)_c_(d)" loses everything from "(b" to "d)".
@@ -41,16 +43,19 @@ def clean_name(name: str) -> str:
 
 
 def build_detection_prompt(
-    names: Sequence[str], separator: str = ". ", clean: bool = True
+    names: Sequence, separator: str = ". ", clean: bool = True
 ) -> Tuple[str, List[Tuple[int, int]]]:
     """Join category names into a detection caption.
 
     ``["person", "bicycle", "traffic_light"]`` gives ``"person. bicycle. traffic light"`` and the
     spans ``[(0, 6), (8, 15), (17, 30)]``: the separator goes between names only, as in the
-    official ``create_queries_and_maps``.
+    official ``create_queries_and_maps``. An entry may be a class description
+    (``{"prefix": "a ", "name": "cat", "suffix": " on a sofa"}``, see
+    :mod:`glip_d2.text.descriptions`): the caption gets ``prefix + name + suffix`` and the span
+    covers the name only, as the official ``CAPTION_PROMPT``.
 
     Args:
-        names: category names, in label order.
+        names: category names or descriptions, in label order.
         separator: text between two names (official ``DATASETS.SEPARATION_TOKENS``).
         clean: pass every name through :func:`clean_name` first.
 
@@ -70,7 +75,9 @@ def build_detection_prompt(
         raise ValueError("build_detection_prompt got no names; pass at least one category name.")
     caption = ""
     spans: List[Tuple[int, int]] = []
-    for i, name in enumerate(names):
+    for i, entry in enumerate(names):
+        description = as_description(entry, i)
+        name = description.name
         text = clean_name(name) if clean else name
         if not text.strip():
             raise ValueError(
@@ -79,7 +86,9 @@ def build_detection_prompt(
             )
         if i > 0:
             caption += separator
+        caption += description.prefix
         start = len(caption)
         caption += text
         spans.append((start, len(caption)))
+        caption += description.suffix
     return caption, spans

@@ -10,6 +10,7 @@ import functools
 import random
 from typing import Dict, List, Sequence, Tuple
 
+from .descriptions import as_description, entry_name
 from .prompt import build_detection_prompt, clean_name
 from .tokenization import count_tokens
 
@@ -19,7 +20,7 @@ _NUM_SPECIAL_TOKENS = 2
 
 
 def build_training_prompt(
-    category_names: Dict[int, str],
+    category_names: Dict[int, object],
     positive_ids: Sequence[int],
     *,
     rng: random.Random,
@@ -47,7 +48,8 @@ def build_training_prompt(
     positive that does not fit is dropped from the caption; its boxes must be dropped too.
 
     Args:
-        category_names: contiguous category id -> name (e.g. from ``thing_classes``).
+        category_names: contiguous category id -> name (e.g. from ``thing_classes``) or class
+            description (``{prefix, name, suffix}``; only the name's span is the label's).
         positive_ids: category ids of the image's boxes (repeats allowed).
         rng: the source of randomness (one per call for reproducible data loading).
         shuffle: random order (official DISABLE_SHUFFLE False) instead of id order.
@@ -88,7 +90,7 @@ def build_training_prompt(
     if max_categories > 0:
         candidates = candidates[:max_categories]
     for category in candidates:
-        if not clean_name(category_names[category]):
+        if not clean_name(entry_name(category_names[category])):
             raise ValueError(
                 f"Category {category} ({category_names[category]!r}) has an empty name after "
                 "clean_name; give every category a non-empty name."
@@ -113,7 +115,7 @@ def _fit_token_budget(
     kept: List[int] = []
     used = _NUM_SPECIAL_TOKENS
     for category in candidates:
-        extra = _name_tokens(tokenizer, category_names[category])
+        extra = _name_tokens(tokenizer, _entry_text(category_names[category]))
         extra += sep_len if kept else 0
         if used + extra <= max_len:
             kept.append(category)
@@ -125,10 +127,15 @@ def _fit_token_budget(
     return kept
 
 
+def _entry_text(entry) -> str:
+    """The prompt text of a name or description (hashable, for the token-count cache)."""
+    return clean_name(entry) if isinstance(entry, str) else as_description(entry).text()
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _name_tokens(tokenizer, name: str) -> int:
+def _name_tokens(tokenizer, text: str) -> int:
     # Called for ~100 names per training image; names repeat across images.
-    return count_tokens(tokenizer, clean_name(name))
+    return count_tokens(tokenizer, text)
 
 
 def _caption_tokens(ids: List[int], category_names, tokenizer, separator: str) -> int:

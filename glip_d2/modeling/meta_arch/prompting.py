@@ -5,17 +5,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
-from ...text import chunk_vocabulary, create_positive_map, tokenize
+from ...data.class_descriptions import class_descriptions_from_config
+from ...text import apply_descriptions, chunk_vocabulary, create_positive_map, tokenize
 
 logger = logging.getLogger(__name__)
 
 
-def default_vocabulary(cfg) -> Optional[List[str]]:
-    """MODEL.GLIP.VOCABULARY, else the thing_classes of DATASETS.TEST[0], else None."""
+def default_vocabulary(cfg) -> Optional[List]:
+    """MODEL.GLIP.VOCABULARY, else the thing_classes of DATASETS.TEST[0] (with that dataset's
+    DATASETS.CLASS_DESCRIPTIONS, if any), else None."""
     if len(cfg.MODEL.GLIP.VOCABULARY):
         return list(cfg.MODEL.GLIP.VOCABULARY)
     if len(cfg.DATASETS.TEST):
-        return MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
+        name = cfg.DATASETS.TEST[0]
+        names = MetadataCatalog.get(name).get("thing_classes", None)
+        if names is None:
+            return None
+        return apply_descriptions(names, class_descriptions_from_config(cfg).get(name))
     return None
 
 
@@ -43,8 +49,9 @@ class PromptingMixin:
         if vocabulary:
             self.set_vocabulary(vocabulary)
 
-    def set_vocabulary(self, names: Sequence[str]):
-        """Set the names detected when inputs carry no caption; chunked to fit the token limit."""
+    def set_vocabulary(self, names: Sequence):
+        """Set the names detected when inputs carry no caption; chunked to fit the token limit.
+        An entry may be a class description ({prefix, name, suffix}; glip_d2.text.descriptions)."""
         names = list(names)
         chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
             names, self.tokenizer, chunk_size=self.test_chunk_size,

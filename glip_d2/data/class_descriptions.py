@@ -1,0 +1,41 @@
+"""Class descriptions per dataset from the config (``DATASETS.CLASS_DESCRIPTIONS``).
+
+Each entry is ``[dataset_name, descriptions]``, where ``descriptions`` is a JSON/YAML file or
+inline JSON (a list with one ``{prefix, name, suffix}`` per class, or a mapping class name ->
+description; see :mod:`glip_d2.text.descriptions`). The dataset's vocabulary, wherever it is
+used (training prompts, the test vocabulary), is then its class names with these descriptions.
+"""
+
+from typing import Dict, List, Optional, Union
+
+from detectron2.data import MetadataCatalog
+
+from ..text.descriptions import apply_descriptions, load_descriptions
+
+__all__ = ["class_descriptions_from_config", "dataset_vocabulary"]
+
+
+def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
+    """``{dataset name: descriptions}`` of ``DATASETS.CLASS_DESCRIPTIONS`` (read once per call).
+
+    Raises:
+        ValueError: for an entry that is not ``[dataset_name, file or JSON]`` or a file that
+            cannot be parsed.
+    """
+    out = {}
+    for entry in cfg.DATASETS.get("CLASS_DESCRIPTIONS", []):
+        if len(entry) != 2 or not all(isinstance(e, str) for e in entry):
+            raise ValueError(
+                f"DATASETS.CLASS_DESCRIPTIONS entry {list(entry)!r} must be [dataset_name, "
+                "descriptions file or inline JSON]."
+            )
+        out[entry[0]] = load_descriptions(entry[1])
+    return out
+
+
+def dataset_vocabulary(dataset_name: str, descriptions=None) -> Optional[List]:
+    """The dataset's ``thing_classes`` with its descriptions applied; None without classes."""
+    names = MetadataCatalog.get(dataset_name).get("thing_classes", None)
+    if names is None:
+        return None
+    return apply_descriptions(names, descriptions)
