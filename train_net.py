@@ -5,6 +5,7 @@
     python train_net.py --config-file configs/glip_swin_t.yaml --eval-only MODEL.WEIGHTS glip_tiny_model_o365_goldg.pth
 """
 import logging
+import os
 import sys
 from collections import OrderedDict
 
@@ -18,7 +19,6 @@ from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
-from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
                             check_datasets_present, check_training_device, ema_weights, enable_exact_resume,
                             load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
@@ -72,7 +72,7 @@ class Trainer(DefaultTrainer):
         results = OrderedDict()
         for name in cfg.DATASETS.TEST:
             if not len(cfg.MODEL.GLIP.VOCABULARY):
-                set_test_vocabulary(model, name, class_descriptions_from_config(cfg).get(name))
+                set_test_vocabulary(model, name)
             loader = cls.build_test_loader(cfg, name)
             res = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name))
             results[name] = res
@@ -89,6 +89,8 @@ class Trainer(DefaultTrainer):
 
 def load_cfg(args):
     """The config of the arguments, its DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS registered; no side effects."""
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"Config file {args.config_file!r} does not exist.")
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)

@@ -83,6 +83,10 @@ def test_output_naming_an_existing_file_is_a_clear_error(setup, tmp_path, capsys
     assert rc == 2
     assert f"--output {str(target)!r} is an existing file; it must name a folder" in err
     assert target.read_text() == "keep me"
+    rc = _run(setup, "--output", str(target / "sub"))  # a folder that cannot be created
+    assert rc == 2 and f"--output {str(target / 'sub')!r}: cannot create the folder" in (
+        capsys.readouterr().err
+    )
 
 
 def _truncated_png() -> Image.Image:

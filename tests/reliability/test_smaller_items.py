@@ -87,3 +87,20 @@ def test_amp_on_cpu_is_refused_before_the_model_is_built(train_net, tmp_path, ca
     assert "error: SOLVER.AMP.ENABLED is True but MODEL.DEVICE is 'cpu'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs CUDA"):  # main() itself checks first too
         train_net.main(train_net.argument_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config-file", "{tmp}/nope.yaml"], "nope.yaml"),
+        (["DATASETS.TRAIN", "('rel15_not_registered',)"], "rel15_not_registered: not registered"),
+    ],
+)
+def test_train_net_command_line_reports_setup_errors_in_one_line(train_net, tmp_path, capsys, args, message):
+    argv = ["--config-file", write_cfg(fast_tiny_cfg(), tmp_path / "c.yaml")]
+    argv = [a.format(tmp=tmp_path) for a in args] if args[0] == "--config-file" else argv + args
+    with pytest.raises(SystemExit) as e:
+        train_net.cli(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err
+    assert "Traceback" not in err
