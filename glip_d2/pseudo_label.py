@@ -26,8 +26,7 @@ from typing import Dict, List, Optional
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from .config import add_glip_config
-from .config_two_stage import add_two_stage_config
+from .config import add_glip_config, add_two_stage_config
 from .data import register_grounding_instances
 from .data.datasets.odvg import register_odvg
 from .selftrain import (

@@ -20,7 +20,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-from ..config_datasets import add_dataset_config
+from ..config import add_dataset_config
 from ..text import apply_descriptions
 from ..evaluation import FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator
 

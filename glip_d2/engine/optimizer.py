@@ -6,6 +6,7 @@ stock Detectron2 config keeps its meaning): exactly Detectron2's ``build_optimiz
 nesterov, ``WEIGHT_DECAY_NORM``, ``WEIGHT_DECAY_BIAS``, ``BIAS_LR_FACTOR``), plus
 ``LANG_LR_FACTOR`` on a language backbone if the model has one.
 """
+import logging
 from typing import Dict, List
 
 import torch
@@ -13,9 +14,11 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from torch import nn
 
 NO_DECAY_KEYWORDS = ("relative_position_bias_table", "_embeddings.", "absolute_pos_embed", "gamma_v",
-                     "gamma_l", "bias0", "log_scale", "bias_lang")
+                     "gamma_l", "bias0", "log_scale", "bias_lang", "prompt_tuning.")
 
 LANGUAGE_PREFIX = "language_backbone."
+
+logger = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, lang_lr_factor: float) -> List[Dict]:
@@ -64,6 +67,16 @@ def build_glip_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         ValueError: for an optimizer name other than "SGD" or "ADAMW".
     """
     name = cfg.SOLVER.OPTIMIZER.upper()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ValueError(
+            "No parameter is trainable (MODEL.GLIP.TUNING and the FREEZE options froze them all)."
+        )
+    logger.info(
+        f"Optimizer {name}: {trainable:,} trainable parameters of "
+        f"{sum(p.numel() for p in model.parameters()):,} (MODEL.GLIP.TUNING "
+        f"{cfg.MODEL.get('GLIP', {}).get('TUNING', 'full')!r})."
+    )
     if name == "ADAMW":
         groups = param_groups(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LANG_LR_FACTOR)
         for g in groups:

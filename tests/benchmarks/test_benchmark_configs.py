@@ -7,7 +7,7 @@ import yaml
 from detectron2.config import get_cfg
 
 from glip_d2 import add_glip_config
-from glip_d2.config_datasets import add_dataset_config
+from glip_d2.config import add_dataset_config
 from glip_d2.data.datasets import odinw_eval_names
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from glip_d2 import add_glip_config
-from glip_d2.config_datasets import add_dataset_config
+from glip_d2.config import add_dataset_config
 from glip_d2.data.datasets import (
     DatasetFormatError,
     register_custom_coco,

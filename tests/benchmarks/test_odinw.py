@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 
 from glip_d2 import add_glip_config
-from glip_d2.config_datasets import add_dataset_config
+from glip_d2.config import add_dataset_config
 from glip_d2.data.datasets import ODINW_SUITES, odinw_eval_names, register_odinw
 from glip_d2.data.datasets.odinw import ODINW_DATASETS, odinw_prompt_names
 from glip_d2.engine import build_glip_evaluator, set_test_vocabulary

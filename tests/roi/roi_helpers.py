@@ -6,7 +6,7 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 
 from glip_d2 import add_glip_config
 from glip_d2.data.shapes import COLORS
-from glip_d2.config_two_stage import add_two_stage_config
+from glip_d2.config import add_two_stage_config
 from glip_d2.text import create_positive_map, tokenize
 
 CAPTION = "red circle. blue square. green triangle"

@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 
 import glip_d2.modeling.meta_arch.language_rcnn  # noqa: F401  (registers LanguageAwareRCNN)
 from glip_d2 import add_glip_config
-from glip_d2.config_two_stage import add_two_stage_config
+from glip_d2.config import add_two_stage_config
 from tests.roi.roi_helpers import (
     CAPTION,
     add_proposals,

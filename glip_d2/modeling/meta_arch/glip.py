@@ -15,6 +15,7 @@ from ..heads import GLIPATSSHead, box_coder, class_wise_nms
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..language import build_language_backbone, resolve_text_model_path
 from .prompting import PromptingMixin, default_vocabulary
+from ..tuning import PromptTuning, apply_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class GLIP(PromptingMixin, nn.Module):
         inference_dtype: str = "float32",
         compile_mode: str = "",
         mlm_head: Optional[nn.Module] = None,
+        tuning: str = "full",
         mlm_weight: float = 0.0,
         mlm_probability: float = 0.15,
     ):
@@ -136,6 +138,12 @@ class GLIP(PromptingMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg):
         lb = cfg.MODEL.LANGUAGE_BACKBONE
+        # MODEL.GLIP.TUNING: which parameters adapt to a new task (glip_d2/modeling/tuning.py).
+        self.tuning = tuning
+        self.prompt_tuning = None
+        if tuning == "prompt":
+            self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
+        self._frozen_modules = apply_tuning(self, tuning)
         backbone = build_backbone(cfg)
         language_backbone = build_language_backbone(cfg)
         missing = [f for f in cfg.MODEL.GLIP.IN_FEATURES if f not in backbone.output_shape()]
@@ -175,6 +183,7 @@ class GLIP(PromptingMixin, nn.Module):
             mlm_weight=losses.MLM_WEIGHT,
             mlm_probability=losses.MLM_PROBABILITY,
         )
+            tuning=cfg.MODEL.GLIP.TUNING,
 
     @property
     def device(self):
@@ -184,6 +193,14 @@ class GLIP(PromptingMixin, nn.Module):
     def preprocess_image(self, batched_inputs) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def train(self, mode: bool = True):
+        """Modules a tuning mode froze stay in eval mode (no dropout), as in the official code."""
+        super().train(mode)
+        if mode:
+            for name in getattr(self, "_frozen_modules", ()):
+                self.get_submodule(name).eval()
+        return self
 
     def extract_features(self, images: ImageList) -> List[torch.Tensor]:
         feats = self._inference_module("backbone")(images.tensor)

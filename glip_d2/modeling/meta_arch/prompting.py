@@ -3,6 +3,7 @@ and its chunks, text encoding, and the test-time cache of encoded prompts."""
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from detectron2.data import MetadataCatalog
 
 from ...data.class_descriptions import class_descriptions_from_config
@@ -62,11 +63,39 @@ class PromptingMixin:
         logger.info(f"Vocabulary of {len(names)} names: {len(chunks)} prompt chunk(s) per image.")
 
     def encode_text(self, captions: Sequence[str]):
-        """Tokenize and run the language backbone. Returns (tokenized, language dict)."""
+        """Tokenize and run the language backbone. Returns (tokenized, language dict).
+
+        With prompt tuning (a ``prompt_tuning`` module) the tuned prompt's features (P0 + the
+        learned offset) replace the text encoder: in training, where every caption must be the
+        one fixed prompt (P0 is encoded on first use), and at test time for that prompt.
+        """
         tok = tokenize(self.tokenizer, captions, max_length=self.max_query_len, pad_to_max=self.pad_to_max)
         ids = tok["input_ids"].to(self.device)
         mask = tok["attention_mask"].to(self.device)
+        tuned = getattr(self, "prompt_tuning", None)
+        if tuned is not None:
+            if self.training:
+                return tok, self._tuned_prompt_for_training(captions, ids, mask)
+            if tuned.matches(ids):
+                return tok, tuned.features(len(captions))
         return tok, self.language_backbone(ids, mask)
+
+    def _tuned_prompt_for_training(self, captions, ids, mask):
+        tuned = self.prompt_tuning
+        if any(c != captions[0] for c in captions) or (tuned.initialized and not tuned.matches(ids)):
+            raise ValueError(
+                "Prompt tuning (MODEL.GLIP.TUNING prompt) learns one fixed prompt, but the "
+                f"training captions differ (e.g. {captions[0]!r}); train on one detection "
+                "dataset with the grounding mapper, which then names all classes in label order."
+            )
+        if not tuned.initialized:
+            was_training = self.language_backbone.training
+            self.language_backbone.eval()
+            with torch.no_grad():
+                tuned.store(ids[0], self.language_backbone(ids[:1], mask[:1]))
+            self.language_backbone.train(was_training)
+            logger.info(f"Prompt tuning: encoded the prompt {captions[0]!r} once ({ids.shape[1]} tokens).")
+        return tuned.features(len(captions))
 
     def _cached_prompt(self, caption: str, spans_per_label):
         """(input_ids (1, T), language dict, label->token map (L, T)) of one prompt; cached in eval."""

@@ -6,8 +6,8 @@ under their own nodes so they never collide with upstream keys.
 """
 from detectron2.config import CfgNode as CN
 
-from .config_datasets import add_dataset_config
-from .config_two_stage import add_two_stage_config
+from .datasets import add_dataset_config
+from .two_stage import add_two_stage_config
 
 
 def add_glip_config(cfg):

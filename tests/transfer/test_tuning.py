@@ -1,0 +1,115 @@
+"""MODEL.GLIP.TUNING: which parameters train, and GLIP prompt tuning end to end."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from glip_d2.checkpoint import GLIPCheckpointer
+from glip_d2.engine import build_glip_optimizer
+from glip_d2.modeling.tuning import LINEAR_PREFIXES
+from tests.helpers import make_input, tiny_cfg
+
+
+def _cfg(mode, lang_frozen=True):
+    cfg = tiny_cfg()
+    cfg.MODEL.DYHEAD.NUM_CONVS = 1
+    cfg.MODEL.LANGUAGE_BACKBONE.FREEZE = lang_frozen
+    cfg.MODEL.GLIP.TUNING = mode
+    return cfg
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {m: build_model(_cfg(m, lang_frozen=False)) for m in ("full", "linear", "prompt", "language_frozen")}
+
+
+def test_each_mode_trains_what_it_says(models):
+    every = {n for n, _ in models["full"].named_parameters()}
+    assert _trainable(models["full"]) == every
+    linear = _trainable(models["linear"])
+    assert linear and all(n.startswith(LINEAR_PREFIXES) for n in linear)
+    assert {"head.bbox_pred.weight", "head.centerness.weight", "head.scorer.bias0",
+            "head.scorer.log_scale", "head.scorer.bias_lang", "head.scorer.proj_text.weight"} <= linear
+    assert _trainable(models["prompt"]) == {"prompt_tuning.offset"}
+    frozen_lang = _trainable(models["language_frozen"])
+    assert frozen_lang == {n for n in every if not n.startswith("language_backbone.")}
+    # frozen modules stay in eval mode while training (no dropout)
+    models["prompt"].train()
+    assert not models["prompt"].backbone.training and not models["prompt"].head.training
+    assert models["prompt"].prompt_tuning.training
+    models["linear"].train()
+    assert not models["linear"].backbone.training and models["linear"].head.training
+
+
+@pytest.mark.parametrize("mode", ["linear", "prompt", "language_frozen"])
+def test_optimizer_sees_only_trainable_parameters(models, mode):
+    cfg = _cfg(mode, lang_frozen=False)
+    opt = build_glip_optimizer(cfg, models[mode])
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in models[mode].parameters() if p.requires_grad}
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="TUNING"):
+        build_model(_cfg("everything"))
+
+
+def _step_input(model):
+    chunk = model._chunks[0]
+    return make_input(model, chunk.caption, [[10, 10, 60, 70], [80, 40, 150, 120]],
+                      [chunk.spans[0], chunk.spans[2]])
+
+
+def test_prompt_tuning_learns_only_the_offset_and_the_saved_prompt_needs_no_text_encoder(tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg("prompt")
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
+    model = build_model(cfg)
+    assert model.prompt_tuning.offset.abs().sum() == 0 and not model.prompt_tuning.initialized
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = build_glip_optimizer(cfg, model)
+    model.train()
+    x = _step_input(model)
+    for _ in range(2):
+        losses = model([x, x])
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert "prompt_tuning.offset" in changed and model.prompt_tuning.offset.abs().sum() > 0
+    assert {k for k in changed if not k.startswith("prompt_tuning.")} == set()
+    assert model.prompt_tuning.initialized  # P0 stored in buffers (hidden, embedded, ids)
+    with pytest.raises(ValueError, match="one fixed prompt"):
+        model([x, dict(x, caption="red circle")])
+
+    model.eval()
+    image = {"image": x["image"], "height": 160, "width": 192}
+    with torch.no_grad():
+        expected = model([image])[0]["instances"]
+    GLIPCheckpointer(model, save_dir=str(tmp_path)).save("tuned")
+
+    reloaded = build_model(cfg).eval()
+    GLIPCheckpointer(reloaded).load(str(tmp_path / "tuned.pth"))
+    assert torch.equal(reloaded.prompt_tuning.offset, model.prompt_tuning.offset)
+
+    def no_text_encoder(*args, **kwargs):
+        raise AssertionError("the text encoder ran")
+
+    reloaded.language_backbone.forward = no_text_encoder
+    with torch.no_grad():
+        got = reloaded([image])[0]["instances"]
+    assert len(got) > 0
+    torch.testing.assert_close(got.scores, expected.scores)
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    # the zero-shot model (offset 0) scores differently: the offset is what was learned
+    zero = build_model(cfg).eval()
+    GLIPCheckpointer(zero).load(str(tmp_path / "tuned.pth"))
+    with torch.no_grad():
+        zero.prompt_tuning.offset.zero_()
+        base = zero([image])[0]["instances"]
+    assert not torch.equal(base.scores[:10], got.scores[:10])
