@@ -40,6 +40,11 @@ def add_glip_config(cfg):
     # "reduce-overhead" (CUDA graphs; fixed input sizes) or "max-autotune". Compiles on the first
     # batch of each new input shape.
     _C.MODEL.GLIP.COMPILE = ""
+    # Which parameters train (adapting a pretrained model, glip_d2/modeling/tuning.py): "full"
+    # (all the rest of the config leaves trainable), "linear" (box, centerness and region-word
+    # scoring layers), "prompt" (GLIP prompt tuning: a zero-initialised offset on the frozen text
+    # encoder's features of one fixed prompt, saved in the checkpoint) or "language_frozen".
+    _C.MODEL.GLIP.TUNING = "full"
     # GLIPv2 losses next to the grounding loss; each weight 0 = off (official GLIP).
     _C.MODEL.GLIP.LOSSES = CN()
     # Inter-image region-word contrastive loss: positive anchors' region features of the whole
