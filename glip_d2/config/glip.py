@@ -55,6 +55,11 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.LOSSES.MLM_WEIGHT = 0.0
     # Share of the maskable prompt tokens (outside every positive span, not special) masked.
     _C.MODEL.GLIP.LOSSES.MLM_PROBABILITY = 0.15
+    # One-stage mask head (on with MODEL.MASK_ON; its conv stack and RoIAlign come from
+    # MODEL.ROI_MASK_HEAD): RoIAlign on the first MASK_LEVELS fused tower levels (P3..).
+    _C.MODEL.GLIP.MASK_LEVELS = 3
+    # Weight of the mask loss (per-pixel BCE at the ground-truth boxes).
+    _C.MODEL.GLIP.MASK_LOSS_WEIGHT = 1.0
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()

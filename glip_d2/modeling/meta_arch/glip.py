@@ -12,10 +12,11 @@ from torch import nn
 
 from ...text import load_tokenizer, tokenize
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
+from ..heads.mask_head import GLIPMaskHead
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..language import build_language_backbone, resolve_text_model_path
-from .prompting import PromptingMixin, default_vocabulary
 from ..tuning import PromptTuning, apply_tuning
+from .prompting import PromptingMixin, default_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,11 @@ class GLIP(PromptingMixin, nn.Module):
         inference_batch: int = 1,
         inference_dtype: str = "float32",
         compile_mode: str = "",
-        mlm_head: Optional[nn.Module] = None,
         tuning: str = "full",
+        mlm_head: Optional[nn.Module] = None,
         mlm_weight: float = 0.0,
         mlm_probability: float = 0.15,
+        mask_head: Optional[nn.Module] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -130,20 +132,22 @@ class GLIP(PromptingMixin, nn.Module):
         # load with its weights reported missing.
         self.mlm_head = mlm_head
         self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
+        # One-stage mask head (MODEL.MASK_ON; None = off), also outside `head`.
+        self.mask_head = mask_head
         self._init_prompting(vocabulary)
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
-
-    @classmethod
-    def from_config(cls, cfg):
-        lb = cfg.MODEL.LANGUAGE_BACKBONE
         # MODEL.GLIP.TUNING: which parameters adapt to a new task (glip_d2/modeling/tuning.py).
         self.tuning = tuning
         self.prompt_tuning = None
         if tuning == "prompt":
             self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
         self._frozen_modules = apply_tuning(self, tuning)
+
+    @classmethod
+    def from_config(cls, cfg):
+        lb = cfg.MODEL.LANGUAGE_BACKBONE
         backbone = build_backbone(cfg)
         language_backbone = build_language_backbone(cfg)
         missing = [f for f in cfg.MODEL.GLIP.IN_FEATURES if f not in backbone.output_shape()]
@@ -179,20 +183,16 @@ class GLIP(PromptingMixin, nn.Module):
             inference_batch=cfg.MODEL.GLIP.INFERENCE_BATCH,
             inference_dtype=cfg.MODEL.GLIP.INFERENCE_DTYPE,
             compile_mode=cfg.MODEL.GLIP.COMPILE,
+            tuning=cfg.MODEL.GLIP.TUNING,
             mlm_head=mlm_head,
             mlm_weight=losses.MLM_WEIGHT,
             mlm_probability=losses.MLM_PROBABILITY,
+            mask_head=GLIPMaskHead(cfg) if cfg.MODEL.MASK_ON else None,
         )
-            tuning=cfg.MODEL.GLIP.TUNING,
 
     @property
     def device(self):
         return self.pixel_mean.device
-
-    # ------------------------------------------------------------------ forward
-    def preprocess_image(self, batched_inputs) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
 
     def train(self, mode: bool = True):
         """Modules a tuning mode froze stay in eval mode (no dropout), as in the official code."""
@@ -201,6 +201,11 @@ class GLIP(PromptingMixin, nn.Module):
             for name in getattr(self, "_frozen_modules", ()):
                 self.get_submodule(name).eval()
         return self
+
+    # ------------------------------------------------------------------ forward
+    def preprocess_image(self, batched_inputs) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
 
     def extract_features(self, images: ImageList) -> List[torch.Tensor]:
         feats = self._inference_module("backbone")(images.tensor)
@@ -233,6 +238,13 @@ class GLIP(PromptingMixin, nn.Module):
         )
         if self.mlm_head is not None:
             losses["loss_mlm"] = self.mlm_weight * self.mlm_head.loss(out["text"], mlm_labels)
+        if self.mask_head is not None:
+            if not all(i.has("gt_masks") for i in inst):
+                raise ValueError(
+                    "MODEL.MASK_ON needs instance masks: a dataset with 'segmentation' and the "
+                    "grounding mapper built with MODEL.MASK_ON (it keeps them as gt_masks)."
+                )
+            losses.update(self.mask_head.losses(out["visual"], inst))
         return losses
 
     def encode_masked_text(self, captions: Sequence[str], positive_maps: Sequence[torch.Tensor],
@@ -269,6 +281,8 @@ class GLIP(PromptingMixin, nn.Module):
             prompts, _ = self._prompts_for(x)
             jobs += [(i, p) for p in prompts]
         parts: List[List[Dict]] = [[] for _ in batched_inputs]
+        # fused levels of each (image, chunk) pair, for the mask head
+        fused: List[List[List[torch.Tensor]]] = [[] for _ in batched_inputs]
         for start in range(0, len(jobs), self.inference_batch):
             group = jobs[start : start + self.inference_batch]
             index = [i for i, _ in group]
@@ -283,13 +297,18 @@ class GLIP(PromptingMixin, nn.Module):
             dets = self.head.inference(
                 out, pmaps, [images.image_sizes[i] for i in index], apply_nms=False
             )
-            for (i, (_, _, label_ids)), det in zip(group, dets):
+            for j, ((i, (_, _, label_ids)), det) in enumerate(zip(group, dets)):
                 det["labels"] = torch.as_tensor(label_ids, device=self.device)[det["labels"]]
+                if self.mask_head is not None:
+                    det["chunk"] = torch.full_like(det["labels"], len(parts[i]))
+                    fused[i].append([v[j : j + 1] for v in out["visual"][: self.mask_head.num_levels]])
                 parts[i].append(det)
         results = []
         for i, size in enumerate(images.image_sizes):
             det = {k: torch.cat([p[k] for p in parts[i]]) for k in parts[i][0]}
             results.append(self._to_instances(self._merge_chunks(det), size))
+            if self.mask_head is not None:
+                self._predict_masks(results[-1], fused[i])
         if not do_postprocess:
             return results
         return [
@@ -324,4 +343,20 @@ class GLIP(PromptingMixin, nn.Module):
         r.scores = det["scores"][order]
         r.pred_classes = det["labels"][order]
         r.anchor_index = det["anchor_index"][order]
+        if "chunk" in det:
+            r.chunk = det["chunk"][order]
         return r
+
+    def _predict_masks(self, r: Instances, fused: List[List[torch.Tensor]]) -> None:
+        """Masks of one image's detections, each from the fused levels of the prompt chunk that
+        detected it. Sets `pred_masks` (N, 1, M, M) and drops the `chunk` field."""
+        masks = torch.zeros(len(r), 1, *(2 * self.mask_head.pooler.output_size[k] for k in (0, 1)),
+                            device=self.device)
+        for c, feats in enumerate(fused):
+            sel = (r.chunk == c).nonzero()[:, 0]
+            if len(sel):
+                part = r[sel]
+                self.mask_head.predict(feats, [part])
+                masks[sel] = part.pred_masks.to(masks.dtype)
+        r.remove("chunk")
+        r.pred_masks = masks
