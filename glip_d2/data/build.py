@@ -7,6 +7,7 @@ from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from .few_shot import sample_few_shot
 from .sampler import DatasetRatioTrainingSampler
 from .stream import ResumableTrainLoader
 from .validate import check_training_records
@@ -28,7 +29,9 @@ def _default_sampler(cfg, dataset):
 
 def load_checked_train_dicts(cfg, mapper):
     """The records of each DATASETS.TRAIN entry, checked (``DATASETS.CHECK_RECORDS``) and, with
-    ``DATASETS.SKIP_BAD_RECORDS``, without the bad ones.
+    ``DATASETS.SKIP_BAD_RECORDS``, without the bad ones; with ``DATASETS.FEW_SHOT`` k > 0, the
+    k-shot subset of each detection dataset (:func:`~glip_d2.data.few_shot.sample_few_shot`,
+    seeded by ``DATASETS.FEW_SHOT_SEED``).
 
     Returns:
         one list of records per DATASETS.TRAIN entry.
@@ -56,6 +59,12 @@ def load_checked_train_dicts(cfg, mapper):
         )
         if not parts[-1]:
             raise ValueError(f"{source} has no usable training records left.")
+        shots = cfg.DATASETS.get("FEW_SHOT", 0)
+        if shots > 0 and not has_captions:
+            categories = range(len(names)) if names else None
+            parts[-1] = sample_few_shot(
+                parts[-1], shots, cfg.DATASETS.get("FEW_SHOT_SEED", 0), categories, source
+            )
     return parts
 
 
