@@ -22,13 +22,11 @@ import os
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
-from .collection import CaptionRecord, shard_records
+from ..data.datasets.caption_collection import CaptionRecord, shard_records
+from ..data.datasets.pseudo_labels import FINAL_JSON, FINAL_ODVG, SUMMARY_JSON
 
 __all__ = ["PartStore", "atomic_write_json", "FINAL_JSON", "FINAL_ODVG", "SUMMARY_JSON", "FORMATS"]
 
-FINAL_JSON = "pseudo_labels.json"
-FINAL_ODVG = "pseudo_labels.odvg.jsonl"
-SUMMARY_JSON = "summary.json"
 # --format choice -> the merged files written.
 FORMATS = {"mdetr": (FINAL_JSON,), "odvg": (FINAL_ODVG,), "both": (FINAL_JSON, FINAL_ODVG)}
 

@@ -8,9 +8,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from torch import nn
 
+from ..data.datasets.caption_collection import CaptionRecord, resolve_image_path
 from ..nlp import find_noun_phrases
 from ..text import span_to_token_range, tokenize
-from .collection import CaptionRecord, resolve_image_path
 
 __all__ = ["GroundingTeacher"]
 

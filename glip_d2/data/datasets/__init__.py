@@ -8,7 +8,8 @@ Importing this package registers (lazily) every real dataset found under ``$DETE
 * :func:`register_objects365`, :func:`register_lvis`, :func:`register_odinw`;
 * :func:`register_mdetr`, :func:`register_flickr30k`, :func:`register_refexp`: MDETR jsons;
 * :func:`register_odvg` (and :func:`write_odvg_jsonl`): Grounding DINO's ODVG jsonl;
-* :func:`register_caption_collection` / ``DATASETS.CAPTIONS``: image-caption pairs, no boxes.
+* :func:`register_caption_collection` / ``DATASETS.CAPTIONS``: image-caption pairs, no boxes;
+* :func:`register_pseudo_labels` / ``DATASETS.PSEUDO_LABELS``: a self-training run's output.
 """
 
 from . import builtin_real  # noqa: F401  (registers the datasets present under the root)
@@ -22,6 +23,7 @@ from .mdetr import load_mdetr_json, register_flickr30k, register_mdetr, register
 from .objects365 import clean_objects365_name, register_objects365
 from .odinw import ODINW_DATASETS, ODINW_SUITES, odinw_eval_names, register_odinw
 from .odvg import load_odvg_jsonl, read_label_map, register_odvg, write_label_map, write_odvg_jsonl
+from .pseudo_labels import register_pseudo_labels
 
 __all__ = [
     "DatasetFormatError",
@@ -47,6 +49,7 @@ __all__ = [
     "register_objects365",
     "register_odinw",
     "register_odvg",
+    "register_pseudo_labels",
     "register_refexp",
     "write_label_map",
     "write_odvg_jsonl",

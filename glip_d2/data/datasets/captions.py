@@ -10,8 +10,8 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...selftrain.collection import read_caption_collection, resolve_image_path
 from ._utils import check_new_name
+from .caption_collection import read_caption_collection, resolve_image_path
 
 __all__ = ["load_caption_collection", "register_caption_collection"]
 

@@ -23,6 +23,7 @@ from typing import List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco_json import register_detection_json
+from .pseudo_labels import register_pseudo_labels
 
 __all__ = ["register_custom_coco", "register_custom_lvis", "register_datasets_from_config"]
 
@@ -123,7 +124,7 @@ def register_datasets_from_config(cfg) -> List[str]:
     ``$DETECTRON2_DATASETS`` root (default "datasets"), like every other dataset. A
     CAPTIONS entry is ``[name, collection_file, image_root]`` (jsonl/CSV image-caption pairs, same
     root rule); a PSEUDO_LABELS entry is ``[name, output_dir]`` of a finished
-    ``glip_d2.pseudo_label`` run.
+    ``glip_d2.selftrain.pseudo_label`` run.
 
     Args:
         cfg: a config with ``DATASETS.CUSTOM`` (see :func:`glip_d2.add_dataset_config`).
@@ -187,8 +188,6 @@ def _register_captions_from_config(cfg, root: str) -> List[str]:
 
 
 def _register_pseudo_labels_from_config(cfg) -> List[str]:
-    from ...pseudo_label import register_pseudo_labels  # imports the model side; lazily
-
     registered = []
     for entry in cfg.DATASETS.get("PSEUDO_LABELS", []):
         _check_entry(entry, "DATASETS.PSEUDO_LABELS", ("name", "output_dir"))

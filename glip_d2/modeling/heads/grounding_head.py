@@ -4,7 +4,6 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import configurable
-from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
@@ -36,10 +35,11 @@ def _reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
 class GLIPATSSHead(nn.Module):
-    """Dense grounding head. Besides the GLIP meta-architecture, it can serve as the proposal
-    generator of a two-stage model (`forward` returns scored boxes for any prompt)."""
+    """Dense grounding head of the GLIP meta-architecture. Not a proposal generator itself (its
+    ``forward`` takes features and text, not Detectron2's (images, features, gt_instances)):
+    ``MODEL.PROPOSAL_GENERATOR.NAME: GLIPATSSProposalGenerator`` wraps it as a two-stage model's
+    RPN (:mod:`glip_d2.modeling.proposal_generator`)."""
 
     @configurable
     def __init__(

@@ -1,4 +1,6 @@
-"""Image-caption collections (the input of pseudo-labelling): jsonl or CSV, and sharding."""
+"""Image-caption collections (jsonl or CSV, the CC3M/SBU dump format): reading, writing, and the
+round-robin shards of a pseudo-labelling run. Caption datasets (``captions.py``) and self-training
+(:mod:`glip_d2.selftrain`) both read them."""
 
 import csv
 import json

@@ -1,0 +1,229 @@
+"""GLIP self-training: pseudo-label an image-caption collection with a teacher checkpoint.
+
+    python -m glip_d2.pseudo_label --config-file configs/glip_swin_t.yaml \\
+        --weights glip_tiny_model_o365_goldg.pth --input captions.jsonl --image-root images/ \\
+        --output-dir output/pseudo --shard 0 --num-shards 4 [KEY VALUE ...config overrides]
+
+For every image the caption's noun phrases (`glip_d2.nlp`: spaCy when installed, else a split at
+commas, periods and "and") are grounded by the teacher; boxes scoring at least --score-thresh
+(at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
+machine each) and are resumable: results go to per-shard part files written atomically, a rerun
+skips finished parts, and the merged output is written once every shard has finished (by
+whichever shard finishes last, or --finalize-only): `--format mdetr` (default) writes the
+MDETR-style json `<output-dir>/pseudo_labels.json`, `--format odvg` the ODVG grounding lines
+`<output-dir>/pseudo_labels.odvg.jsonl`, `--format both` both. Register the output as a
+grounding dataset for the student with `register_pseudo_labels(name, dir)`
+(`glip_d2.data.datasets.pseudo_labels`) or the config key `DATASETS.PSEUDO_LABELS`
+([[name, output_dir], ...]).
+
+`python -m glip_d2.pseudo_label` runs this module (a thin entry at the package's top).
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, List, Optional
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from ..config import add_glip_config, add_two_stage_config
+from ..data.datasets.pseudo_labels import register_pseudo_labels
+from ..data.datasets.caption_collection import (
+    CaptionRecord,
+    read_caption_collection,
+    shard_records,
+)
+from .parts import FORMATS, PartStore
+from .teacher import GroundingTeacher
+
+__all__ = ["run_pseudo_labelling", "register_pseudo_labels", "build_teacher", "main", "parse_args"]
+
+logger = logging.getLogger("glip_d2.pseudo_label")
+
+
+def run_pseudo_labelling(
+    teacher: GroundingTeacher,
+    records: List[CaptionRecord],
+    output_dir: str,
+    *,
+    image_root: Optional[str] = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    part_size: int = 64,
+    settings: Optional[Dict] = None,
+    progress: bool = True,
+    output_format: str = "mdetr",
+) -> Optional[Dict]:
+    """Pseudo-label one shard of `records`, resuming finished parts; merge when all are done.
+
+    Args:
+        teacher: grounds one record.
+        records: the whole collection (every shard sees the same list).
+        output_dir: where parts and the final json go.
+        image_root: folder the records' relative image paths start from.
+        shard, num_shards: which round-robin slice of `records` this call labels.
+        part_size: images per part file.
+        settings: anything that changes the result (teacher, thresholds); a resumed run must
+            give the same.
+        progress: show a tqdm progress bar.
+        output_format: "mdetr", "odvg" or "both" (the merged files, see the module docstring).
+
+    Returns:
+        the summary (images, images_with_boxes, phrases, grounded_phrases, boxes) when the final
+        json was written, None when other shards still have parts to do.
+    """
+    from tqdm import tqdm
+
+    store = PartStore(output_dir, num_shards=num_shards, part_size=part_size)
+    store.check_settings(
+        dict(
+            settings or {},
+            teacher_score_thresh=teacher.score_thresh,
+            max_boxes_per_phrase=teacher.max_boxes_per_phrase,
+            nlp_backend=teacher.nlp_backend,
+        )
+    )
+    store.clean_stale(shard)
+    chunks = store.chunks(shard_records(records, shard, num_shards))
+    done = [store.is_done(shard, k, c) for k, c in enumerate(chunks)]
+    finished = sum(len(c) for c, d in zip(chunks, done) if d)
+    if finished:
+        logger.info(f"Shard {shard}: resuming, {finished} images already labelled.")
+    with tqdm(
+        total=sum(map(len, chunks)),
+        initial=finished,
+        desc=f"pseudo-label shard {shard}/{num_shards}",
+        unit="img",
+        disable=not progress,
+    ) as bar:
+        for k, chunk in enumerate(chunks):
+            if done[k]:
+                continue
+            results = []
+            for record in chunk:
+                results.append(teacher(record, image_root))
+                bar.update(1)
+            store.write_part(shard, k, chunk, results)
+    missing = store.missing(records)
+    if missing:
+        logger.info(
+            f"Shard {shard} finished; {len(missing)} parts of other shards are still missing. The "
+            "last shard to finish (or --finalize-only) writes the merged json."
+        )
+        return None
+    summary = store.finalize(records, image_root, output_format=output_format)
+    logger.info(f"Wrote {', '.join(FORMATS[output_format])} in {output_dir}: {summary}")
+    return summary
+
+
+def build_teacher(args) -> GroundingTeacher:
+    """The teacher model from --config-file, --weights and the KEY VALUE overrides."""
+    from ..checkpoint import GLIPCheckpointer
+
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    add_two_stage_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.weights:
+        cfg.MODEL.WEIGHTS = args.weights
+    cfg.freeze()
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("No --weights / MODEL.WEIGHTS: the teacher is randomly initialised.")
+    return GroundingTeacher(
+        model,
+        min_size=cfg.INPUT.MIN_SIZE_TEST,
+        max_size=cfg.INPUT.MAX_SIZE_TEST,
+        input_format=cfg.INPUT.FORMAT,
+        score_thresh=args.score_thresh,
+        max_boxes_per_phrase=args.max_boxes_per_phrase,
+        nlp_backend=args.nlp,
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config-file", required=True, help="teacher config (GLIP or two-stage)")
+    p.add_argument("--weights", default="", help="teacher checkpoint (overrides MODEL.WEIGHTS)")
+    p.add_argument(
+        "--input", required=True, help=".jsonl or .csv/.tsv with file_name, caption[, id]"
+    )
+    p.add_argument(
+        "--image-root", default=None, help="folder of relative image paths (default: the input's)"
+    )
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--part-size", type=int, default=64, help="images per part file")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--max-boxes-per-phrase", type=int, default=3, help="<= 0: no limit")
+    p.add_argument(
+        "--nlp", default="auto", choices=("auto", "spacy", "simple"), help="noun-phrase extractor"
+    )
+    p.add_argument(
+        "--format",
+        default="mdetr",
+        choices=sorted(FORMATS),
+        help="merged output: MDETR-style json, ODVG jsonl, or both",
+    )
+    p.add_argument("--finalize-only", action="store_true", help="only merge finished shards")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict]:
+    """Command-line entry point; `teacher` replaces the one built from the arguments (tests)."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
+    records = read_caption_collection(args.input)
+    image_root = (
+        args.image_root
+        if args.image_root is not None
+        else os.path.dirname(os.path.abspath(args.input))
+    )
+    if args.finalize_only:
+        store = PartStore(args.output_dir, num_shards=args.num_shards, part_size=args.part_size)
+        summary = store.finalize(records, image_root, output_format=args.format)
+    else:
+        teacher = teacher or build_teacher(args)
+        settings = {
+            "input": os.path.abspath(args.input),
+            "config_file": os.path.abspath(args.config_file),
+            "weights": args.weights,
+            "opts": list(args.opts),
+        }
+        summary = run_pseudo_labelling(
+            teacher,
+            records,
+            args.output_dir,
+            image_root=image_root,
+            shard=args.shard,
+            num_shards=args.num_shards,
+            part_size=args.part_size,
+            settings=settings,
+            progress=not args.no_progress,
+            output_format=args.format,
+        )
+    if summary is not None:
+        print(
+            f"pseudo-labels: {summary['images']} images "
+            f"({summary['images_with_boxes']} with boxes), "
+            f"{summary['grounded_phrases']}/{summary['phrases']} phrases grounded, "
+            f"{summary['boxes']} boxes kept -> "
+            + ", ".join(os.path.join(args.output_dir, f) for f in FORMATS[args.format])
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
