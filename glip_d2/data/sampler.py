@@ -6,37 +6,33 @@ each dataset of ``DATASETS.TRAIN`` is drawn with probability proportional to its
 uniformly within it), whatever its size.
 """
 
-import itertools
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-from detectron2.utils import comm
-from torch.utils.data.sampler import Sampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 __all__ = ["DatasetRatioTrainingSampler"]
 
 
-class DatasetRatioTrainingSampler(Sampler):
-    """Infinite stream of indices into the concatenation of datasets, drawn with replacement.
+class DatasetRatioTrainingSampler(RepeatFactorTrainingSampler):
+    """Infinite stream of indices into the concatenation of datasets, by per-dataset shares.
 
-    Index ``i`` of dataset ``d`` (of size ``n_d``) has probability ``r_d / (n_d * sum(r))``, so
-    dataset ``d`` supplies a share ``r_d / sum(r)`` of the stream. Like Detectron2's
-    ``TrainingSampler``, every worker generates the same seeded stream and keeps its own slice.
+    Index ``i`` of dataset ``d`` (of size ``n_d``) has probability ``r_d / (n_d * sum(r))``
+    (:attr:`weights`), so dataset ``d`` supplies a share ``r_d / sum(r)`` of the stream. Built on
+    Detectron2's ``RepeatFactorTrainingSampler``: each image's repeat factor is its probability
+    times the total number of images, so an "epoch" holds about as many draws as there are
+    images, each dataset's share of them (stochastic rounding of the fractional factors), in a
+    seeded shuffle; every worker generates the same stream and keeps its own slice.
     """
 
     def __init__(
-        self,
-        dataset_sizes: Sequence[int],
-        ratios: Sequence[float],
-        seed: Optional[int] = None,
-        chunk: int = 4096,
+        self, dataset_sizes: Sequence[int], ratios: Sequence[float], seed: Optional[int] = None
     ):
         """
         Args:
             dataset_sizes: number of images of each dataset, in concatenation order.
             ratios: one non-negative weight per dataset, at least one positive.
             seed: shared by all workers; None = a random seed shared via comm.
-            chunk: indices drawn per multinomial call.
         """
         if len(dataset_sizes) != len(ratios):
             raise ValueError(
@@ -63,18 +59,5 @@ class DatasetRatioTrainingSampler(Sampler):
             + [torch.zeros(0, dtype=torch.float64)]
         )
         # datasets with ratio 0 and size n > 0 contribute zeros; sizes of 0 contribute nothing
-        self._weights = weights / weights.sum()
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._chunk = chunk
-        self._rank, self._world_size = comm.get_rank(), comm.get_world_size()
-
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite(), self._rank, None, self._world_size)
-
-    def _infinite(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            yield from torch.multinomial(
-                self._weights, self._chunk, replacement=True, generator=g
-            ).tolist()
+        self.weights = weights / weights.sum()  # (sum(dataset_sizes),) probability of each index
+        super().__init__(self.weights * len(self.weights), shuffle=True, seed=seed)

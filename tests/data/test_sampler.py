@@ -97,3 +97,32 @@ def test_loader_without_ratios_draws_by_size(two_datasets):
     files = [f for batch in itertools.islice(iter(loader), 40) for f in batch]
     small = sum(f.startswith("ratio_small_test") for f in files) / len(files)
     assert small == pytest.approx(4 / 44, abs=0.04)
+
+
+def test_sampler_on_detectron2_repeat_factors_draws_each_index_as_the_old_multinomial_one():
+    """The sampler replaced a hand-written multinomial draw with replacement over the index
+    probabilities r_d / (n_d sum r); on Detectron2's RepeatFactorTrainingSampler each index's
+    expected share of an epoch must be that same probability, and the empirical frequencies of
+    both streams must agree."""
+    import torch
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    sizes, ratios = [50, 3, 0, 12, 35], [1.0, 2.0, 0.0, 0.0, 0.5]
+    sampler = DatasetRatioTrainingSampler(sizes, ratios, seed=5)
+    assert isinstance(sampler, RepeatFactorTrainingSampler)
+    old = torch.cat([torch.full((n,), r / n / sum(ratios), dtype=torch.float64)
+                     for n, r in zip(sizes, ratios) if n > 0])
+    factors = sampler._int_part + sampler._frac_part
+    assert torch.allclose(factors / factors.sum(), old, rtol=1e-12, atol=0)
+    assert torch.allclose(sampler.weights, old, rtol=1e-12, atol=0)
+
+    n = 60000
+    new_freq = torch.bincount(torch.tensor(list(itertools.islice(sampler, n))), minlength=100) / n
+    g = torch.Generator().manual_seed(5)
+    old_draws = torch.multinomial(old, n, replacement=True, generator=g)
+    old_freq = torch.bincount(old_draws, minlength=100) / n
+    # per index: within 5 binomial standard deviations of the shared probability
+    sd = (old * (1 - old) / n).sqrt()
+    assert ((new_freq.double() - old).abs() <= 5 * sd + 1e-12).all()
+    assert ((old_freq.double() - old).abs() <= 5 * sd + 1e-12).all()
+    assert new_freq[53:65].sum() == 0  # the ratio-0 dataset (indices 53..64) is never drawn

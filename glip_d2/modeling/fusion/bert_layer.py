@@ -10,7 +10,15 @@ from .bi_attention import CLAMP_VALUE
 
 class BertEncoderLayer(nn.Module):
     """Post-LN BERT layer (self-attention + GELU MLP) whose attention scores are clamped to
-    +-50000 before the padding mask is added, as in GLIP's own copy of `modeling_bert`."""
+    +-50000 before the padding mask is added, as in GLIP's own copy of `modeling_bert`.
+
+    Why not HF's ``BertLayer``: with the clamp idle (fp32 scores inside +-50000) the two are
+    bit-equal (eager attention; SDPA differs by ~1e-6), but the clamp sits between the scores and
+    the mask, inside HF's self-attention, which has no hook there: transformers 4.x would need a
+    subclass of its ``BertSelfAttention`` internals, 5.x a registered attention function, each
+    tied to private code that changes between versions. Beyond 50000 (fp16-scale activations)
+    the clamp changes the output. See ``tests/modeling/test_library_equivalence.py``.
+    """
 
     def __init__(
         self,
