@@ -60,6 +60,22 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.MASK_LEVELS = 3
     # Weight of the mask loss (per-pixel BCE at the ground-truth boxes).
     _C.MODEL.GLIP.MASK_LOSS_WEIGHT = 1.0
+    # X-VLM text-to-box head: the one box a whole caption (a referring expression) describes.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD = CN()
+    # Registered name in TEXT_BOX_HEAD_REGISTRY ("XVLMBoxHead"); "" = off. Trained (L1 + GIoU)
+    # on the training images that have exactly one box.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.NAME = ""
+    # Fused tower levels (P3..) the [CLS] token attends to.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.NUM_LEVELS = 3
+    # Attention heads and width of the cross-attention and the MLP.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.NUM_HEADS = 4
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.HIDDEN_DIM = 256
+    # Loss weights (X-VLM: L1 on normalised cx, cy, w, h + GIoU).
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.L1_WEIGHT = 1.0
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.GIOU_WEIGHT = 1.0
+    # At test time, answer every input that carries a "caption" with the head's one box
+    # (pred_classes 0, score 1) instead of the grounding detections.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = False
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()

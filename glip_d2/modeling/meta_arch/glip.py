@@ -14,6 +14,7 @@ from ...text import load_tokenizer, tokenize
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
 from ..heads.mask_head import GLIPMaskHead
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
+from ..heads.text_box import build_text_box_head, cxcywh_to_xyxy, xyxy_to_cxcywh
 from ..language import build_language_backbone, resolve_text_model_path
 from ..tuning import PromptTuning, apply_tuning
 from .prompting import PromptingMixin, default_vocabulary
@@ -97,6 +98,8 @@ class GLIP(PromptingMixin, nn.Module):
         mlm_weight: float = 0.0,
         mlm_probability: float = 0.15,
         mask_head: Optional[nn.Module] = None,
+        text_box_head: Optional[nn.Module] = None,
+        text_box_predict: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -134,6 +137,9 @@ class GLIP(PromptingMixin, nn.Module):
         self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         # One-stage mask head (MODEL.MASK_ON; None = off), also outside `head`.
         self.mask_head = mask_head
+        # X-VLM text-to-box head (MODEL.GLIP.TEXT_BOX_HEAD; None = off), also outside `head`.
+        self.text_box_head = text_box_head
+        self.text_box_predict = text_box_predict and text_box_head is not None
         self._init_prompting(vocabulary)
         if freeze_backbone:
             for p in self.backbone.parameters():
@@ -188,6 +194,8 @@ class GLIP(PromptingMixin, nn.Module):
             mlm_weight=losses.MLM_WEIGHT,
             mlm_probability=losses.MLM_PROBABILITY,
             mask_head=GLIPMaskHead(cfg) if cfg.MODEL.MASK_ON else None,
+            text_box_head=build_text_box_head(cfg, language_backbone.language_dim),
+            text_box_predict=cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT,
         )
 
     @property
@@ -245,7 +253,21 @@ class GLIP(PromptingMixin, nn.Module):
                     "grounding mapper built with MODEL.MASK_ON (it keeps them as gt_masks)."
                 )
             losses.update(self.mask_head.losses(out["visual"], inst))
+        if self.text_box_head is not None:
+            losses.update(self._text_box_losses(out, inst, images.image_sizes))
         return losses
+
+    def _text_box_losses(self, out: Dict, inst: List[Instances], image_sizes):
+        """X-VLM box losses on the images with exactly one ground-truth box (the caption is then
+        taken to describe that box, as a referring expression does)."""
+        pred = self.text_box_head(out["visual"], out["text"], out["text_mask"], image_sizes)
+        keep = [k for k, i in enumerate(inst) if len(i) == 1]
+        if not keep:
+            return self.text_box_head.losses(pred[:0], pred[:0].detach())
+        scale = torch.tensor([[w, h, w, h] for h, w in (image_sizes[k] for k in keep)],
+                             dtype=torch.float32, device=self.device)
+        target = xyxy_to_cxcywh(torch.cat([inst[k].gt_boxes.tensor for k in keep]).float() / scale)
+        return self.text_box_head.losses(pred[keep], target)
 
     def encode_masked_text(self, captions: Sequence[str], positive_maps: Sequence[torch.Tensor],
                            generator: Optional[torch.Generator] = None):
@@ -283,6 +305,7 @@ class GLIP(PromptingMixin, nn.Module):
         parts: List[List[Dict]] = [[] for _ in batched_inputs]
         # fused levels of each (image, chunk) pair, for the mask head
         fused: List[List[List[torch.Tensor]]] = [[] for _ in batched_inputs]
+        text_boxes: Dict[int, torch.Tensor] = {}  # image -> (4,) xyxy box of the text-to-box head
         for start in range(0, len(jobs), self.inference_batch):
             group = jobs[start : start + self.inference_batch]
             index = [i for i, _ in group]
@@ -297,6 +320,13 @@ class GLIP(PromptingMixin, nn.Module):
             dets = self.head.inference(
                 out, pmaps, [images.image_sizes[i] for i in index], apply_nms=False
             )
+            if self.text_box_predict:
+                sizes = [images.image_sizes[i] for i in index]
+                boxes = self.text_box_head(out["visual"], out["text"], out["text_mask"], sizes)
+                for j, i in enumerate(index):
+                    if "caption" in batched_inputs[i]:
+                        h, w = sizes[j]
+                        text_boxes[i] = cxcywh_to_xyxy(boxes[j]) * boxes.new_tensor([w, h, w, h])
             for j, ((i, (_, _, label_ids)), det) in enumerate(zip(group, dets)):
                 det["labels"] = torch.as_tensor(label_ids, device=self.device)[det["labels"]]
                 if self.mask_head is not None:
@@ -307,7 +337,13 @@ class GLIP(PromptingMixin, nn.Module):
         for i, size in enumerate(images.image_sizes):
             det = {k: torch.cat([p[k] for p in parts[i]]) for k in parts[i][0]}
             results.append(self._to_instances(self._merge_chunks(det), size))
-            if self.mask_head is not None:
+            if i in text_boxes:  # the text-to-box head answers for the caption
+                r = Instances(size)
+                r.pred_boxes = Boxes(text_boxes[i][None])
+                r.scores = torch.ones(1, device=self.device)
+                r.pred_classes = torch.zeros(1, dtype=torch.long, device=self.device)
+                results[-1] = r
+            elif self.mask_head is not None:
                 self._predict_masks(results[-1], fused[i])
         if not do_postprocess:
             return results
