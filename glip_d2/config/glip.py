@@ -222,6 +222,10 @@ def add_glip_config(cfg):
     # Extra 3x3 conv-GroupNorm-ReLU layers on the tower output for the region-word scoring only
     # (0 = official: scoring, box regression and centerness read the same tower output).
     _C.MODEL.ATSS.NUM_CLS_CONVS = 0
+    # Residual 3x3 convs (zero-initialised, linear) on the scoring features: each anchor's region
+    # feature reads its 3x3 neighbourhood, i.e. the object's layout, as a RoI head does
+    # (0 = official; the demo uses 1: docs/one_stage_demo.md).
+    _C.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
     # Region features before the dot product: "" (official: as they leave the tower) or
     # "linear_ln" (a learned linear map + LayerNorm, like the two-stage region embedding).
     _C.MODEL.ATSS.REGION_PROJECTION = ""

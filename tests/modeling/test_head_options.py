@@ -85,3 +85,42 @@ def test_no_object_token_switch():
     assert _losses(False, short) == _losses(True, short)  # token 255 is padding: no effect
     full = "red " * 300  # fills all 256 tokens: the official quirk trains token 255 as "no object"
     assert _losses(True, full) > _losses(False, full) + 1e-3
+
+
+def test_region_context_convs_start_as_identity_and_read_the_neighbourhood():
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    plain = build_model(cfg).train()
+    cfg.MODEL.ATSS.REGION_CONTEXT_CONVS = 1
+    torch.manual_seed(0)
+    ctx = build_model(cfg).train()
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["head.region_context.0.bias", "head.region_context.0.weight"]
+    assert not unexpected
+    torch.manual_seed(1)
+    x = make_input(plain, "red circle", [[10, 20, 90, 100]], [(0, 3)])
+    torch.manual_seed(2)
+    a = plain([x])
+    torch.manual_seed(2)
+    b = ctx([x])
+    for k in a:  # zero-initialised: the same model at the start
+        torch.testing.assert_close(a[k], b[k])
+    sum(b.values()).backward()
+    conv = ctx.head.region_context[0]
+    assert conv.weight.grad.abs().sum() > 0  # it learns from the naming loss
+    # once it has weights, it changes the token scores and nothing the box branch reads
+    with torch.no_grad():
+        conv.weight.normal_(std=0.1)
+        ctx.eval(), plain.eval()
+        c, d = conv.in_channels, cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM
+        feats = [torch.randn(1, c, s, s) for s in (16, 8, 4, 2, 1)]
+        hidden = torch.randn(1, 6, d)
+        lang = {"hidden": hidden, "embedded": hidden, "masks": torch.ones(1, 6, dtype=torch.long)}
+        torch.manual_seed(3)
+        p_out = plain.head(feats, lang)
+        torch.manual_seed(3)
+        c_out = ctx.head(feats, lang)
+    for k in ("box_regression", "centerness"):
+        for u, w in zip(p_out[k], c_out[k]):
+            torch.testing.assert_close(u, w)
+    assert all(not torch.allclose(u, w) for u, w in zip(p_out["token_logits"], c_out["token_logits"]))

@@ -68,6 +68,7 @@ class GLIPATSSHead(nn.Module):
         score_agg: str = "MEAN",
         no_object_token: int = -1,
         num_cls_convs: int = 0,
+        region_context_convs: int = 0,
         region_projection: str = "",
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
@@ -98,6 +99,16 @@ class GLIPATSSHead(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 nn.init.normal_(layer.weight, std=0.01)
                 nn.init.zeros_(layer.bias)
+        # Optional residual 3x3 convs, zero-initialised, on the scoring features only: region
+        # features become a learned linear read-out of the anchor's neighbourhood (an anchor is
+        # 4 strides wide, so the 3x3 window covers its 2x2 sub-regions, the layout a two-stage
+        # RoI head pools). 0 = official.
+        self.region_context = nn.ModuleList(
+            [nn.Conv2d(channels, channels, 3, padding=1) for _ in range(region_context_convs)]
+        )
+        for conv in self.region_context:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
         self.scorer = RegionWordScorer(
             channels, language_dim, prior_prob, log_scale, clamp_dot_product, region_projection,
             center_tokens,
@@ -146,6 +157,7 @@ class GLIPATSSHead(nn.Module):
             score_agg=a.SCORE_AGG,
             no_object_token=(cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN - 1) if a.NO_OBJECT_TOKEN_TARGET else -1,
             num_cls_convs=a.NUM_CLS_CONVS,
+            region_context_convs=a.REGION_CONTEXT_CONVS,
             region_projection=a.REGION_PROJECTION,
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
@@ -172,7 +184,10 @@ class GLIPATSSHead(nn.Module):
         for lvl, v in enumerate(visual):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
-            c = self.cls_tower(v).flatten(2).transpose(1, 2)  # (B, H*W, C)
+            c = self.cls_tower(v)
+            for conv in self.region_context:
+                c = c + conv(c)
+            c = c.flatten(2).transpose(1, 2)  # (B, H*W, C)
             regions.append(c)
             logits.append(self.scorer.score(c, proj, bias))
         anchors = grid_anchors(
