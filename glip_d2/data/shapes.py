@@ -69,8 +69,12 @@ NOVEL_CLASSES: Tuple[str, ...] = (
 ALL_CLASSES: Tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPE_KINDS)
 SEEN_CLASSES: Tuple[str, ...] = tuple(c for c in ALL_CLASSES if c not in NOVEL_CLASSES)
 
-SPLITS: Tuple[str, ...] = ("train", "val", "val_novel")
-DEFAULT_SPLIT_SIZES: Dict[str, int] = {"train": 1500, "val": 200, "val_novel": 200}
+# "train_novel" holds novel combinations only, drawn like "train": the few-shot source for
+# adapting a model to the novel classes (issue 13); never used by the pretraining demo.
+SPLITS: Tuple[str, ...] = ("train", "val", "val_novel", "train_novel")
+DEFAULT_SPLIT_SIZES: Dict[str, int] = {
+    "train": 1500, "val": 200, "val_novel": 200, "train_novel": 200
+}
 DEFAULT_IMAGE_SIZE = 224
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 512
 # Environment overrides, read by shapes_split_sizes() / shapes_image_size().
@@ -339,7 +343,7 @@ def _relation(objects: Sequence[dict], a: int, b: int, side: int) -> str:
 
 # ----------------------------------------------------------------------------- writing
 def _split_classes(split: str) -> Tuple[str, ...]:
-    return NOVEL_CLASSES if split == "val_novel" else SEEN_CLASSES
+    return NOVEL_CLASSES if split in ("val_novel", "train_novel") else SEEN_CLASSES
 
 
 def _check_split(split: str) -> None:

@@ -72,10 +72,10 @@ def test_vocabulary_and_sizes(monkeypatch):
     assert {c.split()[0] for c in SEEN_CLASSES} == set(COLORS)
     assert {c.split()[1] for c in SEEN_CLASSES} == set(SHAPE_KINDS)
     monkeypatch.delenv("GLIP_D2_SHAPES_SCALE", raising=False)
-    assert shapes_split_sizes() == {"train": 1500, "val": 200, "val_novel": 200}
-    assert shapes_split_sizes(0.01) == {"train": 15, "val": 2, "val_novel": 2}
+    assert shapes_split_sizes() == {"train": 1500, "val": 200, "val_novel": 200, "train_novel": 200}
+    assert shapes_split_sizes(0.01) == {"train": 15, "val": 2, "val_novel": 2, "train_novel": 2}
     monkeypatch.setenv("GLIP_D2_SHAPES_SCALE", "0.1")
-    assert shapes_split_sizes() == {"train": 150, "val": 20, "val_novel": 20}
+    assert shapes_split_sizes() == {"train": 150, "val": 20, "val_novel": 20, "train_novel": 20}
     with pytest.raises(ValueError, match="> 0"):
         shapes_split_sizes(0)
 
