@@ -316,7 +316,8 @@ def main(argv=None) -> Dict:
         write_outputs(records, args.output_dir, f"{args.train_dataset} -> {args.test_dataset}")
 
     jobs = [] if args.no_zero_shot else [(None, 0, 0)]
-    jobs += [(m, k, s) for m in args.modes for k in args.shots for s in args.seeds]
+    # seed-major, then k: an interrupted command leaves every mode at the same points
+    jobs += [(m, k, s) for s in args.seeds for k in args.shots for m in args.modes]
     for mode, k, seed in jobs:
         key = (mode or "zero-shot", k, seed)
         if key in done:
