@@ -12,8 +12,9 @@ unambiguous in that image, chosen at random among those that are:
   one; no other red circle has that relation to it).
 
 The json is MDETR's refexp format (one "image" per expression, ``caption`` = the expression,
-one annotation with the referred box and ``tokens_positive`` = the span of the target's own
-words, e.g. "small red circle"), written next to the shapes split whose images it uses::
+one annotation with the referred box, its exact mask (``segmentation``, copied from the shapes
+json) and ``tokens_positive`` = the span of the target's own words, e.g. "small red circle"),
+written next to the shapes split whose images it uses::
 
     annotations/refexp_{split}.json      (+ refexp_{split}.complete, the parameters)
 
@@ -166,7 +167,7 @@ def generate_refexp_split(
     for a in shapes["annotations"]:
         by_image.setdefault(a["image_id"], []).append(
             {"category": ALL_CLASSES[a["category_id"] - 1], "bbox": a["bbox"], "area": a["area"],
-             "category_id": a["category_id"]}
+             "category_id": a["category_id"], "segmentation": a.get("segmentation")}
         )
     images, annotations = [], []
     for im in shapes["images"]:
@@ -183,6 +184,7 @@ def generate_refexp_split(
                 "id": len(annotations) + 1, "image_id": len(images), "bbox": o["bbox"],
                 "area": o["area"], "iscrowd": 0, "category_id": o["category_id"],
                 "tokens_positive": [e["span"]],
+                **({"segmentation": o["segmentation"]} if o["segmentation"] else {}),
             })
     data = {
         "info": {"description": f"glip_d2 shapes referring expressions, split {split}", **params},

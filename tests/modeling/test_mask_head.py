@@ -81,11 +81,18 @@ def test_mask_loss_decreases_on_a_tiny_overfit(model):
     assert m.head.scorer.proj_text.weight.grad is not None  # the other losses still train
 
 
-def test_training_needs_masks(model):
+def test_images_without_masks_do_not_train_the_mask_head(model):
     m = copy.deepcopy(model).train()
-    x = make_input(m, CAPTION, [[10, 20, 70, 90]], [(0, 10)])
-    with pytest.raises(ValueError, match="MODEL.MASK_ON needs instance masks"):
-        m([x])
+    no_masks = make_input(m, CAPTION, [[10, 20, 70, 90]], [(0, 10)])
+    with EventStorage():
+        alone = m([no_masks])["loss_mask"]
+        assert alone.item() == 0 and alone.requires_grad
+        torch.manual_seed(0)
+        mixed = m([_batch(m)[1], no_masks])["loss_mask"]
+        torch.manual_seed(0)
+        single = m([_batch(m)[1]])["loss_mask"]
+    assert mixed.item() > 0
+    assert mixed.item() == pytest.approx(single.item(), rel=1e-4)
 
 
 def test_inference_gives_a_mask_per_detection_at_image_size(model):

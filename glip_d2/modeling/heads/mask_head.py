@@ -88,15 +88,23 @@ class GLIPMaskHead(nn.Module):
         return self.predictor.layers(x)
 
     def losses(self, features: List[torch.Tensor], instances: List[Instances]):
-        """Mask loss at the ground-truth boxes. instances: per image, with gt_boxes and gt_masks."""
+        """Mask loss at the ground-truth boxes of the images that have gt_masks (the others, e.g.
+        box-only grounding data in a mixed batch, are left out; none: a zero loss).
+
+        Args:
+            instances: per image, with gt_boxes and (optionally) gt_masks.
+        """
         props = []
         for inst in instances:
             p = Instances(inst.image_size)
-            p.proposal_boxes = inst.gt_boxes
-            p.gt_masks = inst.gt_masks
+            p.proposal_boxes = inst.gt_boxes if inst.has("gt_masks") else inst.gt_boxes[:0]
+            if inst.has("gt_masks"):
+                p.gt_masks = inst.gt_masks
             props.append(p)
         logits = self.mask_logits(features, [p.proposal_boxes for p in props])
-        return {"loss_mask": self.loss_weight * mask_rcnn_loss(logits, props)}
+        if logits.shape[0] == 0:
+            return {"loss_mask": logits.sum() * 0.0 + sum(q.sum() for q in self.parameters()) * 0.0}
+        return {"loss_mask": self.loss_weight * mask_rcnn_loss(logits, [p for p in props if len(p)])}
 
     def predict(self, features: List[torch.Tensor], instances: List[Instances]) -> None:
         """Set `pred_masks` (N, 1, 2R, 2R) probabilities on each image's detections, in place."""

@@ -247,11 +247,7 @@ class GLIP(PromptingMixin, nn.Module):
         if self.mlm_head is not None:
             losses["loss_mlm"] = self.mlm_weight * self.mlm_head.loss(out["text"], mlm_labels)
         if self.mask_head is not None:
-            if not all(i.has("gt_masks") for i in inst):
-                raise ValueError(
-                    "MODEL.MASK_ON needs instance masks: a dataset with 'segmentation' and the "
-                    "grounding mapper built with MODEL.MASK_ON (it keeps them as gt_masks)."
-                )
+            # images without masks (e.g. referring expressions mixed in) do not train it
             losses.update(self.mask_head.losses(out["visual"], inst))
         if self.text_box_head is not None:
             losses.update(self._text_box_losses(out, inst, images.image_sizes))

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 14's measurement table on the shapes data, one row per configuration at the same CPU
+# budget (the demo config, ITERS iterations at batch 8 each):
+#   grounding | + contrastive | + MLM | + both   -> seen / novel box AP
+#   + mask head + X-VLM text-to-box head, with the referring expressions mixed into training
+#                                               -> box AP, segm AP, refexp Acc@1 of GLIP's top-1
+#                                                  grounded box vs the text-to-box head
+# Results: output/glipv2_xvlm/<run>/metrics.json and .../refexp_*.json; summary printed by
+# scripts/glipv2_xvlm_table.py. Usage: ITERS=150 bash scripts/glipv2_xvlm_table.sh [run ...]
+source "$(dirname "$0")/env.sh"
+ITERS=${ITERS:-150}
+ROOT=${ROOT:-output/glipv2_xvlm}
+PY=".venv/bin/python"
+COMMON=(--config-file configs/demo_glip_tiny_shapes.yaml SOLVER.MAX_ITER "$ITERS"
+        SOLVER.STEPS "($((ITERS * 4 / 5)),)" SOLVER.WARMUP_ITERS "$((ITERS / 10))"
+        SOLVER.CHECKPOINT_PERIOD 1000000)
+REFEXP_TEST='("shapes_refexp_val", "shapes_refexp_val_novel")'
+runs=("$@")
+[ ${#runs[@]} -eq 0 ] && runs=(grounding contrastive mlm both heads)
+for run in "${runs[@]}"; do
+  out="$ROOT/$run"
+  case $run in
+    grounding)   extra=() ;;
+    contrastive) extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0) ;;
+    mlm)         extra=(MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
+    both)        extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0 MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
+    heads)       extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
+                        MODEL.ROI_MASK_HEAD.CONV_DIM 64 MODEL.GLIP.TEXT_BOX_HEAD.NAME XVLMBoxHead
+                        DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")') ;;
+    *) echo "unknown run $run" >&2; exit 1 ;;
+  esac
+  start=$(date +%s)
+  $PY train_net.py "${COMMON[@]}" "${extra[@]}" OUTPUT_DIR "$out"
+  echo "$run: $(( $(date +%s) - start )) s" >> "$ROOT/times.txt"
+  if [ "$run" = heads ]; then
+    for predict in False True; do
+      $PY train_net.py --eval-only "${COMMON[@]}" "${extra[@]}" MODEL.WEIGHTS "$out/model_final.pth" \
+        MODEL.GLIP.TEXT_BOX_HEAD.PREDICT $predict DATASETS.TEST "$REFEXP_TEST" \
+        OUTPUT_DIR "$out/refexp_predict_$predict" 2>&1 | tee "$out/refexp_predict_$predict.log" | tail -3
+    done
+  fi
+done
+$PY scripts/glipv2_xvlm_table.py "$ROOT"
