@@ -213,7 +213,8 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.NMS_TH = 0.6
     # Detections per image (300 for LVIS).
     _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
-    # Token-score aggregation per label: "MEAN" (official) or "MAX".
+    # Token-score aggregation per label: "MEAN" (official) or "MAX" of its token probabilities,
+    # or "MEAN_LOGIT" (sigmoid of the mean of its token logits: what PHRASE_LOSS_WEIGHT trains).
     _C.MODEL.ATSS.SCORE_AGG = "MEAN"
     # Official quirk: when a prompt fills all MAX_QUERY_LEN tokens, every negative anchor gets a
     # target of 1 at the last token (a leftover "no object" token). Off in glip_d2 (a real name's
@@ -226,6 +227,10 @@ def add_glip_config(cfg):
     # feature reads its 3x3 neighbourhood, i.e. the object's layout, as a RoI head does
     # (0 = official; the demo uses 1: docs/one_stage_demo.md).
     _C.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
+    # Weight of a phrase-level focal loss (0 = official: token-level only): a phrase's logit is
+    # the mean of its tokens' logits, its target 1 where all its tokens are targets, and every
+    # category name of a detection prompt is a phrase (docs/one_stage_demo.md).
+    _C.MODEL.ATSS.PHRASE_LOSS_WEIGHT = 0.0
     # Region features before the dot product: "" (official: as they leave the tower) or
     # "linear_ln" (a learned linear map + LayerNorm, like the two-stage region embedding).
     _C.MODEL.ATSS.REGION_PROJECTION = ""

@@ -86,6 +86,7 @@ class GroundingDatasetMapper:
         use_instance_mask: bool = False,
         instance_mask_format: str = "polygon",
         class_descriptions: Optional[Dict[str, object]] = None,
+        phrase_maps: bool = False,
     ):
         """
         Args:
@@ -108,6 +109,9 @@ class GroundingDatasetMapper:
             class_descriptions: dataset name -> its class descriptions (a list per class or a
                 mapping name -> description, DATASETS.CLASS_DESCRIPTIONS): detection prompts
                 then read prefix + name + suffix, the name's tokens being the positives.
+            phrase_maps: in training, also output ``"phrase_map"`` for detection dicts: the bool
+                ``P x max_query_len`` token map of every category name in the prompt, positive
+                or negative (the phrase-level loss, MODEL.ATSS.PHRASE_LOSS_WEIGHT).
         """
         if flip_left_right not in _FLIP_MODES:
             raise ValueError(
@@ -133,6 +137,7 @@ class GroundingDatasetMapper:
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
         self.class_descriptions = dict(class_descriptions or {})
+        self.phrase_maps = phrase_maps
         mode = "training" if is_train else "inference"
         logger.info(f"[GroundingDatasetMapper] Augmentations used in {mode}: {augmentations}")
 
@@ -165,6 +170,7 @@ class GroundingDatasetMapper:
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "class_descriptions": class_descriptions_from_config(cfg),
+            "phrase_maps": is_train and cfg.MODEL.get("ATSS", {}).get("PHRASE_LOSS_WEIGHT", 0.0) > 0,
         }
 
     # ------------------------------------------------------------------ category names
@@ -247,9 +253,12 @@ class GroundingDatasetMapper:
         if caption is not None:
             spans = [s for s, k in zip(spans, keep) if k]
         else:
-            caption, spans, in_prompt = self._detection_prompt(dataset_dict, instances)
+            caption, spans, in_prompt, label_spans = self._detection_prompt(dataset_dict, instances)
             instances = instances[torch.as_tensor(in_prompt, dtype=torch.bool)]
             dataset_dict["caption"] = caption
+            if self.phrase_maps:
+                phrases = [[label_spans[c]] for c in sorted(label_spans)]
+                dataset_dict["phrase_map"] = self._positive_map(caption, phrases, image_id)[0]
         positive_map, keep = self._positive_map(caption, spans, image_id)
         if not all(keep):
             instances = instances[torch.as_tensor(keep, dtype=torch.bool)]
@@ -295,7 +304,7 @@ class GroundingDatasetMapper:
             raise ValueError(f"Image {dataset_dict.get('image_id')!r}: {error}") from error
         in_prompt = [c in label_spans for c in positives]
         spans = [[label_spans[c]] for c in positives if c in label_spans]
-        return caption, spans, in_prompt
+        return caption, spans, in_prompt, label_spans
 
     def _positive_map(self, caption: str, spans, image_id) -> Tuple[torch.Tensor, List[bool]]:
         """``(positive map of the kept annotations, keep flag per annotation)``."""

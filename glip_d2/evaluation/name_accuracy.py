@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..modeling.heads import atss_assign, box_coder, label_scores
+from ..modeling.heads import atss_assign, box_coder, label_scores_from_logits
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def name_accuracy_at_positives(model, batched_inputs: List[Dict], vocabulary: Se
                 raise ValueError(f"Box names {missing} are not in the vocabulary {list(vocabulary)}.")
             assigned = atss_assign(out["anchors"], box_coder.to_official(boxes.float()), model.head.topk)
             pos = (assigned >= 0).nonzero().flatten()
-            scores = label_scores(logits[i, pos].sigmoid(), pmap, model.head.test_args["score_agg"])
+            scores = label_scores_from_logits(logits[i, pos], pmap, model.head.test_args["score_agg"])
             order = torch.as_tensor(label_ids, device=scores.device)
             preds.append(order[scores.argmax(dim=1)])
             gts.append(torch.as_tensor([index[names[j]] for j in assigned[pos].tolist()], dtype=torch.long))

@@ -221,3 +221,17 @@ def test_mapper_keeps_masks_only_when_asked(tmp_path):
     without = GroundingDatasetMapper(True, **kw)(d)["instances"]
     assert with_masks.has("gt_masks") and not without.has("gt_masks")
     assert with_masks.gt_masks.area()[0] == 400
+
+
+def test_phrase_map_names_every_category_of_the_prompt(image_file):
+    path, _ = image_file
+    random.seed(1)
+    tokenizer = load_tokenizer("bert-base-uncased")
+    out = _mapper(num_negatives=-1, phrase_maps=True)(_detection_dict(path))
+    tokens = tokenizer(out["caption"]).tokens()
+    phrases = sorted(" ".join(tokens[i] for i in row) for row in _rows(out["phrase_map"]))
+    assert phrases == ["ball", "cat", "dog", "traffic light"]  # positives and negatives
+    # every box's tokens are one of the phrases
+    rows = [tuple(r) for r in _rows(out["phrase_map"])]
+    assert all(tuple(r) in rows for r in _rows(out["instances"].gt_positive_map))
+    assert "phrase_map" not in _mapper(num_negatives=-1)(_detection_dict(path))  # off by default

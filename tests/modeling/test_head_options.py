@@ -124,3 +124,62 @@ def test_region_context_convs_start_as_identity_and_read_the_neighbourhood():
         for u, w in zip(p_out[k], c_out[k]):
             torch.testing.assert_close(u, w)
     assert all(not torch.allclose(u, w) for u, w in zip(p_out["token_logits"], c_out["token_logits"]))
+
+
+def test_phrase_focal_loss_against_a_loop():
+    from glip_d2.modeling.heads.losses import phrase_sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, generator=g)
+    # prompt 0: "red circle" = tokens 1, 2; "red square" = tokens 1, 3 (a shared colour token)
+    maps = [torch.zeros(3, 8, dtype=torch.bool), torch.zeros(1, 8, dtype=torch.bool)]
+    maps[0][0, [1, 2]] = True
+    maps[0][1, [1, 3]] = True  # row 2 names no token: ignored
+    maps[1][0, 4] = True
+    targets = torch.zeros(2, 4, 6, dtype=torch.bool)
+    targets[0, 0, [1, 2]] = True  # a red circle at anchor 0
+    targets[1, 2, 4] = True
+    alpha, gamma = 0.25, 2.0
+    expected = 0.0
+    for b, phrases in ((0, [[1, 2], [1, 3]]), (1, [[4]])):
+        for a in range(4):
+            for tok in phrases:
+                x = logits[b, a, tok].mean()
+                y = float(all(targets[b, a, t] for t in tok))
+                p = torch.sigmoid(x)
+                p_t = p if y else 1 - p
+                alpha_t = alpha if y else 1 - alpha
+                expected = expected - alpha_t * (1 - p_t) ** gamma * torch.log(p_t)
+    torch.testing.assert_close(phrase_sigmoid_focal_loss(logits, targets, maps, alpha, gamma), expected)
+    # the shared token: the red circle's loss pushes "red square" down as a whole, while the
+    # token-level loss would pull token 1 up (it is a target token of the red circle)
+    x = logits.clone().requires_grad_()
+    phrase_sigmoid_focal_loss(x, targets, maps).backward()
+    assert x.grad[0, 0, 3] > 0 and x.grad[0, 0, 2] < 0
+
+
+def test_mean_logit_score_aggregation():
+    from glip_d2.modeling.heads import label_scores_from_logits
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
+    pmap = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[(-1.0 + 0.5) / 2, 2.0, (0.5 - 3.0) / 2]]).sigmoid()
+    torch.testing.assert_close(label_scores_from_logits(logits, pmap, "MEAN_LOGIT"), expected)
+    mean = label_scores_from_logits(logits, pmap, "MEAN")  # the official mean of probabilities
+    torch.testing.assert_close(mean[0, 0], logits[0, 1:3].sigmoid().mean())
+
+
+def test_phrase_loss_in_the_model_uses_the_mapper_phrase_map_or_the_boxes_phrases():
+    cfg = tiny_cfg()
+    cfg.MODEL.ATSS.PHRASE_LOSS_WEIGHT = 2.0
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = make_input(model, "red circle. red square", [[10, 20, 90, 100]], [(0, 10)])
+    torch.manual_seed(1)
+    own = model([x])["loss_phrase"]  # no phrase_map: the box's phrase only
+    pm = torch.zeros(2, x["instances"].gt_positive_map.shape[1], dtype=torch.bool)
+    pm[0] = x["instances"].gt_positive_map[0]
+    pm[1, [4, 5]] = True  # "red square": [CLS] red circle . red square [SEP]
+    torch.manual_seed(1)
+    both = model([dict(x, phrase_map=pm)])["loss_phrase"]
+    assert torch.isfinite(own) and both > own  # the negative phrase adds its loss

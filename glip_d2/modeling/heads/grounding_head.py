@@ -12,7 +12,13 @@ from . import box_coder
 from .anchors import grid_anchors
 from .atss_assigner import atss_assign
 from .contrastive import gathered_region_word_contrastive_loss
-from .losses import centerness_targets, giou_loss, token_sigmoid_focal_loss, token_softmax_loss
+from .losses import (
+    centerness_targets,
+    giou_loss,
+    phrase_sigmoid_focal_loss,
+    token_sigmoid_focal_loss,
+    token_softmax_loss,
+)
 from .postprocess import select_detections
 from .region_word import RegionWordScorer
 
@@ -72,6 +78,7 @@ class GLIPATSSHead(nn.Module):
         region_projection: str = "",
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
+        phrase_weight: float = 0.0,
         center_tokens: bool = False,
         contrastive_weight: float = 0.0,
     ):
@@ -122,6 +129,8 @@ class GLIPATSSHead(nn.Module):
         self.loss_weights = dict(loss_cls=cls_weight, loss_box_reg=reg_weight, loss_centerness=ctr_weight)
         if token_softmax_weight > 0:
             self.loss_weights["loss_token_softmax"] = token_softmax_weight
+        if phrase_weight > 0:  # phrase-level focal loss; needs the mapper's "phrase_map"
+            self.loss_weights["loss_phrase"] = phrase_weight
         if contrastive_weight > 0:  # GLIPv2 inter-image region-word contrastive loss
             self.loss_weights["loss_contrastive"] = contrastive_weight
         self.test_args = dict(
@@ -161,6 +170,7 @@ class GLIPATSSHead(nn.Module):
             region_projection=a.REGION_PROJECTION,
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
+            phrase_weight=a.PHRASE_LOSS_WEIGHT,
             center_tokens=a.CENTER_TOKENS,
             contrastive_weight=cfg.MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT,
         )
@@ -200,12 +210,16 @@ class GLIPATSSHead(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
-    def losses(self, out: Dict, gt_boxes: List[torch.Tensor], gt_positive_maps: List[torch.Tensor]):
+    def losses(self, out: Dict, gt_boxes: List[torch.Tensor], gt_positive_maps: List[torch.Tensor],
+               phrase_maps: Optional[List[Optional[torch.Tensor]]] = None):
         """
         Args:
             out: output of `forward`.
             gt_boxes: per image (G, 4) Detectron2 xyxy boxes in network-input pixels.
             gt_positive_maps: per image (G, T_map) bool: which tokens name each box.
+            phrase_maps: per image (P, T_map) bool token map of every phrase of the prompt
+                (the mapper's "phrase_map"), for the phrase-level loss; an image without one
+                uses its boxes' distinct phrases.
         Returns:
             dict of scalar losses (already weighted).
         """
@@ -260,6 +274,14 @@ class GLIPATSSHead(nn.Module):
         if "loss_token_softmax" in self.loss_weights:
             raw["loss_token_softmax"] = token_softmax_loss(
                 logits, token_targets & pos_mask[..., None], out["text_mask"]
+            ) / num_pos_avg
+        if "loss_phrase" in self.loss_weights:
+            maps = [
+                pm if pm is not None else torch.unique(gm, dim=0)
+                for pm, gm in zip(phrase_maps or [None] * len(gt_positive_maps), gt_positive_maps)
+            ]
+            raw["loss_phrase"] = phrase_sigmoid_focal_loss(
+                logits, token_targets, [m.to(logits.device) for m in maps], self.focal_alpha, self.focal_gamma
             ) / num_pos_avg
         if "loss_contrastive" in self.loss_weights:
             raw["loss_contrastive"] = self._contrastive_loss(out, token_targets, pos_mask)

@@ -22,6 +22,34 @@ def token_sigmoid_focal_loss(logits, targets, text_mask, alpha: float = 0.25, ga
     return sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="sum")
 
 
+def phrase_sigmoid_focal_loss(logits, token_targets, phrase_maps, alpha: float = 0.25, gamma: float = 2.0):
+    """Sum of binary focal losses over (anchor, phrase) pairs: a phrase's logit is the mean of its
+    tokens' logits, and its target is 1 where every token of the phrase is a target token.
+
+    Unlike the token-level loss, a token shared by several phrases of the prompt ("red" in "red
+    circle" and "red square") gets no conflicting targets: "red square" as a whole is the
+    negative of a red circle, and the score of a phrase moves with what tells it from the others.
+
+    Args:
+        logits, token_targets: (B, A, T). phrase_maps: per image a (P, T') bool map of the
+            prompt's phrases (rows with no token are ignored).
+    """
+    total = logits.sum() * 0.0
+    num_tokens = logits.shape[-1]
+    for logit, target, pmap in zip(logits, token_targets, phrase_maps):
+        pm = pmap[:, :num_tokens].to(logit.dtype)
+        pm = pm[pm.sum(1) > 0]
+        if len(pm) == 0:
+            continue
+        length = pm.sum(1)
+        phrase_logits = logit @ (pm / length[:, None]).t()  # (A, P)
+        phrase_targets = (target.to(logit.dtype) @ pm.t()) >= length - 0.5
+        total = total + sigmoid_focal_loss(
+            phrase_logits, phrase_targets.to(logit.dtype), alpha=alpha, gamma=gamma, reduction="sum"
+        )
+    return total
+
+
 def token_softmax_loss(logits, targets, text_mask):
     """Sum over anchors with a target of the cross-entropy between the softmax of the anchor's
     logits over the real tokens and the uniform distribution over its target tokens.

@@ -15,7 +15,20 @@ def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: st
     if mode.upper() == "MAX":
         masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("-inf"))
         return masked.max(dim=-1)[0].clamp(min=0)
-    raise ValueError(f"Unknown score aggregation {mode!r}; use 'MEAN' or 'MAX'.")
+    raise ValueError(f"Unknown score aggregation {mode!r}; use one of {SCORE_AGGREGATIONS}.")
+
+
+# MODEL.ATSS.SCORE_AGG values: the mean (official) or max of a label's token probabilities, or
+# the sigmoid of the mean of its token logits (what MODEL.ATSS.PHRASE_LOSS_WEIGHT trains).
+SCORE_AGGREGATIONS = ("MEAN", "MAX", "MEAN_LOGIT")
+
+
+def label_scores_from_logits(token_logits: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN"):
+    """(N, T) token logits and (L, T') bool label->token map -> (N, L) label scores in [0, 1]."""
+    if mode.upper() == "MEAN_LOGIT":
+        pm = positive_map[:, : token_logits.shape[-1]].to(token_logits.dtype)
+        return (token_logits @ (pm / pm.sum(dim=1, keepdim=True).clamp(min=1)).t()).sigmoid()
+    return label_scores(token_logits.sigmoid(), positive_map, mode)
 
 
 def class_wise_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, thresh: float):
@@ -60,7 +73,7 @@ def select_detections(
     for i, (h, w) in enumerate(image_sizes):
         per_level = []
         for lvl, (reg, ctr, logit, anc) in enumerate(zip(box_regression, centerness, token_logits, anchors)):
-            probs = label_scores(logit[i].sigmoid(), positive_maps[i], score_agg)  # (HW, L)
+            probs = label_scores_from_logits(logit[i], positive_maps[i], score_agg)  # (HW, L)
             cand = probs > score_thresh
             ctr_p = ctr[i].permute(1, 2, 0).reshape(-1).sigmoid()
             scored = probs * ctr_p[:, None]

@@ -242,7 +242,8 @@ class GLIP(PromptingMixin, nn.Module):
             _, lang = self.encode_text(captions)
         out = self.head(feats, lang)
         losses = self.head.losses(
-            out, [i.gt_boxes.tensor for i in inst], [i.gt_positive_map for i in inst]
+            out, [i.gt_boxes.tensor for i in inst], [i.gt_positive_map for i in inst],
+            phrase_maps=[x.get("phrase_map") for x in batched_inputs],
         )
         if self.mlm_head is not None:
             losses["loss_mlm"] = self.mlm_weight * self.mlm_head.loss(out["text"], mlm_labels)
