@@ -29,8 +29,8 @@ def test_end_to_end_tiny(tmp_path, names):
     cfg.MODEL.GLIP.VOCABULARY = []
     cfg.MODEL.DYHEAD.NUM_CONVS = 1
     cfg.MODEL.ATSS.INFERENCE_TH = 0.0
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (96,), 96
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 96
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.DATASETS.CHECK_RECORDS = "none"
     config = tmp_path / "tiny.yaml"
