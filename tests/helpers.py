@@ -15,6 +15,8 @@ def tiny_cfg(fuse: bool = True):
     cfg.MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS = 1
     cfg.MODEL.LANGUAGE_BACKBONE.FREEZE = True  # its 30522-row embedding table dominates step time
     cfg.MODEL.SWIN.DEPTHS = [1, 1, 1, 1]
+    # the official head's parameters (the demo's extra scoring conv has no official key)
+    cfg.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
     cfg.MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON = fuse
     cfg.MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT = fuse
     cfg.MODEL.DYHEAD.FUSE_CONFIG.DROPOUT = 0.0
