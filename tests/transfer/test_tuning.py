@@ -106,6 +106,18 @@ def test_prompt_tuning_learns_only_the_offset_and_the_saved_prompt_needs_no_text
     assert len(got) > 0
     torch.testing.assert_close(got.scores, expected.scores)
     torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    # the predictor, built from the same config and checkpoint, also runs without the text encoder
+    import numpy as np
+
+    from glip_d2.predictor import GLIPPredictor
+
+    pcfg = cfg.clone()
+    pcfg.MODEL.WEIGHTS = str(tmp_path / "tuned.pth")
+    pred = GLIPPredictor(pcfg)
+    pred.model.language_backbone.forward = no_text_encoder
+    assert torch.equal(pred.model.prompt_tuning.offset, model.prompt_tuning.offset)
+    image_bgr = x["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+    assert len(pred(image_bgr, confidence_threshold=0.0)["instances"]) > 0
     # the zero-shot model (offset 0) scores differently: the offset is what was learned
     zero = build_model(cfg).eval()
     GLIPCheckpointer(zero).load(str(tmp_path / "tuned.pth"))
