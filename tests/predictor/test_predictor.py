@@ -180,7 +180,7 @@ def test_locate_phrases():
         (dict(vocabulary=["cat", "word " * 300]), "more than a prompt of max_len=256 holds"),
         (dict(vocabulary=["cat", "cat"]), "repeats names"),
         (dict(vocabulary="objects365"), r"builtin ones are \['coco', 'lvis'\]"),
-        (dict(vocabulary=["cat", 3]), "must be strings"),
+        (dict(vocabulary=["cat", 3]), "must be names"),
         (dict(vocabulary=["cat"], caption="a cat"), "not both"),
         (dict(phrases=["cat"]), "need a caption"),
         (dict(caption="  "), "non-empty string"),
