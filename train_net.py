@@ -18,6 +18,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format, verify
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
+from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
                             check_datasets_present, check_training_device, ema_weights, enable_exact_resume,
@@ -72,7 +73,7 @@ class Trainer(DefaultTrainer):
         results = OrderedDict()
         for name in cfg.DATASETS.TEST:
             if not len(cfg.MODEL.GLIP.VOCABULARY):
-                set_test_vocabulary(model, name)
+                set_test_vocabulary(model, name, class_descriptions_from_config(cfg).get(name))
             loader = cls.build_test_loader(cfg, name)
             res = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name))
             results[name] = res
