@@ -225,7 +225,7 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.NUM_CLS_CONVS = 0
     # Residual 3x3 convs (zero-initialised, linear) on the scoring features: each anchor's region
     # feature reads its 3x3 neighbourhood, i.e. the object's layout, as a RoI head does
-    # (0 = official; the demo config uses 1: docs/one_stage_demo.md).
+    # (0 = official; measured on the demo in docs/one_stage_demo.md: no gain beyond run-to-run spread).
     _C.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
     # Weight of a phrase-level focal loss (0 = official: token-level only): a phrase's logit is
     # the mean of its tokens' logits, its target 1 where all its tokens are targets, and every
