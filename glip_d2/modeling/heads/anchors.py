@@ -26,3 +26,12 @@ def grid_anchors(
         shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 4)
         out.append(shifts + cell_anchor(size, stride).to(device))
     return out
+
+
+def tower_level_strides(cfg, levels: int, key: str) -> List[int]:
+    """Strides of the first ``levels`` fused tower levels (P3...), for heads that pool them;
+    ``key`` names the config key that set ``levels`` in the error."""
+    strides = list(cfg.MODEL.ATSS.ANCHOR_STRIDES)
+    if not 1 <= levels <= len(strides):
+        raise ValueError(f"{key} must be in [1, {len(strides)}] (the tower's levels), got {levels}.")
+    return strides[:levels]

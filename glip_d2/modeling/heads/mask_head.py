@@ -16,6 +16,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Instances
 from torch import nn
 
+from .anchors import tower_level_strides
+
 
 class GLIPMaskHead(nn.Module):
     """Per-box masks from the fused FPN levels.
@@ -63,15 +65,9 @@ class GLIPMaskHead(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.ROI_MASK_HEAD
-        levels = cfg.MODEL.GLIP.MASK_LEVELS
-        if not 1 <= levels <= len(cfg.MODEL.ATSS.ANCHOR_STRIDES):
-            raise ValueError(
-                f"MODEL.GLIP.MASK_LEVELS must be in [1, {len(cfg.MODEL.ATSS.ANCHOR_STRIDES)}] (the "
-                f"tower's levels), got {levels}."
-            )
         return dict(
             channels=cfg.MODEL.DYHEAD.CHANNELS,
-            strides=list(cfg.MODEL.ATSS.ANCHOR_STRIDES)[:levels],
+            strides=tower_level_strides(cfg, cfg.MODEL.GLIP.MASK_LEVELS, "MODEL.GLIP.MASK_LEVELS"),
             resolution=m.POOLER_RESOLUTION,
             sampling_ratio=m.POOLER_SAMPLING_RATIO,
             pooler_type=m.POOLER_TYPE,

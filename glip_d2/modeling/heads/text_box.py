@@ -15,6 +15,8 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
+from .anchors import tower_level_strides
+
 TEXT_BOX_HEAD_REGISTRY = Registry("TEXT_BOX_HEAD")
 TEXT_BOX_HEAD_REGISTRY.__doc__ = """
 Heads that regress the one box a text refers to (X-VLM's bounding-box prediction).
@@ -121,16 +123,10 @@ class XVLMBoxHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, language_dim: int):
         t = cfg.MODEL.GLIP.TEXT_BOX_HEAD
-        levels = t.NUM_LEVELS
-        if not 1 <= levels <= len(cfg.MODEL.ATSS.ANCHOR_STRIDES):
-            raise ValueError(
-                f"MODEL.GLIP.TEXT_BOX_HEAD.NUM_LEVELS must be in "
-                f"[1, {len(cfg.MODEL.ATSS.ANCHOR_STRIDES)}], got {levels}."
-            )
         return dict(
             channels=cfg.MODEL.DYHEAD.CHANNELS,
             language_dim=language_dim,
-            strides=list(cfg.MODEL.ATSS.ANCHOR_STRIDES)[:levels],
+            strides=tower_level_strides(cfg, t.NUM_LEVELS, "MODEL.GLIP.TEXT_BOX_HEAD.NUM_LEVELS"),
             num_heads=t.NUM_HEADS,
             hidden=t.HIDDEN_DIM,
             l1_weight=t.L1_WEIGHT,
