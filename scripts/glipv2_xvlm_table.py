@@ -29,16 +29,16 @@ def fmt(v):
 root = sys.argv[1] if len(sys.argv) > 1 else "output/glipv2_xvlm"
 print("| run | seen AP | seen AP50 | novel AP | novel AP50 | segm AP seen | segm AP novel |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grounding", "contrastive", "mlm", "both", "heads"):
+for run in ("grounding", "contrastive", "mlm", "both", "heads", "itc", "itm"):
     m = last_metrics(os.path.join(root, run))
     if not m:
         continue
     print(f"| {run} | {fmt(m.get('shapes_val/bbox/AP'))} | {fmt(m.get('shapes_val/bbox/AP50'))} | "
           f"{fmt(m.get('shapes_val_novel/bbox/AP'))} | {fmt(m.get('shapes_val_novel/bbox/AP50'))} | "
           f"{fmt(m.get('shapes_val/segm/AP'))} | {fmt(m.get('shapes_val_novel/segm/AP'))} |")
-heads = os.path.join(root, "heads")
-for predict, what in (("False", "GLIP top-1 grounded box"), ("True", "X-VLM text-to-box head")):
-    acc = refexp_acc(os.path.join(heads, f"refexp_predict_{predict}.log"))
-    if acc:
-        print(f"\nrefexp Acc@1, {what}: val {fmt(acc.get('shapes_refexp_val'))}, "
-              f"val_novel {fmt(acc.get('shapes_refexp_val_novel'))}")
+for run in ("heads", "itc", "itm"):
+    for predict, what in (("False", "GLIP top-1 grounded box"), ("True", "X-VLM text-to-box head")):
+        acc = refexp_acc(os.path.join(root, run, f"refexp_predict_{predict}.log"))
+        if acc:
+            print(f"\n{run}: refexp Acc@1, {what}: val {fmt(acc.get('shapes_refexp_val'))}, "
+                  f"val_novel {fmt(acc.get('shapes_refexp_val_novel'))}")

@@ -55,6 +55,20 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.LOSSES.MLM_WEIGHT = 0.0
     # Share of the maskable prompt tokens (outside every positive span, not special) masked.
     _C.MODEL.GLIP.LOSSES.MLM_PROBABILITY = 0.15
+    # X-VLM image-text + region-text contrastive loss (ITC): the un-fused [CLS] of each dataset
+    # caption / referring expression against a RoIAlign of the pre-fusion P3-P5 over its whole
+    # image and, when it names exactly one box, over that box; symmetric InfoNCE, DDP-gathered.
+    _C.MODEL.GLIP.LOSSES.ITC_WEIGHT = 0.0
+    # Width of the shared space ITC projects the visual and text features into.
+    _C.MODEL.GLIP.LOSSES.ITC_EMBED_DIM = 256
+    # Initial value of ITC's learned temperature (X-VLM: 0.07, kept in [0.001, 0.5]).
+    _C.MODEL.GLIP.LOSSES.ITC_TEMPERATURE = 0.07
+    # X-VLM image-text matching (ITM): matched / mismatched classifier on the fused [CLS] of the
+    # caption inputs; the mismatched pairs cost one more fusion-tower pass.
+    _C.MODEL.GLIP.LOSSES.ITM_WEIGHT = 0.0
+    # ITM's mismatched caption per image: "shift" (the batch's next differing caption) or "hard"
+    # (sampled by ITC similarity as in X-VLM; needs ITC_WEIGHT > 0).
+    _C.MODEL.GLIP.LOSSES.ITM_NEGATIVES = "shift"
     # One-stage mask head (on with MODEL.MASK_ON; its conv stack and RoIAlign come from
     # MODEL.ROI_MASK_HEAD): RoIAlign on the first MASK_LEVELS fused tower levels (P3..).
     _C.MODEL.GLIP.MASK_LEVELS = 3

@@ -12,6 +12,8 @@ from torch import nn
 
 from ...text import load_tokenizer, tokenize
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
+from ..heads.itc import ImageTextContrastiveHead
+from ..heads.itm import ImageTextMatchingHead, hard_negatives, shifted_negatives
 from ..heads.mask_head import GLIPMaskHead
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..heads.text_box import build_text_box_head, cxcywh_to_xyxy, xyxy_to_cxcywh
@@ -60,6 +62,28 @@ def _to_float(out: Dict) -> Dict:
     return {k: [cast(t) for t in v] if isinstance(v, list) else cast(v) for k, v in out.items()}
 
 
+def _alignment_heads(cfg, backbone, language_dim: int) -> Dict[str, Optional[nn.Module]]:
+    """X-VLM's ITC and ITM heads of MODEL.GLIP.LOSSES (None where the weight is 0)."""
+    losses = cfg.MODEL.GLIP.LOSSES
+    itc = itm = None
+    if losses.ITC_WEIGHT > 0:
+        itc = ImageTextContrastiveHead(cfg, backbone.output_shape(), language_dim)
+    if losses.ITM_WEIGHT > 0:
+        if not cfg.MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON:
+            raise ValueError(
+                "MODEL.GLIP.LOSSES.ITM_WEIGHT > 0 classifies the fused [CLS] token, but "
+                "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON is False (the tower does not fuse the "
+                "text with the image): turn fusion on or set ITM_WEIGHT 0."
+            )
+        if losses.ITM_NEGATIVES == "hard" and itc is None:
+            raise ValueError(
+                "MODEL.GLIP.LOSSES.ITM_NEGATIVES 'hard' samples negatives by ITC similarity: set "
+                "ITC_WEIGHT > 0 too, or use ITM_NEGATIVES 'shift'."
+            )
+        itm = ImageTextMatchingHead(language_dim, losses.ITM_NEGATIVES, losses.ITM_WEIGHT)
+    return {"itc_head": itc, "itm_head": itm}
+
+
 @META_ARCH_REGISTRY.register()
 class GLIP(PromptingMixin, nn.Module):
     """Detection as phrase grounding.
@@ -100,6 +124,8 @@ class GLIP(PromptingMixin, nn.Module):
         mask_head: Optional[nn.Module] = None,
         text_box_head: Optional[nn.Module] = None,
         text_box_predict: bool = False,
+        itc_head: Optional[ImageTextContrastiveHead] = None,
+        itm_head: Optional[ImageTextMatchingHead] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -140,6 +166,9 @@ class GLIP(PromptingMixin, nn.Module):
         # X-VLM text-to-box head (MODEL.GLIP.TEXT_BOX_HEAD; None = off), also outside `head`.
         self.text_box_head = text_box_head
         self.text_box_predict = text_box_predict and text_box_head is not None
+        # X-VLM image/region-text contrastive and image-text matching losses (MODEL.GLIP.LOSSES
+        # ITC_WEIGHT / ITM_WEIGHT; None = off), also outside `head`.
+        self.itc_head, self.itm_head = itc_head, itm_head
         self._init_prompting(vocabulary)
         if freeze_backbone:
             for p in self.backbone.parameters():
@@ -196,6 +225,8 @@ class GLIP(PromptingMixin, nn.Module):
             mask_head=GLIPMaskHead(cfg) if cfg.MODEL.MASK_ON else None,
             text_box_head=build_text_box_head(cfg, language_backbone.language_dim),
             text_box_predict=cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT,
+            # built last: switching them on leaves every other module's initialisation unchanged
+            **_alignment_heads(cfg, backbone, language_backbone.language_dim),
         )
 
     @property
@@ -252,7 +283,54 @@ class GLIP(PromptingMixin, nn.Module):
             losses.update(self.mask_head.losses(out["visual"], inst))
         if self.text_box_head is not None:
             losses.update(self._text_box_losses(out, inst, images.image_sizes))
+        if self.itc_head is not None or self.itm_head is not None:
+            losses.update(
+                self._alignment_losses(batched_inputs, feats, lang, out, inst, images.image_sizes)
+            )
         return losses
+
+    def _alignment_losses(self, batched_inputs, feats, lang, out, inst, image_sizes):
+        """X-VLM's ITC and ITM (docs/glipv2_xvlm.md) on the inputs whose prompt is their
+        dataset's caption or referring expression: those the mapper gave "phrase_spans" (it does
+        for every record that brings a "caption"; a detection record's all-class-names prompt is
+        built by the mapper, gets none and stays out, since every image would share it)."""
+        rows = [k for k, x in enumerate(batched_inputs) if "phrase_spans" in x]
+        captions = [x["caption"] for x in batched_inputs]
+        losses, embeddings = {}, None
+        if self.itc_head is not None:
+            # a caption with exactly one box names that box (as for the text-to-box head)
+            one_box = {k: inst[k].gt_boxes.tensor[0] for k in rows if len(inst[k]) == 1}
+            itc, embeddings = self.itc_head.losses(
+                feats, lang["hidden"][:, 0], image_sizes, captions, rows, one_box
+            )
+            losses.update(itc)
+        if self.itm_head is not None:
+            losses["loss_itm"] = self._itm_loss(
+                feats, lang, out["text"], captions, rows, embeddings
+            )
+        return losses
+
+    def _itm_loss(self, feats, lang, fused_text, captions, rows, embeddings=None):
+        """Image-text matching: the grounding pass's own pairs are the matched ones; each caption
+        input's image also meets one other caption in a second fusion-tower pass."""
+        texts = [captions[k] for k in rows]
+        if self.itm_head.negatives == "hard":
+            image_emb, text_emb = embeddings
+            similarity = image_emb @ text_emb.t() / self.itc_head.temperature.detach()
+            picks = hard_negatives(similarity, texts)
+        else:
+            picks = shifted_negatives(texts)
+        pairs = [(rows[i], rows[j]) for i, j in enumerate(picks) if j is not None]
+        positive = fused_text[torch.as_tensor(rows, dtype=torch.long, device=self.device), 0]
+        if not pairs:
+            return self.itm_head.loss(positive, positive[:0])
+        image = torch.as_tensor([i for i, _ in pairs], device=self.device)
+        text = torch.as_tensor([t for _, t in pairs], device=self.device)
+        # the tower is the cross-modal encoder; backbone and text encoder outputs are reused
+        _, mismatched = self.head.tower(
+            [f[image] for f in feats], lang["hidden"][text], lang["masks"][text]
+        )
+        return self.itm_head.loss(positive, mismatched[:, 0])
 
     def _text_box_losses(self, out: Dict, inst: List[Instances], image_sizes):
         """X-VLM box losses on the images with exactly one ground-truth box (the caption is then
