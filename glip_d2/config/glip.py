@@ -241,6 +241,12 @@ def add_glip_config(cfg):
     # feature reads its 3x3 neighbourhood, i.e. the object's layout, as a RoI head does
     # (0 = official; measured on the demo in docs/one_stage_demo.md: no gain beyond run-to-run spread).
     _C.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
+    # Box-pooled region features: k > 0 adds to each location's scoring feature a learned linear
+    # read-out of a k x k RoIAlign over the box it regresses (detached), as a RoI head pools the
+    # object's layout (0 = official: the feature at the location only; docs/one_stage_demo.md).
+    _C.MODEL.ATSS.REGION_POOL = 0
+    # Width of a hidden ReLU layer in that read-out (0 = linear read-out).
+    _C.MODEL.ATSS.REGION_POOL_HIDDEN = 0
     # Weight of a phrase-level focal loss (0 = official: token-level only): a phrase's logit is
     # the mean of its tokens' logits, its target 1 where all its tokens are targets, and every
     # category name of a detection prompt is a phrase (docs/one_stage_demo.md).

@@ -11,6 +11,7 @@ from ..fusion import build_fusion_tower
 from . import box_coder
 from .anchors import grid_anchors
 from .atss_assigner import atss_assign
+from .box_pool import BoxPooledRegions
 from .contrastive import gathered_region_word_contrastive_loss
 from .losses import (
     centerness_targets,
@@ -75,6 +76,8 @@ class GLIPATSSHead(nn.Module):
         no_object_token: int = -1,
         num_cls_convs: int = 0,
         region_context_convs: int = 0,
+        region_pool: int = 0,
+        region_pool_hidden: int = 0,
         region_projection: str = "",
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
@@ -116,6 +119,9 @@ class GLIPATSSHead(nn.Module):
         for conv in self.region_context:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+        # Optional box-pooled region features (k x k RoIAlign over each location's regressed box,
+        # read back to C and added to the point feature); 0 = official (the point feature only).
+        self.region_pool = BoxPooledRegions(channels, region_pool, region_pool_hidden) if region_pool > 0 else None
         self.scorer = RegionWordScorer(
             channels, language_dim, prior_prob, log_scale, clamp_dot_product, region_projection,
             center_tokens,
@@ -167,6 +173,8 @@ class GLIPATSSHead(nn.Module):
             no_object_token=(cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN - 1) if a.NO_OBJECT_TOKEN_TARGET else -1,
             num_cls_convs=a.NUM_CLS_CONVS,
             region_context_convs=a.REGION_CONTEXT_CONVS,
+            region_pool=a.REGION_POOL,
+            region_pool_hidden=a.REGION_POOL_HIDDEN,
             region_projection=a.REGION_PROJECTION,
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
@@ -190,6 +198,9 @@ class GLIPATSSHead(nn.Module):
         visual, text = self.tower(features, lang["hidden"], mask)
         embedding = text if self.use_fused_text else lang["embedded"]
         proj, bias = self.scorer.encode_tokens(embedding, mask)
+        anchors = grid_anchors(
+            self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
+        )
         box_reg, ctr, logits, regions = [], [], [], []
         for lvl, v in enumerate(visual):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
@@ -197,12 +208,12 @@ class GLIPATSSHead(nn.Module):
             c = self.cls_tower(v)
             for conv in self.region_context:
                 c = c + conv(c)
-            c = c.flatten(2).transpose(1, 2)  # (B, H*W, C)
+            if self.region_pool is not None:
+                c = self.region_pool(c, box_reg[-1], anchors[lvl], self.anchor_strides[lvl])
+            else:
+                c = c.flatten(2).transpose(1, 2)  # (B, H*W, C)
             regions.append(c)
             logits.append(self.scorer.score(c, proj, bias))
-        anchors = grid_anchors(
-            self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
-        )
         out = dict(box_regression=box_reg, centerness=ctr, token_logits=logits, visual=visual,
                    text=text, anchors=anchors, text_mask=mask)
         if self.training and "loss_contrastive" in self.loss_weights:

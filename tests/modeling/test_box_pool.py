@@ -1,0 +1,67 @@
+"""MODEL.ATSS.REGION_POOL: box-pooled region features for the one-stage scorer."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from glip_d2.modeling.heads import box_coder
+from glip_d2.modeling.heads.anchors import grid_anchors
+from glip_d2.modeling.heads.box_pool import BoxPooledRegions
+from tests.helpers import make_input, tiny_cfg
+
+
+def test_pools_the_regressed_box_in_a_k_by_k_layout():
+    """Features that hold their own input-pixel x / y coordinates: RoIAlign of a linear map is
+    exact, so bin (i, j) of the pooled box must read the bin centre of the *regressed* box."""
+    stride, h, w, k = 8, 6, 7, 2
+    pool = BoxPooledRegions(2, bins=k)
+    xs = (torch.arange(w) + 0.5) * stride
+    ys = (torch.arange(h) + 0.5) * stride
+    feats = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])[None]  # (1, 2, H, W)
+    anchors = grid_anchors([16], [stride], [(h, w)])[0]
+    deltas = torch.zeros(1, 4, h, w)
+    loc = 3 * w + 3  # location (y=3, x=3)
+    deltas[0, :, 3, 3] = torch.tensor([1.0, -0.5, 0.5, 0.0])  # shift and widen its box
+    with torch.no_grad():  # read out bin values raw: out channel = x of bin (0, 0)
+        pool.read.weight.zero_()
+        pool.read.weight[0, 0] = 1.0  # channel 0 (x), bin (0, 0)
+        pool.read.weight[1, 2 * k * k - 1] = 1.0  # channel 1 (y), bin (1, 1)
+    out = pool(feats, deltas, anchors, stride)
+    box = box_coder.from_official(box_coder.decode(deltas[0, :, 3, 3][None], anchors[loc][None]))[0]
+    x0, y0, x1, y1 = box.tolist()
+    bw, bh = (x1 - x0) / k, (y1 - y0) / k
+    point = feats[0, :, 3, 3]
+    torch.testing.assert_close(out[0, loc, 0], point[0] + x0 + 0.5 * bw)
+    torch.testing.assert_close(out[0, loc, 1], point[1] + y0 + 1.5 * bh)
+    # an unmoved location pools its anchor box
+    other = 1 * w + 2
+    a = box_coder.from_official(anchors[other])
+    torch.testing.assert_close(out[0, other, 0], feats[0, 0, 1, 2] + a[0] + (a[2] - a[0]) / (2 * k))
+
+
+def test_region_pool_option_in_the_head():
+    cfg = tiny_cfg()
+    cfg.MODEL.ATSS.REGION_POOL = 2
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    plain = build_model(tiny_cfg())
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["head.region_pool.read.bias", "head.region_pool.read.weight"]
+    assert not unexpected
+    x = make_input(model, "red circle", [[10, 20, 90, 100]], [(0, 3)])
+    losses = model([x])
+    losses["loss_cls"].backward()
+    read = model.head.region_pool.read
+    assert read.weight.grad.abs().sum() > 0  # the naming loss trains the read-out
+    # the box is detached: the naming loss does not move the box regression
+    grad = model.head.bbox_pred.weight.grad
+    assert grad is None or grad.abs().sum() == 0
+    model.eval()
+    model.head.test_args["score_thresh"] = 0.0  # untrained: every score is near the prior
+    with torch.no_grad():
+        out = model([{k: v for k, v in x.items() if k != "instances"}])
+    assert len(out[0]["instances"]) > 0
+
+
+def test_region_pool_rejects_zero_bins():
+    with pytest.raises(ValueError, match="REGION_POOL"):
+        BoxPooledRegions(8, bins=0)
