@@ -65,3 +65,16 @@ def test_region_pool_option_in_the_head():
 def test_region_pool_rejects_zero_bins():
     with pytest.raises(ValueError, match="REGION_POOL"):
         BoxPooledRegions(8, bins=0)
+
+
+def test_mlp_read_out_width():
+    pool = BoxPooledRegions(8, bins=3, hidden=16)
+    assert pool.hidden[0].in_features == 8 * 9 and pool.read.in_features == 16
+    feats = torch.randn(2, 8, 5, 6)
+    anchors = grid_anchors([32], [8], [(5, 6)])[0]
+    out = pool(feats, torch.zeros(2, 4, 5, 6), anchors, 8)
+    assert out.shape == (2, 30, 8)
+    with torch.no_grad():  # a zero read-out leaves the point features
+        pool.read.weight.zero_()
+        torch.testing.assert_close(pool(feats, torch.zeros(2, 4, 5, 6), anchors, 8),
+                                   feats.flatten(2).transpose(1, 2))
