@@ -9,13 +9,14 @@
 #                                               -> the same columns as the heads run
 # Results: output/glipv2_xvlm/<run>/metrics.json and .../refexp_*.json; summary printed by
 # scripts/glipv2_xvlm_table.py. Usage: ITERS=150 bash scripts/glipv2_xvlm_table.sh [run ...]
+# EXTRA="KEY VALUE ..." appends overrides to every run (e.g. EXTRA="MODEL.ATSS.REGION_POOL 0").
 source "$(dirname "$0")/env.sh"
 ITERS=${ITERS:-150}
 ROOT=${ROOT:-output/glipv2_xvlm}
 PY=".venv/bin/python"
 COMMON=(--config-file configs/demo_glip_tiny_shapes.yaml SOLVER.MAX_ITER "$ITERS"
         SOLVER.STEPS "($((ITERS * 4 / 5)),)" SOLVER.WARMUP_ITERS "$((ITERS / 10))"
-        SOLVER.CHECKPOINT_PERIOD 1000000)
+        SOLVER.CHECKPOINT_PERIOD 1000000 ${EXTRA:-})
 REFEXP_TEST='("shapes_refexp_val", "shapes_refexp_val_novel")'
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(grounding contrastive mlm both heads itc itm)

@@ -247,6 +247,11 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.REGION_POOL = 0
     # Width of a hidden ReLU layer in that read-out (0 = linear read-out).
     _C.MODEL.ATSS.REGION_POOL_HIDDEN = 0
+    # Bilinear samples per bin side of that pooling (RoIAlign's sampling ratio).
+    _C.MODEL.ATSS.REGION_POOL_SAMPLING = 1
+    # Channels pooled: R > 0 maps the scoring features to R channels (1x1 conv) first, dividing
+    # the pooling cost by C / R; 0 pools all C.
+    _C.MODEL.ATSS.REGION_POOL_CHANNELS = 0
     # Weight of a phrase-level focal loss (0 = official: token-level only): a phrase's logit is
     # the mean of its tokens' logits, its target 1 where all its tokens are targets, and every
     # category name of a detection prompt is a phrase (docs/one_stage_demo.md).

@@ -78,3 +78,36 @@ def test_mlp_read_out_width():
         pool.read.weight.zero_()
         torch.testing.assert_close(pool(feats, torch.zeros(2, 4, 5, 6), anchors, 8),
                                    feats.flatten(2).transpose(1, 2))
+
+
+def test_batched_pooling_equals_roi_align_inside_the_map():
+    from torchvision.ops import roi_align
+
+    from glip_d2.modeling.heads.box_pool import pool_boxes
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 5, 9, 11, generator=g)
+    lo = torch.rand(2, 7, 2, generator=g) * 12 + 2  # the map covers 44 x 36 px
+    boxes = torch.cat([lo, lo + torch.rand(2, 7, 2, generator=g) * 18 + 2], dim=-1)  # px, stride 4
+    for k, s in ((2, 2), (3, 1), (4, 2)):
+        ours = pool_boxes(feats, boxes / 4, k, s)
+        rois = torch.cat([torch.arange(2).repeat_interleave(7)[:, None].float(), boxes.reshape(-1, 4)], 1)
+        ref = roi_align(feats, rois, k, 0.25, s, aligned=True).view(2, 7, 5, k, k)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_reduced_channels_pool_the_1x1_projection():
+    torch.manual_seed(0)
+    pool = BoxPooledRegions(8, bins=2, sampling_ratio=2, reduce_channels=3)
+    assert pool.reduce.in_channels == 8 and pool.reduce.out_channels == 3
+    assert pool.read.in_features == 3 * 4
+    from glip_d2.modeling.heads.box_pool import pool_boxes
+
+    feats = torch.randn(1, 8, 6, 6)
+    anchors = grid_anchors([32], [8], [(6, 6)])[0]
+    deltas = torch.zeros(1, 4, 6, 6)
+    boxes = box_coder.from_official(anchors)[None] / 8
+    expected = feats.flatten(2).transpose(1, 2) + pool.read(pool_boxes(pool.reduce(feats), boxes, 2, 2).flatten(2))
+    torch.testing.assert_close(pool(feats, deltas, anchors, 8), expected)
+    with pytest.raises(ValueError, match="REGION_POOL_SAMPLING"):
+        BoxPooledRegions(8, bins=2, sampling_ratio=0)

@@ -10,8 +10,8 @@ RoIAlign over the box that location regresses (detached: the naming loss does no
 on the same level's features. At the start of training the regressed box is the anchor box.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
 from . import box_coder
 
@@ -19,17 +19,23 @@ from . import box_coder
 class BoxPooledRegions(nn.Module):
     """Args:
         channels: width C of the scoring features.
-        bins: k, the RoIAlign output is k x k (k*k*C numbers, mapped back to C).
+        bins: k, the box is pooled into k x k bins (k*k*R numbers, read back to C).
         hidden: 0 = a linear read-out; > 0 = a two-layer MLP with that many ReLU units.
-        sampling_ratio: RoIAlign samples per bin side.
+        sampling_ratio: bilinear samples per bin side (RoIAlign's sampling ratio).
+        reduce_channels: R > 0 maps the features to R channels (1x1 conv) before pooling, which
+            divides the pooling cost by C / R; 0 pools all C channels.
     """
 
-    def __init__(self, channels: int, bins: int = 2, hidden: int = 0, sampling_ratio: int = 2):
+    def __init__(self, channels: int, bins: int = 2, hidden: int = 0, sampling_ratio: int = 1,
+                 reduce_channels: int = 0):
         super().__init__()
         if bins < 1:
             raise ValueError(f"MODEL.ATSS.REGION_POOL must be >= 1 bins per side to pool, got {bins}.")
+        if sampling_ratio < 1:
+            raise ValueError(f"MODEL.ATSS.REGION_POOL_SAMPLING must be >= 1, got {sampling_ratio}.")
         self.bins, self.sampling_ratio = bins, sampling_ratio
-        pooled = channels * bins * bins
+        self.reduce = nn.Conv2d(channels, reduce_channels, 1) if reduce_channels > 0 else nn.Identity()
+        pooled = (reduce_channels or channels) * bins * bins
         self.hidden = nn.Sequential(nn.Linear(pooled, hidden), nn.ReLU()) if hidden > 0 else nn.Identity()
         self.read = nn.Linear(hidden or pooled, channels)
         nn.init.normal_(self.read.weight, std=0.01)
@@ -46,11 +52,41 @@ class BoxPooledRegions(nn.Module):
         Returns:
             (B, H*W, C): each location's feature plus the read-out of its box's pooled features.
         """
-        b, c, h, w = features.shape
+        b, _, h, w = features.shape
         deltas = box_regression.detach().permute(0, 2, 3, 1).reshape(-1, 4).float()
         boxes = box_coder.from_official(box_coder.decode(deltas, anchors.repeat(b, 1)))
-        index = torch.arange(b, device=features.device, dtype=boxes.dtype).repeat_interleave(h * w)
-        rois = torch.cat([index[:, None], boxes], dim=1).to(features.dtype)
-        pooled = roi_align(features, rois, self.bins, 1.0 / stride, self.sampling_ratio, aligned=True)
+        pooled = pool_boxes(self.reduce(features), boxes.view(b, h * w, 4) / stride, self.bins, self.sampling_ratio)
         points = features.flatten(2).transpose(1, 2)
-        return points + self.read(self.hidden(pooled.reshape(b, h * w, -1)))
+        return points + self.read(self.hidden(pooled.flatten(2)))
+
+
+def pool_boxes(features: torch.Tensor, boxes: torch.Tensor, bins: int, sampling_ratio: int) -> torch.Tensor:
+    """RoIAlign (aligned, fixed sampling ratio) of N boxes per image, as one ``grid_sample``.
+
+    torchvision's CPU ``roi_align`` loops over the boxes; here every location of a level has a
+    box (6272 boxes at P3 for a batch of 8 at 224 px), and one batched bilinear sampling is
+    several times faster forward and backward. Inside the map the values equal ``roi_align``'s
+    (tested); a sample outside it reads the border (``roi_align``: the border up to one cell out,
+    zero beyond).
+
+    Args:
+        features: (B, C, H, W).
+        boxes: (B, N, 4) xyxy in feature-map units (input pixels / stride).
+        bins, sampling_ratio: k x k bins of sampling_ratio^2 samples each.
+    Returns:
+        (B, N, C, k, k), the mean of each bin's samples.
+    """
+    b, c, h, w = features.shape
+    n, k, s = boxes.shape[1], bins, sampling_ratio
+    # aligned: feature (i, j) sits at (i + 0.5, j + 0.5) in box units
+    boxes = boxes - 0.5
+    steps = (torch.arange(k, device=boxes.device, dtype=boxes.dtype)[:, None]
+             + (torch.arange(s, device=boxes.device, dtype=boxes.dtype)[None, :] + 0.5) / s).flatten() / k
+    xs = boxes[..., 0:1] + (boxes[..., 2:3] - boxes[..., 0:1]) * steps  # (B, N, k*s)
+    ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * steps
+    m = k * s
+    gx = (xs / max(w - 1, 1) * 2 - 1)[:, :, None, :].expand(b, n, m, m)
+    gy = (ys / max(h - 1, 1) * 2 - 1)[:, :, :, None].expand(b, n, m, m)
+    grid = torch.stack([gx, gy], dim=-1).reshape(b, n, m * m, 2).to(features.dtype)
+    samples = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return samples.view(b, c, n, k, s, k, s).mean((4, 6)).permute(0, 2, 1, 3, 4)

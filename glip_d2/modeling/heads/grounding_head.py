@@ -78,6 +78,8 @@ class GLIPATSSHead(nn.Module):
         region_context_convs: int = 0,
         region_pool: int = 0,
         region_pool_hidden: int = 0,
+        region_pool_sampling: int = 1,
+        region_pool_channels: int = 0,
         region_projection: str = "",
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
@@ -121,7 +123,9 @@ class GLIPATSSHead(nn.Module):
             nn.init.zeros_(conv.bias)
         # Optional box-pooled region features (k x k RoIAlign over each location's regressed box,
         # read back to C and added to the point feature); 0 = official (the point feature only).
-        self.region_pool = BoxPooledRegions(channels, region_pool, region_pool_hidden) if region_pool > 0 else None
+        self.region_pool = BoxPooledRegions(
+            channels, region_pool, region_pool_hidden, region_pool_sampling, region_pool_channels
+        ) if region_pool > 0 else None
         self.scorer = RegionWordScorer(
             channels, language_dim, prior_prob, log_scale, clamp_dot_product, region_projection,
             center_tokens,
@@ -175,6 +179,8 @@ class GLIPATSSHead(nn.Module):
             region_context_convs=a.REGION_CONTEXT_CONVS,
             region_pool=a.REGION_POOL,
             region_pool_hidden=a.REGION_POOL_HIDDEN,
+            region_pool_sampling=a.REGION_POOL_SAMPLING,
+            region_pool_channels=a.REGION_POOL_CHANNELS,
             region_projection=a.REGION_PROJECTION,
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
