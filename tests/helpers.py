@@ -15,8 +15,9 @@ def tiny_cfg(fuse: bool = True):
     cfg.MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS = 1
     cfg.MODEL.LANGUAGE_BACKBONE.FREEZE = True  # its 30522-row embedding table dominates step time
     cfg.MODEL.SWIN.DEPTHS = [1, 1, 1, 1]
-    # the official head's parameters (the demo's extra scoring conv has no official key)
+    # the official head's parameters (the demo's box-pooled read-out has no official key)
     cfg.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
+    cfg.MODEL.ATSS.REGION_POOL = 0
     cfg.MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON = fuse
     cfg.MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT = fuse
     cfg.MODEL.DYHEAD.FUSE_CONFIG.DROPOUT = 0.0
@@ -24,6 +25,17 @@ def tiny_cfg(fuse: bool = True):
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
     return cfg
+
+
+def model_with_losses(**losses):
+    """A tiny GLIP in train mode, seeded, with MODEL.GLIP.LOSSES keys set (e.g. MLM_WEIGHT=1.0)."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    for k, v in losses.items():
+        setattr(cfg.MODEL.GLIP.LOSSES, k, v)
+    return build_model(cfg).train()
 
 
 def make_input(model, caption, boxes, spans, size=(160, 192), seed=0):

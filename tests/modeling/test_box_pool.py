@@ -41,11 +41,15 @@ def test_pools_the_regressed_box_in_a_k_by_k_layout():
 def test_region_pool_option_in_the_head():
     cfg = tiny_cfg()
     cfg.MODEL.ATSS.REGION_POOL = 2
+    cfg.MODEL.ATSS.REGION_POOL_CHANNELS = 16
     torch.manual_seed(0)
     model = build_model(cfg).train()
     plain = build_model(tiny_cfg())
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["head.region_pool.read.bias", "head.region_pool.read.weight"]
+    assert sorted(missing) == [
+        "head.region_pool.read.bias", "head.region_pool.read.weight",
+        "head.region_pool.reduce.bias", "head.region_pool.reduce.weight",
+    ]
     assert not unexpected
     x = make_input(model, "red circle", [[10, 20, 90, 100]], [(0, 3)])
     losses = model([x])

@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.modeling import build_model
 
 from glip_d2.modeling.heads.contrastive import (
     gathered_region_word_contrastive_loss,
     region_word_contrastive_loss,
 )
 from glip_d2.modeling.heads.mlm import IGNORE, mask_tokens, maskable_tokens
-from tests.helpers import make_input, tiny_cfg
+from tests.helpers import make_input, model_with_losses
 
 CAPTION = "red circle. blue square. green triangle"
 
@@ -113,12 +112,7 @@ def _batch(model):
     ]
 
 
-def _model(**losses):
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    for k, v in losses.items():
-        setattr(cfg.MODEL.GLIP.LOSSES, k, v)
-    return build_model(cfg).train()
+_model = model_with_losses
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from detectron2.structures import Boxes
 
 from glip_d2.modeling.heads.itc import ImageTextContrastiveHead, image_text_contrastive_loss
 from glip_d2.modeling.heads.itm import ImageTextMatchingHead, hard_negatives, shifted_negatives
-from tests.helpers import make_input, tiny_cfg
+from tests.helpers import make_input, model_with_losses, tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,12 +179,7 @@ def test_itm_loss_labels_matched_pairs_1_and_mismatched_0():
 
 
 # ------------------------------------------------------------------ in the model
-def _model(**losses):
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    for k, v in losses.items():
-        setattr(cfg.MODEL.GLIP.LOSSES, k, v)
-    return build_model(cfg).train()
+_model = model_with_losses
 
 
 @pytest.fixture(scope="module")
