@@ -55,7 +55,8 @@ class BoxPooledRegions(nn.Module):
         b, _, h, w = features.shape
         deltas = box_regression.detach().permute(0, 2, 3, 1).reshape(-1, 4).float()
         boxes = box_coder.from_official(box_coder.decode(deltas, anchors.repeat(b, 1)))
-        pooled = pool_boxes(self.reduce(features), boxes.view(b, h * w, 4) / stride, self.bins, self.sampling_ratio)
+        boxes = boxes.view(b, h * w, 4) / stride  # feature-map units
+        pooled = pool_boxes(self.reduce(features), boxes, self.bins, self.sampling_ratio)
         points = features.flatten(2).transpose(1, 2)
         return points + self.read(self.hidden(pooled.flatten(2)))
 
