@@ -227,8 +227,9 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.NMS_TH = 0.6
     # Detections per image (300 for LVIS).
     _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
-    # Token-score aggregation per label: "MEAN" (official) or "MAX" of its token probabilities,
-    # or "MEAN_LOGIT" (sigmoid of the mean of its token logits: what PHRASE_LOSS_WEIGHT trains).
+    # Token-score aggregation per label: "MEAN" (official), "MAX", "MIN" (a name is as present
+    # as its least-present word) or "GEO_MEAN" of its token probabilities, or "MEAN_LOGIT"
+    # (sigmoid of the mean of its token logits: what PHRASE_LOSS_WEIGHT trains).
     _C.MODEL.ATSS.SCORE_AGG = "MEAN"
     # Official quirk: when a prompt fills all MAX_QUERY_LEN tokens, every negative anchor gets a
     # target of 1 at the last token (a leftover "no object" token). Off in glip_d2 (a real name's
@@ -252,6 +253,9 @@ def add_glip_config(cfg):
     # Channels pooled: R > 0 maps the scoring features to R channels (1x1 conv) first, dividing
     # the pooling cost by C / R; 0 pools all C.
     _C.MODEL.ATSS.REGION_POOL_CHANNELS = 0
+    # Level the boxes are pooled from: -1 = each location's own level; i >= 0 = level i for every
+    # location (0 = P3, the finest: a box found at P4/P5 then covers 2x/4x more cells per side).
+    _C.MODEL.ATSS.REGION_POOL_FROM_LEVEL = -1
     # Weight of a phrase-level focal loss (0 = official: token-level only): a phrase's logit is
     # the mean of its tokens' logits, its target 1 where all its tokens are targets, and every
     # category name of a detection prompt is a phrase (docs/one_stage_demo.md).

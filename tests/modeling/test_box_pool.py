@@ -115,3 +115,45 @@ def test_reduced_channels_pool_the_1x1_projection():
     torch.testing.assert_close(pool(feats, deltas, anchors, 8), expected)
     with pytest.raises(ValueError, match="REGION_POOL_SAMPLING"):
         BoxPooledRegions(8, bins=2, sampling_ratio=0)
+
+
+def test_pools_from_a_finer_source_level():
+    """REGION_POOL_FROM_LEVEL: a P4 location's box is pooled from the P3 map (boxes / 8), and
+    its point feature stays the P4 one."""
+    from glip_d2.modeling.heads.box_pool import pool_boxes
+
+    torch.manual_seed(0)
+    pool = BoxPooledRegions(4, bins=2)
+    p3, p4 = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)
+    anchors = grid_anchors([64], [16], [(4, 4)])[0]
+    deltas = torch.randn(1, 4, 4, 4) * 0.2
+    boxes = box_coder.from_official(
+        box_coder.decode(deltas.permute(0, 2, 3, 1).reshape(-1, 4), anchors))[None]
+    expected = p4.flatten(2).transpose(1, 2) + pool.read(pool_boxes(p3, boxes / 8, 2, 1).flatten(2))
+    torch.testing.assert_close(pool(p4, deltas, anchors, 16, p3, 8), expected)
+    assert not torch.allclose(pool(p4, deltas, anchors, 16), expected)
+
+
+def test_head_pools_every_level_from_p3():
+    cfg = tiny_cfg()
+    cfg.MODEL.ATSS.REGION_POOL = 2
+    cfg.MODEL.ATSS.REGION_POOL_FROM_LEVEL = 0
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    calls = []
+    forward = model.head.region_pool.forward
+
+    def spy(features, box_regression, anchors, stride, *source):
+        calls.append((features.shape[-2:], stride, [s.shape[-2:] if torch.is_tensor(s) else s for s in source]))
+        return forward(features, box_regression, anchors, stride, *source)
+
+    model.head.region_pool.forward = spy
+    x = make_input(model, "red circle", [[10, 20, 90, 100]], [(0, 3)])
+    model([x])["loss_cls"].backward()
+    p3 = calls[0][0]
+    assert len(calls) == len(cfg.MODEL.ATSS.ANCHOR_STRIDES)
+    assert all(src == [p3, cfg.MODEL.ATSS.ANCHOR_STRIDES[0]] for _, _, src in calls)
+    assert [c[1] for c in calls] == list(cfg.MODEL.ATSS.ANCHOR_STRIDES)
+    cfg.MODEL.ATSS.REGION_POOL_FROM_LEVEL = 5
+    with pytest.raises(ValueError, match="REGION_POOL_FROM_LEVEL"):
+        build_model(cfg)

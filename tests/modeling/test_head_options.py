@@ -1,5 +1,6 @@
 """The one-stage learning options (docs/one_stage_demo.md), each off by default, against
 independent computations; and the official no-object token quirk as a switch."""
+import pytest
 import torch
 from detectron2.modeling import build_model
 from torch import nn
@@ -167,6 +168,25 @@ def test_mean_logit_score_aggregation():
     torch.testing.assert_close(label_scores_from_logits(logits, pmap, "MEAN_LOGIT"), expected)
     mean = label_scores_from_logits(logits, pmap, "MEAN")  # the official mean of probabilities
     torch.testing.assert_close(mean[0, 0], logits[0, 1:3].sigmoid().mean())
+
+
+def test_min_and_geometric_mean_score_aggregation():
+    """A name scores as its least-present word (MIN) or the geometric mean of its words: on a
+    red star, "red square" (red 0.9, square 0.1) scores 0.5 by the official MEAN, 0.1 / 0.3 here,
+    while the true "red star" keeps 0.9."""
+    from glip_d2.modeling.heads import label_scores
+
+    probs = torch.tensor([[0.9, 0.1, 0.9, 0.0]])  # red, square, star, (unused)
+    pmap = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    torch.testing.assert_close(label_scores(probs, pmap, "MEAN")[0, :2], torch.tensor([0.5, 0.9]))
+    torch.testing.assert_close(label_scores(probs, pmap, "MIN"), torch.tensor([[0.1, 0.9, 0.0]]))
+    torch.testing.assert_close(label_scores(probs, pmap, "GEO_MEAN"), torch.tensor([[0.3, 0.9, 0.0]]))
+    # one-token names: every aggregation is that token's probability
+    one = torch.eye(4, dtype=torch.bool)[:3]
+    for mode in ("MEAN", "MAX", "MIN", "GEO_MEAN"):
+        torch.testing.assert_close(label_scores(probs, one, mode), probs[:, :3])
+    with pytest.raises(ValueError, match="GEO_MEAN"):
+        label_scores(probs, pmap, "MEDIAN")
 
 
 def test_phrase_loss_in_the_model_uses_the_mapper_phrase_map_or_the_boxes_phrases():

@@ -7,8 +7,10 @@ is lies in its layout over the box, which a two-stage RoI head pools and a point
 
 `BoxPooledRegions` adds to every location's scoring feature a learned linear read-out of a k x k
 RoIAlign over the box that location regresses (detached: the naming loss does not move boxes),
-on the same level's features. At the start of training the regressed box is the anchor box.
+on the same level's features or on one fixed level's (``MODEL.ATSS.REGION_POOL_FROM_LEVEL``). At the start of training the regressed box is the anchor box.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,21 +44,27 @@ class BoxPooledRegions(nn.Module):
         nn.init.zeros_(self.read.bias)
 
     def forward(self, features: torch.Tensor, box_regression: torch.Tensor, anchors: torch.Tensor,
-                stride: int) -> torch.Tensor:
+                stride: int, source: Optional[torch.Tensor] = None,
+                source_stride: Optional[int] = None) -> torch.Tensor:
         """
         Args:
             features: (B, C, H, W) scoring features of one level.
             box_regression: (B, 4, H, W) the head's deltas at that level.
             anchors: (H*W, 4) the level's anchors (official convention, row = y*W + x).
             stride: the level's stride in input pixels.
+            source, source_stride: the (B, C, H', W') features the boxes are pooled from and their
+                stride (default: ``features`` and ``stride``; e.g. P3 for every level, where a
+                box covers more cells).
         Returns:
             (B, H*W, C): each location's feature plus the read-out of its box's pooled features.
         """
         b, _, h, w = features.shape
+        if source is None:
+            source, source_stride = features, stride
         deltas = box_regression.detach().permute(0, 2, 3, 1).reshape(-1, 4).float()
         boxes = box_coder.from_official(box_coder.decode(deltas, anchors.repeat(b, 1)))
-        boxes = boxes.view(b, h * w, 4) / stride  # feature-map units
-        pooled = pool_boxes(self.reduce(features), boxes, self.bins, self.sampling_ratio)
+        boxes = boxes.view(b, h * w, 4) / source_stride  # source-map units
+        pooled = pool_boxes(self.reduce(source), boxes, self.bins, self.sampling_ratio)
         points = features.flatten(2).transpose(1, 2)
         return points + self.read(self.hidden(pooled.flatten(2)))
 

@@ -80,6 +80,7 @@ class GLIPATSSHead(nn.Module):
         region_pool_hidden: int = 0,
         region_pool_sampling: int = 1,
         region_pool_channels: int = 0,
+        region_pool_from_level: int = -1,
         region_projection: str = "",
         gn_groups: int = 16,
         token_softmax_weight: float = 0.0,
@@ -126,6 +127,12 @@ class GLIPATSSHead(nn.Module):
         self.region_pool = BoxPooledRegions(
             channels, region_pool, region_pool_hidden, region_pool_sampling, region_pool_channels
         ) if region_pool > 0 else None
+        if not -1 <= region_pool_from_level < num_levels:
+            raise ValueError(
+                f"MODEL.ATSS.REGION_POOL_FROM_LEVEL must be -1 (each level pools its own features) or a "
+                f"level index 0..{num_levels - 1} (0 = P3), got {region_pool_from_level}."
+            )
+        self.region_pool_from_level = region_pool_from_level
         self.scorer = RegionWordScorer(
             channels, language_dim, prior_prob, log_scale, clamp_dot_product, region_projection,
             center_tokens,
@@ -181,6 +188,7 @@ class GLIPATSSHead(nn.Module):
             region_pool_hidden=a.REGION_POOL_HIDDEN,
             region_pool_sampling=a.REGION_POOL_SAMPLING,
             region_pool_channels=a.REGION_POOL_CHANNELS,
+            region_pool_from_level=a.REGION_POOL_FROM_LEVEL,
             region_projection=a.REGION_PROJECTION,
             gn_groups=cfg.MODEL.DYHEAD.GN_GROUPS,
             token_softmax_weight=a.TOKEN_SOFTMAX_LOSS_WEIGHT,
@@ -208,14 +216,14 @@ class GLIPATSSHead(nn.Module):
             self.anchor_sizes, self.anchor_strides, [f.shape[-2:] for f in features], features[0].device
         )
         box_reg, ctr, logits, regions = [], [], [], []
-        for lvl, v in enumerate(visual):
+        scoring = [self._scoring_features(v) for v in visual]
+        src = self.region_pool_from_level
+        for lvl, (v, c) in enumerate(zip(visual, scoring)):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
-            c = self.cls_tower(v)
-            for conv in self.region_context:
-                c = c + conv(c)
             if self.region_pool is not None:
-                c = self.region_pool(c, box_reg[-1], anchors[lvl], self.anchor_strides[lvl])
+                c = self.region_pool(c, box_reg[-1], anchors[lvl], self.anchor_strides[lvl],
+                                     *((scoring[src], self.anchor_strides[src]) if src >= 0 else ()))
             else:
                 c = c.flatten(2).transpose(1, 2)  # (B, H*W, C)
             regions.append(c)
@@ -225,6 +233,13 @@ class GLIPATSSHead(nn.Module):
         if self.training and "loss_contrastive" in self.loss_weights:
             out.update(region_features=regions, projected_tokens=proj)
         return out
+
+    def _scoring_features(self, v: torch.Tensor) -> torch.Tensor:
+        """The tower output of one level as the scorer reads it (optional cls convs, context)."""
+        c = self.cls_tower(v)
+        for conv in self.region_context:
+            c = c + conv(c)
+        return c
 
     # ------------------------------------------------------------------ training
     def losses(self, out: Dict, gt_boxes: List[torch.Tensor], gt_positive_maps: List[torch.Tensor],

@@ -15,12 +15,19 @@ def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: st
     if mode.upper() == "MAX":
         masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("-inf"))
         return masked.max(dim=-1)[0].clamp(min=0)
+    if mode.upper() == "MIN":
+        masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("inf"))
+        return masked.min(dim=-1)[0].masked_fill(pm.sum(dim=1) == 0, 0.0)  # no token: 0, as MEAN
+    if mode.upper() == "GEO_MEAN":
+        logs = token_probs.clamp(min=1e-12).log()
+        return (logs @ pm.t() / pm.sum(dim=1).clamp(min=1)).exp() * (pm.sum(dim=1) > 0)
     raise ValueError(f"Unknown score aggregation {mode!r}; use one of {SCORE_AGGREGATIONS}.")
 
 
-# MODEL.ATSS.SCORE_AGG values: the mean (official) or max of a label's token probabilities, or
-# the sigmoid of the mean of its token logits (what MODEL.ATSS.PHRASE_LOSS_WEIGHT trains).
-SCORE_AGGREGATIONS = ("MEAN", "MAX", "MEAN_LOGIT")
+# MODEL.ATSS.SCORE_AGG values: the mean (official), max, min or geometric mean of a label's token
+# probabilities, or the sigmoid of the mean of its token logits (what MODEL.ATSS.PHRASE_LOSS_WEIGHT
+# trains).
+SCORE_AGGREGATIONS = ("MEAN", "MAX", "MIN", "GEO_MEAN", "MEAN_LOGIT")
 
 
 def label_scores_from_logits(token_logits: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN"):
