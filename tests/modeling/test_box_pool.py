@@ -38,12 +38,18 @@ def test_pools_the_regressed_box_in_a_k_by_k_layout():
     torch.testing.assert_close(out[0, other, 0], feats[0, 0, 1, 2] + a[0] + (a[2] - a[0]) / (2 * k))
 
 
-def test_region_pool_option_in_the_head():
+def _pooled_model(**atss):
+    """The tiny model with 2x2 box pooling and the given MODEL.ATSS keys, in training mode."""
     cfg = tiny_cfg()
     cfg.MODEL.ATSS.REGION_POOL = 2
-    cfg.MODEL.ATSS.REGION_POOL_CHANNELS = 16
+    for key, value in atss.items():
+        cfg.MODEL.ATSS[key] = value
     torch.manual_seed(0)
-    model = build_model(cfg).train()
+    return cfg, build_model(cfg).train()
+
+
+def test_region_pool_option_in_the_head():
+    _, model = _pooled_model(REGION_POOL_CHANNELS=16)
     plain = build_model(tiny_cfg())
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == [
@@ -135,11 +141,7 @@ def test_pools_from_a_finer_source_level():
 
 
 def test_head_pools_every_level_from_p3():
-    cfg = tiny_cfg()
-    cfg.MODEL.ATSS.REGION_POOL = 2
-    cfg.MODEL.ATSS.REGION_POOL_FROM_LEVEL = 0
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
+    cfg, model = _pooled_model(REGION_POOL_FROM_LEVEL=0)
     calls = []
     forward = model.head.region_pool.forward
 
