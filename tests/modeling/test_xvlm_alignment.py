@@ -320,3 +320,18 @@ def test_official_checkpoint_loads_with_the_alignment_heads_reported_missing(tmp
     own = m.state_dict()
     assert all(torch.equal(own[k], v) for k, v in sd.items())
     assert all(torch.equal(own[k], v) for k, v in fresh.items())  # initialised, untouched
+
+
+def test_no_pair_gives_a_zero_loss_not_a_crash():
+    """A batch whose captions name no single box has no region-text pair: the positives are
+    (0, 0) and the loss is 0 (it crashed at iteration 128 of the shapes ITC run)."""
+    from glip_d2.modeling.heads.itc import image_text_contrastive_loss, same_text_positives
+
+    positives = same_text_positives([])
+    assert positives.shape == (0, 0)
+    vision = torch.zeros(0, 8, requires_grad=True)
+    loss = image_text_contrastive_loss(vision, torch.zeros(0, 8), torch.tensor(0.07), positives)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert same_text_positives(["a", "b", "a"]).tolist() == [
+        [True, False, True], [False, True, False], [True, False, True]]

@@ -41,7 +41,8 @@ TEMPERATURE_RANGE = (0.001, 0.5)
 def same_text_positives(texts: Sequence[str], device=None) -> torch.Tensor:
     """(N, N) bool: pair i's visual side matches pair j's text when the texts are equal (the
     diagonal always)."""
-    return torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.bool, device=device)
+    n = len(texts)  # (0, 0) when there are none: a batch whose captions name no single box
+    return torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.bool, device=device).reshape(n, n)
 
 
 def image_text_contrastive_loss(
