@@ -7,7 +7,8 @@ is lies in its layout over the box, which a two-stage RoI head pools and a point
 
 `BoxPooledRegions` adds to every location's scoring feature a learned linear read-out of a k x k
 RoIAlign over the box that location regresses (detached: the naming loss does not move boxes),
-on the same level's features or on one fixed level's (``MODEL.ATSS.REGION_POOL_FROM_LEVEL``). At the start of training the regressed box is the anchor box.
+on the same level's features or on one fixed level's (``MODEL.ATSS.REGION_POOL_FROM_LEVEL``).
+At the start of training the regressed box is the anchor box.
 """
 from typing import Optional
 
