@@ -217,13 +217,13 @@ class GLIPATSSHead(nn.Module):
         )
         box_reg, ctr, logits, regions = [], [], [], []
         scoring = [self._scoring_features(v) for v in visual]
-        src = self.region_pool_from_level
+        src = self.region_pool_from_level  # pool every level's boxes from this level (-1: own)
+        pool_source = (scoring[src], self.anchor_strides[src]) if src >= 0 else ()
         for lvl, (v, c) in enumerate(zip(visual, scoring)):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
             if self.region_pool is not None:
-                c = self.region_pool(c, box_reg[-1], anchors[lvl], self.anchor_strides[lvl],
-                                     *((scoring[src], self.anchor_strides[src]) if src >= 0 else ()))
+                c = self.region_pool(c, box_reg[-1], anchors[lvl], self.anchor_strides[lvl], *pool_source)
             else:
                 c = c.flatten(2).transpose(1, 2)  # (B, H*W, C)
             regions.append(c)
