@@ -32,7 +32,8 @@ def add_two_stage_config(cfg):
     _C.MODEL.LANGUAGE_ROI_HEADS.FOCAL_GAMMA = 2.0
     # Weight of the classification (region-text) loss.
     _C.MODEL.LANGUAGE_ROI_HEADS.CLS_LOSS_WEIGHT = 1.0
-    # Token -> label score aggregation for the sigmoid losses: "MEAN" (official GLIP) or "MAX".
+    # Token -> label score aggregation for the sigmoid losses: "MEAN" (official GLIP), "MAX", "MIN"
+    # (a name is as present as its least-present word) or "GEO_MEAN".
     _C.MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG = "MEAN"
     # Clamp region-word logits to +-50000 (fp16 safety).
     _C.MODEL.LANGUAGE_ROI_HEADS.CLAMP_DOT_PRODUCT = True

@@ -1,19 +1,25 @@
-"""From per-token scores to per-label scores (official ``MODEL.DYHEAD.SCORE_AGG``)."""
+"""From per-token scores to per-label scores (official ``MODEL.DYHEAD.SCORE_AGG``, and more)."""
 
 import torch
 
 __all__ = ["aggregate_token_scores"]
 
-_MODES = ("mean", "max")
+_MODES = ("mean", "max", "min", "geo_mean")
 
 
 def aggregate_token_scores(
-    token_scores: torch.Tensor, positive_map: torch.Tensor, mode: str = "mean"
+    token_scores: torch.Tensor,
+    positive_map: torch.Tensor,
+    mode: str = "mean",
+    *,
+    empty_label: str = "error",
 ) -> torch.Tensor:
     """Score each label by the scores of its tokens.
 
     ``"mean"`` is the official ``SCORE_AGG: MEAN`` (``convert_grounding_to_od_logits``): the
-    average over the label's tokens, computed as sum then divide. ``"max"`` takes the best token.
+    average over the label's tokens, computed as sum then divide. ``"max"`` takes the best token,
+    ``"min"`` the worst (a name is as present as its least-present word) and ``"geo_mean"`` the
+    geometric mean (scores are probabilities; they are clamped at 1e-12 before the log).
 
     Args:
         token_scores: ``(..., T)`` scores per token, e.g. sigmoid of the dot-product logits.
@@ -21,18 +27,22 @@ def aggregate_token_scores(
         positive_map: ``(L, W)`` with ``W >= T``; non-zero where a token belongs to a label
             (boolean, or the official normalised float map). Only the first ``T`` columns are
             used, so a map padded to MAX_QUERY_LEN works with scores cut to the real tokens.
-        mode: ``"mean"`` or ``"max"`` (case-insensitive).
+        mode: one of ``"mean"``, ``"max"``, ``"min"``, ``"geo_mean"`` (case-insensitive).
+        empty_label: what a label with no token among the first ``T`` gets: ``"error"`` raises,
+            ``"zero"`` scores it 0 in every mode (the one-stage head's choice).
 
     Returns:
         ``(..., L)`` label scores, dtype of ``token_scores``.
 
     Raises:
-        ValueError: on an unknown mode, a map narrower than ``T``, or a label with no token among
-            the first ``T``.
+        ValueError: on an unknown mode, a map narrower than ``T``, or (``empty_label="error"``)
+            a label with no token among the first ``T``.
     """
     mode = mode.lower()
     if mode not in _MODES:
         raise ValueError(f"Unknown score aggregation {mode!r}; use one of {_MODES}.")
+    if empty_label not in ("error", "zero"):
+        raise ValueError(f"empty_label must be 'error' or 'zero', got {empty_label!r}.")
     num_tokens = token_scores.shape[-1]
     if positive_map.dim() != 2 or positive_map.shape[1] < num_tokens:
         raise ValueError(
@@ -41,14 +51,34 @@ def aggregate_token_scores(
         )
     mask = positive_map[:, :num_tokens].to(device=token_scores.device) != 0  # (L, T)
     counts = mask.sum(dim=1)  # (L,)
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
+    empty = counts == 0
+    if empty_label == "error" and bool(empty.any()):
         raise ValueError(
-            f"Labels {empty} have no token among the first {num_tokens}; their spans were cut "
-            "off or never mapped. Keep every label's tokens inside the scored tokens."
+            f"Labels {empty.nonzero().flatten().tolist()} have no token among the first "
+            f"{num_tokens}; their spans were cut off or never mapped. Keep every label's tokens "
+            "inside the scored tokens."
         )
+    weights = mask.to(token_scores.dtype).t()  # (T, L)
+    divisor = counts.clamp(min=1).to(token_scores.dtype)
     if mode == "mean":
-        summed = token_scores @ mask.to(token_scores.dtype).t()  # (..., L)
-        return summed / counts.to(token_scores.dtype)
-    columns = [token_scores[..., row.nonzero().flatten()].amax(dim=-1) for row in mask]
-    return torch.stack(columns, dim=-1)
+        return token_scores @ weights / divisor  # an empty label: 0 / 1
+    if mode == "geo_mean":
+        logs = token_scores.clamp(min=1e-12).log()
+        return ((logs @ weights) / divisor).exp().masked_fill(empty, 0.0)
+    gathered = token_scores[..., _label_token_index(mask)]  # (..., L, K)
+    extreme = gathered.amax(dim=-1) if mode == "max" else gathered.amin(dim=-1)
+    return extreme.masked_fill(empty, 0.0)
+
+
+def _label_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """(L, T) bool -> (L, K) token indices, K the most tokens of a label; each row lists its
+    label's tokens, padded by repeating its first one (so max / min are unchanged). Memory is
+    L x K per score row, not L x T: a full LVIS chunk at P3 stays small."""
+    num_labels, num_tokens = mask.shape
+    positions = torch.arange(num_tokens, device=mask.device).expand(num_labels, num_tokens)
+    # the label's tokens first, in order; the others pushed behind them
+    ordered = (positions + num_tokens * (~mask).long()).sort(dim=1).values % num_tokens
+    counts = mask.sum(dim=1, keepdim=True)
+    width = max(int(counts.max()), 1) if num_labels else 1
+    slots = torch.arange(width, device=mask.device)
+    return torch.where(slots < counts, ordered[:, :width], ordered[:, :1])

@@ -4,25 +4,16 @@ from typing import List, Tuple
 import torch
 from torchvision.ops import batched_nms
 
+from ...text import aggregate_token_scores
 from . import box_coder
 
 
 def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN") -> torch.Tensor:
-    """(N, T) token probabilities and (L, T') bool label->token map -> (N, L) label scores."""
-    pm = positive_map[:, : token_probs.shape[-1]].to(token_probs.dtype)
-    mode, counts = mode.upper(), pm.sum(dim=1)  # a label with no token scores 0 in every mode
-    if mode == "MEAN":
-        return token_probs @ pm.t() / counts.clamp(min=1)
-    if mode == "MAX":
-        masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("-inf"))
-        return masked.max(dim=-1)[0].clamp(min=0)
-    if mode == "MIN":
-        masked = token_probs[:, None, :].masked_fill(pm[None] == 0, float("inf"))
-        return masked.min(dim=-1)[0].masked_fill(counts == 0, 0.0)
-    if mode == "GEO_MEAN":
-        logs = token_probs.clamp(min=1e-12).log()
-        return (logs @ pm.t() / counts.clamp(min=1)).exp() * (counts > 0)
-    raise ValueError(f"Unknown score aggregation {mode!r}; use one of {SCORE_AGGREGATIONS}.")
+    """(N, T) token probabilities and (L, T') bool label->token map -> (N, L) label scores.
+    A label with no token scores 0 (a chunk's map may hold labels cut off by the token limit)."""
+    if mode.upper() not in SCORE_AGGREGATIONS[:-1]:
+        raise ValueError(f"Unknown score aggregation {mode!r}; use one of {SCORE_AGGREGATIONS}.")
+    return aggregate_token_scores(token_probs, positive_map, mode, empty_label="zero")
 
 
 # MODEL.ATSS.SCORE_AGG values: the mean (official), max, min or geometric mean of a label's token

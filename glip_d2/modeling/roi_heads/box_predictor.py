@@ -97,7 +97,8 @@ class LanguageAwareBoxPredictor(nn.Module):
             cls_loss: "focal", "bce" (per token, sigmoid) or "softmax" (per label).
             focal_alpha, focal_gamma: focal loss parameters.
             prior_prob, log_scale, clamp_dot_product: `RegionWordScorer` initialisation.
-            score_agg: "MEAN" or "MAX" token -> label aggregation (sigmoid losses).
+            score_agg: "MEAN", "MAX", "MIN" or "GEO_MEAN" token -> label aggregation (sigmoid
+                losses; `glip_d2.text.aggregate_token_scores`).
             test_score_thresh, test_nms_thresh, test_topk_per_image: as in `FastRCNNOutputLayers`.
             smooth_l1_beta, box_reg_loss_type: box regression loss.
             cls_loss_weight, box_loss_weight: loss weights.
