@@ -129,32 +129,36 @@ def test_pools_from_a_finer_source_level():
     from glip_d2.modeling.heads.box_pool import pool_boxes
 
     torch.manual_seed(0)
-    pool = BoxPooledRegions(4, bins=2)
+    pool = BoxPooledRegions(4, bins=2, reduce_channels=3)
     p3, p4 = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)
     anchors = grid_anchors([64], [16], [(4, 4)])[0]
     deltas = torch.randn(1, 4, 4, 4) * 0.2
     boxes = box_coder.from_official(
         box_coder.decode(deltas.permute(0, 2, 3, 1).reshape(-1, 4), anchors))[None]
-    expected = p4.flatten(2).transpose(1, 2) + pool.read(pool_boxes(p3, boxes / 8, 2, 1).flatten(2))
-    torch.testing.assert_close(pool(p4, deltas, anchors, 16, p3, 8), expected)
+    reduced = pool.reduce(p3)  # the caller reduces the source once for every level
+    assert reduced.shape[1] == 3
+    expected = p4.flatten(2).transpose(1, 2) + pool.read(pool_boxes(reduced, boxes / 8, 2, 1).flatten(2))
+    torch.testing.assert_close(pool(p4, deltas, anchors, 16, reduced, 8), expected)
     assert not torch.allclose(pool(p4, deltas, anchors, 16), expected)
 
 
 def test_head_pools_every_level_from_p3():
-    cfg, model = _pooled_model(REGION_POOL_FROM_LEVEL=0)
-    calls = []
+    cfg, model = _pooled_model(REGION_POOL_FROM_LEVEL=0, REGION_POOL_CHANNELS=6)
+    calls, reductions = [], []
     forward = model.head.region_pool.forward
 
     def spy(features, box_regression, anchors, stride, *source):
-        calls.append((features.shape[-2:], stride, [s.shape[-2:] if torch.is_tensor(s) else s for s in source]))
+        calls.append((features.shape[-2:], stride, [s.shape[-3:] if torch.is_tensor(s) else s for s in source]))
         return forward(features, box_regression, anchors, stride, *source)
 
     model.head.region_pool.forward = spy
+    model.head.region_pool.reduce.register_forward_hook(lambda m, i, o: reductions.append(o.shape))
     x = make_input(model, "red circle", [[10, 20, 90, 100]], [(0, 3)])
     model([x])["loss_cls"].backward()
-    p3 = calls[0][0]
+    p3 = (6,) + tuple(calls[0][0])  # every level reads the same 6-channel reduction of P3
     assert len(calls) == len(cfg.MODEL.ATSS.ANCHOR_STRIDES)
-    assert all(src == [p3, cfg.MODEL.ATSS.ANCHOR_STRIDES[0]] for _, _, src in calls)
+    assert all(list(src[0]) == list(p3) and src[1] == cfg.MODEL.ATSS.ANCHOR_STRIDES[0] for _, _, src in calls)
+    assert len(reductions) == 1  # P3 is reduced once per forward, not once per level
     assert [c[1] for c in calls] == list(cfg.MODEL.ATSS.ANCHOR_STRIDES)
     cfg.MODEL.ATSS.REGION_POOL_FROM_LEVEL = 5
     with pytest.raises(ValueError, match="REGION_POOL_FROM_LEVEL"):

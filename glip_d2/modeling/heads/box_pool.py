@@ -53,19 +53,20 @@ class BoxPooledRegions(nn.Module):
             box_regression: (B, 4, H, W) the head's deltas at that level.
             anchors: (H*W, 4) the level's anchors (official convention, row = y*W + x).
             stride: the level's stride in input pixels.
-            source, source_stride: the (B, C, H', W') features the boxes are pooled from and their
-                stride (default: ``features`` and ``stride``; e.g. P3 for every level, where a
-                box covers more cells).
+            source, source_stride: the map the boxes are pooled from, already passed through
+                ``self.reduce`` (so one reduction serves every level), and its stride. Default:
+                ``self.reduce(features)`` and ``stride``; e.g. the reduced P3 for every level,
+                where a box covers more cells.
         Returns:
             (B, H*W, C): each location's feature plus the read-out of its box's pooled features.
         """
         b, _, h, w = features.shape
         if source is None:
-            source, source_stride = features, stride
+            source, source_stride = self.reduce(features), stride
         deltas = box_regression.detach().permute(0, 2, 3, 1).reshape(-1, 4).float()
         boxes = box_coder.from_official(box_coder.decode(deltas, anchors.repeat(b, 1)))
         boxes = boxes.view(b, h * w, 4) / source_stride  # source-map units
-        pooled = pool_boxes(self.reduce(source), boxes, self.bins, self.sampling_ratio)
+        pooled = pool_boxes(source, boxes, self.bins, self.sampling_ratio)
         points = features.flatten(2).transpose(1, 2)
         return points + self.read(self.hidden(pooled.flatten(2)))
 

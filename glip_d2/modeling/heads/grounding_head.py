@@ -218,7 +218,9 @@ class GLIPATSSHead(nn.Module):
         box_reg, ctr, logits, regions = [], [], [], []
         scoring = [self._scoring_features(v) for v in visual]
         src = self.region_pool_from_level  # pool every level's boxes from this level (-1: own)
-        pool_source = (scoring[src], self.anchor_strides[src]) if src >= 0 else ()
+        pool_source = ()
+        if src >= 0 and self.region_pool is not None:  # reduced once, read by every level
+            pool_source = (self.region_pool.reduce(scoring[src]), self.anchor_strides[src])
         for lvl, (v, c) in enumerate(zip(visual, scoring)):
             box_reg.append(self.scales[lvl](self.bbox_pred(v)))
             ctr.append(self.centerness(v))
