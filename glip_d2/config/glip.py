@@ -87,6 +87,10 @@ def add_glip_config(cfg):
     # Loss weights (X-VLM: L1 on normalised cx, cy, w, h + GIoU).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.L1_WEIGHT = 1.0
     _C.MODEL.GLIP.TEXT_BOX_HEAD.GIOU_WEIGHT = 1.0
+    # Where the cells' position enters the [CLS] cross-attention: "values" (attend by content,
+    # read the position from the attended cells) or "keys" (the position also enters the
+    # attention logits); docs/glipv2_xvlm.md.
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.POSITION_IN = "values"
     # At test time, answer every input that carries a "caption" with the head's one box
     # (pred_classes 0, score 1) instead of the grounding detections.
     _C.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = False

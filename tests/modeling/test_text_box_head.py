@@ -56,6 +56,29 @@ def test_head_ignores_the_batch_padding():
     torch.testing.assert_close(head(noisy, text, torch.ones(2, 5), sizes)[1], box[1])
 
 
+def test_position_enters_the_values_not_the_attention_by_default():
+    """POSITION_IN "values": the [CLS] attends by content only, so a map whose cells all look the
+    same gets uniform attention and the box comes from the averaged positions; "keys" puts the
+    position into the attention logits too (a spatial prior). Same parameters either way."""
+    torch.manual_seed(0)
+    heads = {p: XVLMBoxHead(channels=8, language_dim=6, strides=(8,), hidden=16, num_heads=2, position_in=p)
+             for p in ("values", "keys")}
+    heads["keys"].load_state_dict(heads["values"].state_dict())
+    flat = [torch.randn(1, 8, 1, 1).expand(1, 8, 6, 6).contiguous()]  # every cell the same feature
+    weights = {}
+    for p, head in heads.items():
+        attend = head.attend
+        head.attend = lambda *a, p=p, attend=attend: weights.setdefault(p, attend(*a))
+        head(flat, torch.randn(1, 3, 6), torch.ones(1, 3), [(48, 48)])
+        weights[p] = weights[p][1][0, 0]  # (heads, N) -> head 0
+    torch.testing.assert_close(weights["values"], torch.full((36,), 1 / 36))
+    assert (weights["keys"] - 1 / 36).abs().max() > 1e-3  # the position alone moves the attention
+    with pytest.raises(ValueError, match="POSITION_IN must be 'values' or 'keys'"):
+        XVLMBoxHead(channels=8, language_dim=6, position_in="queries")
+    with pytest.raises(ValueError, match="multiple of NUM_HEADS"):
+        XVLMBoxHead(channels=8, language_dim=6, hidden=10, num_heads=4)
+
+
 def _cfg(predict=False):
     cfg = tiny_cfg()
     cfg.MODEL.GLIP.TEXT_BOX_HEAD.NAME = "XVLMBoxHead"
