@@ -29,7 +29,12 @@ def fmt(v):
 root = sys.argv[1] if len(sys.argv) > 1 else "output/glipv2_xvlm"
 print("| run | seen AP | seen AP50 | novel AP | novel AP50 | segm AP seen | segm AP novel |")
 print("|---|---|---|---|---|---|---|")
-for run in ("grounding", "contrastive", "mlm", "both", "heads", "itc", "itm"):
+ORDER = ("grounding", "contrastive", "mlm", "both", "heads", "itc", "itm")
+# the contrastive weight sweep (contrastive_0.1, ...) follows the contrastive run, by weight
+sweep = sorted((d for d in os.listdir(root) if d.startswith("contrastive_")) if os.path.isdir(root) else [],
+               key=lambda d: float(d.split("_", 1)[1]))
+runs = list(ORDER[:2]) + sweep + list(ORDER[2:])
+for run in runs:
     m = last_metrics(os.path.join(root, run))
     if not m:
         continue

@@ -9,6 +9,7 @@
 #                                               -> the same columns as the heads run
 # Results: output/glipv2_xvlm/<run>/metrics.json and .../refexp_*.json; summary printed by
 # scripts/glipv2_xvlm_table.py. Usage: ITERS=150 bash scripts/glipv2_xvlm_table.sh [run ...]
+# contrastive_W (e.g. contrastive_0.3) is the contrastive run at CONTRASTIVE_WEIGHT W.
 # EXTRA="KEY VALUE ..." appends overrides to every run (e.g. EXTRA="MODEL.ATSS.REGION_POOL 0").
 source "$(dirname "$0")/env.sh"
 ITERS=${ITERS:-150}
@@ -25,6 +26,8 @@ for run in "${runs[@]}"; do
   case $run in
     grounding)   extra=() ;;
     contrastive) extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0) ;;
+    contrastive_*)  # the weight sweep: contrastive_0.1 trains with CONTRASTIVE_WEIGHT 0.1
+                 extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT "${run#contrastive_}") ;;
     mlm)         extra=(MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
     both)        extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0 MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
     heads|itc|itm)

@@ -113,3 +113,19 @@ def test_only_the_working_glip_proposal_generator_is_registered():
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = "GLIPATSSHead"
     with pytest.raises(KeyError, match="GLIPATSSHead"):
         build_proposal_generator(cfg, {})
+
+
+def test_the_data_side_imports_neither_checkpoints_nor_the_model():
+    """glip_d2.data sits below the model: the model imports it (class descriptions), so it must
+    not import glip_d2.checkpoint (which imports the Swin backbone converter) or glip_d2.modeling
+    back. The annotation cache's restricted unpickler lives in the leaf glip_d2.safe_pickle."""
+    offenders = {
+        str(path.relative_to(PACKAGE.parent)): sorted(
+            n for n in _imported_modules(path)
+            if n.startswith(("glip_d2.checkpoint", "glip_d2.modeling"))
+        )
+        for path in (PACKAGE / "data").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    leaf = _imported_modules(PACKAGE / "safe_pickle.py")
+    assert leaf == set()

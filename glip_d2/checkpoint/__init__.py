@@ -9,4 +9,4 @@ from .checkpointer import (
     to_glip_d2_state_dict,
 )
 from .official import convert_official_state_dict, is_official_glip_state_dict
-from .safe_pickle import load_pickle_weights
+from ..safe_pickle import load_pickle_weights

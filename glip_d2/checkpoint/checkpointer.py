@@ -14,7 +14,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
 from .official import convert_official_state_dict, is_official_glip_state_dict
-from .safe_pickle import load_pickle_weights
+from ..safe_pickle import load_pickle_weights
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _EMBED_KEY = "backbone.bottom_up.patch_embed.proj.weight"
 
 def read_pkl_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
     """Read a Detectron2 / Detectron-1 model-zoo `.pkl` the way Detectron2 interprets it, but
-    through :func:`~glip_d2.checkpoint.safe_pickle.load_pickle_weights` (numpy arrays and plain
+    through :func:`~glip_d2.safe_pickle.load_pickle_weights` (numpy arrays and plain
     containers only: no code from the file runs).
 
     Returns:
@@ -307,7 +307,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
     official GLIP `.pth` (`{"model": {"module.backbone.body...": ...}}`), detected and converted
     on load. No pickled code is executed on any load path: `.pth` files are read with
     `torch.load(weights_only=True)`, Detectron2 model-zoo `.pkl` files with a restricted
-    unpickler that builds numpy arrays and plain containers only (`safe_pickle.py`).
+    unpickler that builds numpy arrays and plain containers only (`glip_d2/safe_pickle.py`).
     A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`), and
     so does a checkpoint that provides too little of the model (:func:`check_coverage`).
     Checkpoints are written atomically (temporary file + rename), so a failed write (a full disk)

@@ -19,6 +19,8 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from detectron2.data import DatasetCatalog
 
+from ...safe_pickle import restricted_load
+
 __all__ = ["DatasetFormatError", "cache_dir", "cached_parse", "check_new_name", "check_box"]
 
 logger = logging.getLogger(__name__)
@@ -106,8 +108,6 @@ def cached_parse(source: str, tag: str, parse: Callable[[], T], peek: bool = Fal
         parse: computes the result; it must be picklable.
         peek: only look into the cache: return None instead of parsing when nothing is cached.
     """
-    from ...checkpoint.safe_pickle import restricted_load
-
     path = _cache_file(source, tag)
     if path is not None and os.path.isfile(path):
         try:

@@ -5,6 +5,10 @@ A plain ``pickle.load`` runs whatever callable the file names (a ``__reduce__`` 
 containers (dict, list, tuple, str, numbers), ``collections.OrderedDict`` and numpy arrays and
 scalars; :class:`WeightsUnpickler` resolves exactly those globals and refuses every other one
 before it is called, so nothing in the file is executed.
+
+It is a leaf module (nothing of glip_d2 imported) because two sides use it: the checkpointer
+(`.pkl` weights) and the dataset loaders' annotation cache (`data/datasets/_utils.py`), which
+must not import the checkpoint package and, through it, the model.
 """
 
 import pickle
