@@ -58,11 +58,11 @@ def aggregate_token_scores(
             f"{num_tokens}; their spans were cut off or never mapped. Keep every label's tokens "
             "inside the scored tokens."
         )
-    weights = mask.to(token_scores.dtype).t()  # (T, L)
-    divisor = counts.clamp(min=1).to(token_scores.dtype)
-    if mode == "mean":
-        return token_scores @ weights / divisor  # an empty label: 0 / 1
-    if mode == "geo_mean":
+    if mode in ("mean", "geo_mean"):
+        weights = mask.to(token_scores.dtype).t()  # (T, L)
+        divisor = counts.clamp(min=1).to(token_scores.dtype)
+        if mode == "mean":
+            return token_scores @ weights / divisor  # an empty label: 0 / 1
         logs = token_scores.clamp(min=1e-12).log()
         return ((logs @ weights) / divisor).exp().masked_fill(empty, 0.0)
     gathered = token_scores[..., _label_token_index(mask)]  # (..., L, K)

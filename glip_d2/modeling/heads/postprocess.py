@@ -8,25 +8,26 @@ from ...text import aggregate_token_scores
 from . import box_coder
 
 
+# MODEL.ATSS.SCORE_AGG values: the mean (official), max, min or geometric mean of a label's token
+# probabilities, or the sigmoid of the mean of its token logits (what MODEL.ATSS.PHRASE_LOSS_WEIGHT
+# trains).
+PROBABILITY_AGGREGATIONS = ("MEAN", "MAX", "MIN", "GEO_MEAN")
+SCORE_AGGREGATIONS = PROBABILITY_AGGREGATIONS + ("MEAN_LOGIT",)
+
+
 def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN") -> torch.Tensor:
     """(N, T) token probabilities and (L, T') bool label->token map -> (N, L) label scores.
     A label with no token scores 0 (a chunk's map may hold labels cut off by the token limit)."""
-    if mode.upper() not in SCORE_AGGREGATIONS[:-1]:
+    if mode.upper() not in PROBABILITY_AGGREGATIONS:
         raise ValueError(f"Unknown score aggregation {mode!r}; use one of {SCORE_AGGREGATIONS}.")
     return aggregate_token_scores(token_probs, positive_map, mode, empty_label="zero")
 
 
-# MODEL.ATSS.SCORE_AGG values: the mean (official), max, min or geometric mean of a label's token
-# probabilities, or the sigmoid of the mean of its token logits (what MODEL.ATSS.PHRASE_LOSS_WEIGHT
-# trains).
-SCORE_AGGREGATIONS = ("MEAN", "MAX", "MIN", "GEO_MEAN", "MEAN_LOGIT")
-
-
 def label_scores_from_logits(token_logits: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN"):
-    """(N, T) token logits and (L, T') bool label->token map -> (N, L) label scores in [0, 1]."""
+    """(N, T) token logits and (L, T') bool label->token map -> (N, L) label scores in [0, 1].
+    MEAN_LOGIT: a label without tokens gets sigmoid(0) = 0.5, like its mean of no logits."""
     if mode.upper() == "MEAN_LOGIT":
-        pm = positive_map[:, : token_logits.shape[-1]].to(token_logits.dtype)
-        return (token_logits @ (pm / pm.sum(dim=1, keepdim=True).clamp(min=1)).t()).sigmoid()
+        return aggregate_token_scores(token_logits, positive_map, "mean", empty_label="zero").sigmoid()
     return label_scores(token_logits.sigmoid(), positive_map, mode)
 
 
