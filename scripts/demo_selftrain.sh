@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
-# Self-training demo: the two-stage demo teacher (scripts/demo_two_stage.sh; trained first if its
-# checkpoint is missing) grounds the noun phrases of the shapes training captions; a student is
-# trained from scratch on those pseudo-labels only and evaluated like the teacher.
+# Self-training demo: a trained demo teacher (trained first if its checkpoint is missing) grounds
+# the noun phrases of the shapes training captions; a student is trained from scratch on those
+# pseudo-labels only and evaluated like the teacher.
+#   TEACHER_KIND=two_stage (default): the language-aware Faster R-CNN of scripts/demo_two_stage.sh
+#   TEACHER_KIND=one_stage:           the one-stage demo GLIP of scripts/demo.sh (GLIP's own recipe)
+#   STUDENT=two_stage (default) | one_stage: the student's architecture (the same two demo models)
+# TEACHER=<checkpoint> overrides the teacher's default path; extra args go to the student's training.
 set -e
+TEACHER_KIND=${TEACHER_KIND:-two_stage}
+STUDENT=${STUDENT:-two_stage}
+case $TEACHER_KIND in
+  two_stage) TEACHER_CONFIG=configs/two_stage/demo_faster_rcnn_shapes.yaml
+             TEACHER=${TEACHER:-output/demo_two_stage_shapes/model_final.pth}
+             TEACHER_TRAIN=scripts/demo_two_stage.sh ;;
+  one_stage) TEACHER_CONFIG=configs/demo_glip_tiny_shapes.yaml
+             TEACHER=${TEACHER:-output/demo_shapes/model_final.pth}
+             TEACHER_TRAIN=scripts/demo.sh ;;
+  *) echo "TEACHER_KIND must be two_stage or one_stage, got '$TEACHER_KIND'" >&2; exit 2 ;;
+esac
+case $STUDENT in
+  two_stage) STUDENT_CONFIG=configs/two_stage/demo_faster_rcnn_shapes_student.yaml ;;
+  one_stage) STUDENT_CONFIG=configs/demo_glip_tiny_shapes_student.yaml ;;
+  *) echo "STUDENT must be two_stage or one_stage, got '$STUDENT'" >&2; exit 2 ;;
+esac
 source "$(dirname "$0")/env.sh"
-TEACHER=${TEACHER:-output/demo_two_stage_shapes/model_final.pth}
 PSEUDO=${PSEUDO:-output/pseudo_shapes}
 OUT=${OUT:-output/demo_student_shapes}
 # the shapes data live under the datasets root like every dataset (generated there on first use)
 export SHAPES="${DETECTRON2_DATASETS:-datasets}/shapes"
 if [ ! -f "$TEACHER" ]; then
-  bash scripts/demo_two_stage.sh OUTPUT_DIR "$(dirname "$TEACHER")"
+  OUT="$(dirname "$TEACHER")" bash "$TEACHER_TRAIN"
 fi
 # the shapes data are generated on first use; the collection keeps only file names and captions
 .venv/bin/python - <<'PY'
@@ -27,11 +46,11 @@ n = write_caption_collection(meta.json_file, out)
 print(f"{n} captioned images -> {out}")
 PY
 .venv/bin/python -m glip_d2.pseudo_label \
-  --config-file configs/two_stage/demo_faster_rcnn_shapes.yaml --weights "$TEACHER" \
+  --config-file "$TEACHER_CONFIG" --weights "$TEACHER" \
   --input "$SHAPES/train_captions.jsonl" --image-root "$SHAPES/train" \
   --output-dir "$PSEUDO" --score-thresh 0.2 --max-boxes-per-phrase 3 --format both
 .venv/bin/python scripts/pseudo_label_quality.py "$PSEUDO/pseudo_labels.json" \
   "$SHAPES/annotations/train.json"
-.venv/bin/python train_net.py --config-file configs/two_stage/demo_faster_rcnn_shapes_student.yaml \
+.venv/bin/python train_net.py --config-file "$STUDENT_CONFIG" \
   DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT" "$@"
 .venv/bin/python scripts/print_ap.py "$OUT"

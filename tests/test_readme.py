@@ -34,3 +34,21 @@ def test_selftrain_script_follows_the_datasets_root():
         script = f.read()
     assert "datasets/shapes" not in script
     assert 'SHAPES="${DETECTRON2_DATASETS:-datasets}/shapes"' in script
+
+
+@pytest.mark.parametrize("variable", ["TEACHER_KIND", "STUDENT"])
+def test_selftrain_script_names_its_teacher_and_student_choices(variable):
+    """Both demo models can teach and learn (TEACHER_KIND / STUDENT = two_stage | one_stage); a
+    wrong value stops before anything is installed or trained, naming the choices."""
+    import subprocess
+
+    env = dict(os.environ, **{variable: "three_stage"})
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo_selftrain.sh")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"{variable} must be two_stage or one_stage, got 'three_stage'" in result.stderr
+    with open(os.path.join(ROOT, "scripts", "demo_selftrain.sh")) as f:
+        script = f.read()
+    for config in ("configs/demo_glip_tiny_shapes.yaml", "configs/demo_glip_tiny_shapes_student.yaml",
+                   "configs/two_stage/demo_faster_rcnn_shapes_student.yaml"):
+        assert config in script and os.path.isfile(os.path.join(ROOT, config))
