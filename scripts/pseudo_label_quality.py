@@ -1,7 +1,10 @@
 """Quality of shapes pseudo-labels against the human boxes of the same images.
 
     python scripts/pseudo_label_quality.py output/pseudo_shapes/pseudo_labels.json \\
-        datasets/shapes/annotations/train.json
+        datasets/shapes/annotations/train.json [--min-score 0.05 0.1 0.2]
+
+With --min-score, one line per threshold: only the pseudo boxes scoring at least that count (a
+run at a low --score-thresh read at higher ones; its top boxes per phrase are kept the same way).
 
 A pseudo box is correct when it overlaps a human box of that image with IoU >= 0.5 and its phrase
 names that box's colour and shape ("a small blue cross" names "blue cross"); a human box is covered
@@ -21,9 +24,11 @@ def iou(a, b):
     return inter / (aw * ah + bw * bh - inter)
 
 
-def main(pseudo_json, human_json):
+def main(pseudo_json, human_json, min_score=None):
     human = json.load(open(human_json))
     pseudo = json.load(open(pseudo_json))
+    if min_score is not None:
+        pseudo["annotations"] = [a for a in pseudo["annotations"] if a["score"] >= min_score]
     names = {c["id"]: c["name"].split() for c in human["categories"]}
     boxes = collections.defaultdict(list)
     for a in human["annotations"]:
@@ -40,9 +45,17 @@ def main(pseudo_json, human_json):
         correct += bool(hits)
         covered.update(hits)
     n_pseudo, n_human = len(pseudo["annotations"]), sum(map(len, boxes.values()))
-    print(f"pseudo boxes {n_pseudo}: {correct} correct ({100 * correct / max(n_pseudo, 1):.1f}%); "
+    at = "" if min_score is None else f"score >= {min_score}: "
+    print(f"{at}pseudo boxes {n_pseudo}: {correct} correct ({100 * correct / max(n_pseudo, 1):.1f}%); "
           f"human boxes covered {len(covered)}/{n_human} ({100 * len(covered) / max(n_human, 1):.1f}%)")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    args = sys.argv[1:]
+    thresholds = [None]
+    if "--min-score" in args:
+        at = args.index("--min-score")
+        thresholds = [float(v) for v in args[at + 1:]]
+        args = args[:at]
+    for threshold in thresholds:
+        main(*args[:2], min_score=threshold)
