@@ -72,8 +72,12 @@ def select_detections(
         offsets.append(offsets[-1] + a.shape[0])
     for i, (h, w) in enumerate(image_sizes):
         per_level = []
-        for lvl, (reg, ctr, logit, anc) in enumerate(zip(box_regression, centerness, token_logits, anchors)):
-            probs = label_scores_from_logits(logit[i], positive_maps[i], score_agg)  # (HW, L)
+        # all levels' locations scored at once: the label->token index is built once per image
+        all_probs = label_scores_from_logits(
+            torch.cat([logit[i] for logit in token_logits]), positive_maps[i], score_agg
+        )  # (sum of HW, L)
+        level_probs = all_probs.split([a.shape[0] for a in anchors])
+        for lvl, (reg, ctr, probs, anc) in enumerate(zip(box_regression, centerness, level_probs, anchors)):
             cand = probs > score_thresh
             ctr_p = ctr[i].permute(1, 2, 0).reshape(-1).sigmoid()
             scored = probs * ctr_p[:, None]
