@@ -42,18 +42,22 @@ def _imported_modules(path: pathlib.Path):
     return {n for n in names if n == "glip_d2" or n.startswith("glip_d2.")}
 
 
+def _data_side_imports_of(prefixes):
+    """{file under glip_d2/data: the modules it imports that start with one of `prefixes`}."""
+    offenders = {
+        str(path.relative_to(PACKAGE.parent)): sorted(
+            n for n in _imported_modules(path) if n.startswith(prefixes)
+        )
+        for path in (PACKAGE / "data").rglob("*.py")
+    }
+    return {k: v for k, v in offenders.items() if v}
+
+
 def test_the_data_side_imports_nothing_of_self_training():
     """selftrain/ writes pseudo-labels and reads caption collections through glip_d2.data; the
     data side must not import back (the old circle data -> datasets -> custom -> pseudo_label
     -> data)."""
-    offenders = {
-        str(path.relative_to(PACKAGE.parent)): sorted(
-            n for n in _imported_modules(path)
-            if n.startswith(("glip_d2.selftrain", "glip_d2.pseudo_label"))
-        )
-        for path in (PACKAGE / "data").rglob("*.py")
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
+    assert _data_side_imports_of(("glip_d2.selftrain", "glip_d2.pseudo_label")) == {}
 
 
 def test_data_and_selftrain_import_in_either_order_in_a_fresh_interpreter():
@@ -119,13 +123,6 @@ def test_the_data_side_imports_neither_checkpoints_nor_the_model():
     """glip_d2.data sits below the model: the model imports it (class descriptions), so it must
     not import glip_d2.checkpoint (which imports the Swin backbone converter) or glip_d2.modeling
     back. The annotation cache's restricted unpickler lives in the leaf glip_d2.safe_pickle."""
-    offenders = {
-        str(path.relative_to(PACKAGE.parent)): sorted(
-            n for n in _imported_modules(path)
-            if n.startswith(("glip_d2.checkpoint", "glip_d2.modeling"))
-        )
-        for path in (PACKAGE / "data").rglob("*.py")
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
+    assert _data_side_imports_of(("glip_d2.checkpoint", "glip_d2.modeling")) == {}
     leaf = _imported_modules(PACKAGE / "safe_pickle.py")
     assert leaf == set()
