@@ -5,7 +5,8 @@
 #   TEACHER_KIND=two_stage (default): the language-aware Faster R-CNN of scripts/demo_two_stage.sh
 #   TEACHER_KIND=one_stage:           the one-stage demo GLIP of scripts/demo.sh (GLIP's own recipe)
 #   STUDENT=two_stage (default) | one_stage: the student's architecture (the same two demo models)
-# TEACHER=<checkpoint> overrides the teacher's default path; extra args go to the student's training.
+# TEACHER=<checkpoint>, PSEUDO=<dir>, OUT=<dir> override the defaults; extra args go to the
+# student's training.
 set -e
 TEACHER_KIND=${TEACHER_KIND:-two_stage}
 STUDENT=${STUDENT:-two_stage}
@@ -28,8 +29,10 @@ case $STUDENT in
   *) echo "STUDENT must be two_stage or one_stage, got '$STUDENT'" >&2; exit 2 ;;
 esac
 source "$(dirname "$0")/env.sh"
-PSEUDO=${PSEUDO:-output/pseudo_shapes}
-OUT=${OUT:-output/demo_student_shapes}
+# each teacher writes its own pseudo-labels, each pairing trains into its own folder
+if [ "$TEACHER_KIND" = two_stage ]; then PSEUDO=${PSEUDO:-output/pseudo_shapes}; else PSEUDO=${PSEUDO:-output/pseudo_shapes_glip}; fi
+if [ "$TEACHER_KIND/$STUDENT" = two_stage/two_stage ]; then OUT=${OUT:-output/demo_student_shapes}
+else OUT=${OUT:-output/demo_student_shapes_${TEACHER_KIND}_to_${STUDENT}}; fi
 # the shapes data live under the datasets root like every dataset (generated there on first use)
 export SHAPES="${DETECTRON2_DATASETS:-datasets}/shapes"
 if [ ! -f "$TEACHER" ]; then
