@@ -14,13 +14,15 @@ case $TEACHER_KIND in
   two_stage) TEACHER_CONFIG=configs/two_stage/demo_faster_rcnn_shapes.yaml
              TEACHER=${TEACHER:-output/demo_two_stage_shapes/model_final.pth}
              TEACHER_TRAIN=scripts/demo_two_stage.sh
-             TEACHER_ARGS=(--score-thresh 0.2) ;;
+             TEACHER_ARGS=(--score-thresh 0.2)
+             PSEUDO=${PSEUDO:-output/pseudo_shapes} ;;
   one_stage) TEACHER_CONFIG=configs/demo_glip_tiny_shapes.yaml
              TEACHER=${TEACHER:-output/demo_shapes/model_final.pth}
              TEACHER_TRAIN=scripts/demo.sh
              # a phrase scored by the MEAN of its tokens: the demo's MIN (right for class names
              # like "blue cross") scores "a small blue cross" by "a", and grounds 9 % of phrases
-             TEACHER_ARGS=(--score-thresh 0.3 MODEL.ATSS.SCORE_AGG MEAN) ;;
+             TEACHER_ARGS=(--score-thresh 0.3 MODEL.ATSS.SCORE_AGG MEAN)
+             PSEUDO=${PSEUDO:-output/pseudo_shapes_glip} ;;
   *) echo "TEACHER_KIND must be two_stage or one_stage, got '$TEACHER_KIND'" >&2; exit 2 ;;
 esac
 case $STUDENT in
@@ -29,8 +31,7 @@ case $STUDENT in
   *) echo "STUDENT must be two_stage or one_stage, got '$STUDENT'" >&2; exit 2 ;;
 esac
 source "$(dirname "$0")/env.sh"
-# each teacher writes its own pseudo-labels, each pairing trains into its own folder
-if [ "$TEACHER_KIND" = two_stage ]; then PSEUDO=${PSEUDO:-output/pseudo_shapes}; else PSEUDO=${PSEUDO:-output/pseudo_shapes_glip}; fi
+# each teacher writes its own pseudo-labels (PSEUDO above), each pairing trains into its own folder
 if [ "$TEACHER_KIND/$STUDENT" = two_stage/two_stage ]; then OUT=${OUT:-output/demo_student_shapes}
 else OUT=${OUT:-output/demo_student_shapes_${TEACHER_KIND}_to_${STUDENT}}; fi
 # the shapes data live under the datasets root like every dataset (generated there on first use)

@@ -24,30 +24,30 @@ def iou(a, b):
     return inter / (aw * ah + bw * bh - inter)
 
 
-def main(pseudo_json, human_json, min_score=None):
+def main(pseudo_json, human_json, thresholds=(None,)):
     human = json.load(open(human_json))
     pseudo = json.load(open(pseudo_json))
-    if min_score is not None:
-        pseudo["annotations"] = [a for a in pseudo["annotations"] if a["score"] >= min_score]
     names = {c["id"]: c["name"].split() for c in human["categories"]}
     boxes = collections.defaultdict(list)
     for a in human["annotations"]:
         boxes[a["image_id"]].append(a)
     captions = {im["id"]: im["caption"] for im in pseudo["images"]}
-    correct, covered = 0, set()
-    for a in pseudo["annotations"]:
-        (start, end), = a["tokens_positive"]
-        phrase = captions[a["image_id"]][start:end]
-        hits = [
-            h["id"] for h in boxes[a["image_id"]]
-            if iou(a["bbox"], h["bbox"]) >= 0.5 and all(w in phrase for w in names[h["category_id"]])
-        ]
-        correct += bool(hits)
-        covered.update(hits)
-    n_pseudo, n_human = len(pseudo["annotations"]), sum(map(len, boxes.values()))
-    at = "" if min_score is None else f"score >= {min_score}: "
-    print(f"{at}pseudo boxes {n_pseudo}: {correct} correct ({100 * correct / max(n_pseudo, 1):.1f}%); "
-          f"human boxes covered {len(covered)}/{n_human} ({100 * len(covered) / max(n_human, 1):.1f}%)")
+    n_human = sum(map(len, boxes.values()))
+    for min_score in thresholds:
+        kept = [a for a in pseudo["annotations"] if min_score is None or a["score"] >= min_score]
+        correct, covered = 0, set()
+        for a in kept:
+            (start, end), = a["tokens_positive"]
+            phrase = captions[a["image_id"]][start:end]
+            hits = [
+                h["id"] for h in boxes[a["image_id"]]
+                if iou(a["bbox"], h["bbox"]) >= 0.5 and all(w in phrase for w in names[h["category_id"]])
+            ]
+            correct += bool(hits)
+            covered.update(hits)
+        at = "" if min_score is None else f"score >= {min_score}: "
+        print(f"{at}pseudo boxes {len(kept)}: {correct} correct ({100 * correct / max(len(kept), 1):.1f}%); "
+              f"human boxes covered {len(covered)}/{n_human} ({100 * len(covered) / max(n_human, 1):.1f}%)")
 
 
 if __name__ == "__main__":
@@ -57,5 +57,4 @@ if __name__ == "__main__":
         at = args.index("--min-score")
         thresholds = [float(v) for v in args[at + 1:]]
         args = args[:at]
-    for threshold in thresholds:
-        main(*args[:2], min_score=threshold)
+    main(*args[:2], thresholds=thresholds)
