@@ -13,9 +13,10 @@ two apart.
    the mismatched expression's shape words name an object of that image anyway (a negative that
    is not one). The size of the image's effect on the fused [CLS] is printed.
 2. ``train``: fit probes on the cached training pairs and print their val accuracy: a fresh
-   ``ImageTextMatchingHead`` on the fused [CLS] (what ``loss_itm`` trains), without and with
-   ``input_norm`` (MODEL.GLIP.LOSSES.ITM_INPUT_NORM), and a logistic regression on three numbers
-   from the grounding logits (mean, min and max over the words of each word's best-anchor logit).
+   ``ImageTextMatchingHead`` on the fused [CLS] (what ``loss_itm`` trains), as it is and after a
+   BatchNorm1d (with the gradient such a norm would send into the tower at initialisation), and
+   logistic regressions fitted to convergence on the fused [CLS] and on three numbers from the
+   grounding logits (mean, min and max over the words of each word's best-anchor logit).
 
     python benchmarks/itm_probe.py cache output/xvlm_table625/heads --out /tmp/itm
     python benchmarks/itm_probe.py train --cache /tmp/itm --steps 2000
@@ -140,14 +141,26 @@ def train(cache_dir: str, steps: int, seed: int, lr: float):
               f"that name no shape of their image, {100 * hit[~true_neg].mean():.1f} % of the others",
               flush=True)
 
-    # 1. the ITM head on the fused [CLS], as X-VLM builds it and with ITM_INPUT_NORM
+    # 1. the ITM head on the fused [CLS], as X-VLM builds it and after a BatchNorm1d
     cls = {"train": torch.stack([p["cls"] for p in train_set]).float(),
            "val": torch.stack([p["cls"] for p in val_set]).float()}
+    dim = cls["train"].shape[1]
+    print(f"per-channel std of the fused [CLS] over the training pairs: median "
+          f"{cls['train'].std(0).median():.4f}")
     for input_norm in (False, True):
         torch.manual_seed(seed)
-        head = ImageTextMatchingHead(cls["train"].shape[1], input_norm=input_norm)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+        head = ImageTextMatchingHead(dim)
+        if input_norm:
+            head = torch.nn.Sequential(torch.nn.BatchNorm1d(dim), head)
         gen = torch.Generator().manual_seed(seed)
+        # what the tower would receive: d loss / d fused [CLS] at initialisation, batch of 8
+        index = torch.randint(len(train_set), (8,), generator=gen)
+        x = cls["train"][index].clone().requires_grad_(True)
+        F.cross_entropy(head(x), labels["train"][index]).backward()
+        head.zero_grad()
+        print(f"BatchNorm first: {input_norm}. Gradient into the fused [CLS] at initialisation "
+              f"(norm over a batch of 8): {x.grad.norm():.3f}")
+        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
         start = time.time()
         for step in range(1, steps + 1):
             index = torch.randint(len(train_set), (16,), generator=gen)
@@ -161,31 +174,35 @@ def train(cache_dir: str, steps: int, seed: int, lr: float):
                     train_loss = F.cross_entropy(head(cls["train"]), labels["train"]).item()
                     pred = head(cls["val"]).argmax(dim=1)
                 head.train()
-                print(f"ITM head on the fused [CLS], input_norm {input_norm}, lr {lr}, step {step}: "
-                      f"train loss {train_loss:.3f} ({time.time() - start:.0f} s)")
+                print(f"  step {step}: train loss {train_loss:.3f} ({time.time() - start:.0f} s)")
                 report("ITM head", pred)
 
-    # 2. logistic regression on the grounding logits
-    x = {"train": _alignment_features(train_set), "val": _alignment_features(val_set)}
-    mean, std = x["train"].mean(0), x["train"].std(0)
-    x = {k: (v - mean) / std for k, v in x.items()}
-    w = torch.zeros(3, requires_grad=True)
+    # 2. logistic regressions fitted to convergence: on the raw fused [CLS], on the grounding logits
+    for name, x in (("the fused [CLS]", cls),
+                    ("(mean, min, max) of the words' best grounding logits",
+                     {"train": _alignment_features(train_set), "val": _alignment_features(val_set)})):
+        train_loss, pred = _logistic_regression(x["train"], labels["train"], x["val"])
+        print(f"logistic regression (L-BFGS) on {name}: train loss {train_loss:.3f}")
+        report("logistic regression", pred)
+
+
+def _logistic_regression(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor):
+    """Fit on standardised features; returns the training loss and the val predictions."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, x_val = (x - mean) / std, (x_val - mean) / std
+    w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200)
+    opt = torch.optim.LBFGS([w, b], max_iter=2000, tolerance_grad=1e-9, tolerance_change=1e-12)
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x["train"] @ w + b, labels["train"].float())
+        loss = F.binary_cross_entropy_with_logits(x @ w + b, y.float())
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        train_loss = F.binary_cross_entropy_with_logits(x["train"] @ w + b, labels["train"].float()).item()
-        pred = (x["val"] @ w + b > 0).long()
-    print(f"logistic regression on (mean, min, max) of the words' best grounding logits: "
-          f"train loss {train_loss:.3f}")
-    report("grounding logits", pred)
+        return F.binary_cross_entropy_with_logits(x @ w + b, y.float()).item(), (x_val @ w + b > 0).long()
 
 
 def main():

@@ -69,10 +69,6 @@ def add_glip_config(cfg):
     # ITM's mismatched caption per image: "shift" (the batch's next differing caption) or "hard"
     # (sampled by ITC similarity as in X-VLM; needs ITC_WEIGHT > 0).
     _C.MODEL.GLIP.LOSSES.ITM_NEGATIVES = "shift"
-    # Standardise the fused [CLS] per channel (BatchNorm1d) before ITM's MLP. X-VLM's head has no
-    # such layer (False). The fused [CLS] is nearly one vector for all inputs and the image moves
-    # it little (docs/glipv2_xvlm.md, "Why ITM stays at chance"); without it the head stayed at ln 2.
-    _C.MODEL.GLIP.LOSSES.ITM_INPUT_NORM = False
     # One-stage mask head (on with MODEL.MASK_ON; its conv stack and RoIAlign come from
     # MODEL.ROI_MASK_HEAD): RoIAlign on the first MASK_LEVELS fused tower levels (P3..).
     _C.MODEL.GLIP.MASK_LEVELS = 3

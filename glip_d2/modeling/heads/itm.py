@@ -64,26 +64,20 @@ def hard_negatives(
 
 class ImageTextMatchingHead(nn.Module):
     """Two-layer MLP from the fused [CLS] feature to (not matched, matched) logits:
-    Linear(D, D) -> GELU -> LayerNorm -> Linear(D, 2), optionally after a BatchNorm1d(D).
+    Linear(D, D) -> GELU -> LayerNorm -> Linear(D, 2).
 
     Args:
         dim: width of the fused text features (D).
         negatives: one of ITM_NEGATIVES.
         weight: multiplies the loss.
-        input_norm: standardise each channel of the fused [CLS] first (BatchNorm1d). The fused
-            [CLS] of all inputs is nearly one vector, and what the image changes in it is a few
-            per cent of its norm; on such inputs X-VLM's head (False) stayed at ln 2.
     """
 
-    def __init__(self, dim: int, negatives: str = "shift", weight: float = 1.0,
-                 input_norm: bool = False):
+    def __init__(self, dim: int, negatives: str = "shift", weight: float = 1.0):
         super().__init__()
         if negatives not in ITM_NEGATIVES:
             raise ValueError(
                 f"MODEL.GLIP.LOSSES.ITM_NEGATIVES {negatives!r} is not one of {ITM_NEGATIVES}."
             )
-        # a separate module, so the classifier's keys are the same with and without it
-        self.input_norm = nn.BatchNorm1d(dim) if input_norm else nn.Identity()
         self.classifier = nn.Sequential(
             nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, 2)
         )
@@ -92,7 +86,7 @@ class ImageTextMatchingHead(nn.Module):
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         """(N, D) fused [CLS] features -> (N, 2) logits; class 1 = matched."""
-        return self.classifier(self.input_norm(cls.float()))
+        return self.classifier(cls.float())
 
     def loss(self, positive_cls: torch.Tensor, negative_cls: torch.Tensor) -> torch.Tensor:
         """Weighted mean cross-entropy over the matched (label 1) and mismatched (label 0) pairs.

@@ -80,9 +80,7 @@ def _alignment_heads(cfg, backbone, language_dim: int) -> Dict[str, Optional[nn.
                 "MODEL.GLIP.LOSSES.ITM_NEGATIVES 'hard' samples negatives by ITC similarity: set "
                 "ITC_WEIGHT > 0 too, or use ITM_NEGATIVES 'shift'."
             )
-        itm = ImageTextMatchingHead(
-            language_dim, losses.ITM_NEGATIVES, losses.ITM_WEIGHT, losses.ITM_INPUT_NORM
-        )
+        itm = ImageTextMatchingHead(language_dim, losses.ITM_NEGATIVES, losses.ITM_WEIGHT)
     return {"itc_head": itc, "itm_head": itm}
 
 
