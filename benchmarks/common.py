@@ -27,6 +27,20 @@ def build_random_model(config_file: str, device: str, opts=()):
     return build_model(cfg).eval()
 
 
+def load_trained_run(run_dir: str, opts=()):
+    """(cfg, model in eval mode) of a finished training run: its OUTPUT_DIR's config.yaml (plus
+    `opts`, a flat KEY VALUE list) and model_final.pth."""
+    from glip_d2.checkpoint import GLIPCheckpointer
+
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(os.path.join(run_dir, "config.yaml"))
+    cfg.merge_from_list(list(opts))
+    model = build_model(cfg)
+    GLIPCheckpointer(model).load(os.path.join(run_dir, "model_final.pth"))
+    return cfg, model.eval()
+
+
 def sync(device: str):
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -49,20 +49,10 @@ def _names(objects, words):
 
 
 def cache(run_dir: str, out: str, max_train: int):
-    from detectron2.config import get_cfg
+    from common import load_trained_run
     from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-    from detectron2.modeling import build_model
 
-    import glip_d2  # noqa: F401  (registers the shapes splits)
-    from glip_d2.checkpoint import GLIPCheckpointer
-    from glip_d2.config import add_glip_config
-
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(os.path.join(run_dir, "config.yaml"))
-    model = build_model(cfg)
-    GLIPCheckpointer(model).load(os.path.join(run_dir, "model_final.pth"))
-    model.eval()
+    cfg, model = load_trained_run(run_dir)
     os.makedirs(out, exist_ok=True)
     for split, limit in (("shapes_refexp_val", None), ("shapes_refexp_train", max_train)):
         base = split.replace("refexp_", "")

@@ -21,21 +21,11 @@ from torchvision.ops import box_iou
 
 
 def cache(run_dir: str, out: str, max_train: int):
-    from detectron2.config import get_cfg
+    from common import load_trained_run
     from detectron2.data import DatasetCatalog, build_detection_test_loader
-    from detectron2.modeling import build_model
 
-    import glip_d2  # noqa: F401  (registers the shapes splits)
-    from glip_d2.checkpoint import GLIPCheckpointer
-    from glip_d2.config import add_glip_config
-
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(os.path.join(run_dir, "config.yaml"))
-    cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = True  # the head runs on every caption input
-    model = build_model(cfg)
-    GLIPCheckpointer(model).load(os.path.join(run_dir, "model_final.pth"))
-    model.eval()
+    # the head runs on every caption input
+    cfg, model = load_trained_run(run_dir, ["MODEL.GLIP.TEXT_BOX_HEAD.PREDICT", "True"])
     seen = []
     model.text_box_head.register_forward_hook(lambda m, args, o: seen.append(args))
     os.makedirs(out, exist_ok=True)
