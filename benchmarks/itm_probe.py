@@ -8,8 +8,8 @@ two apart.
 1. ``cache``: run a trained model (its OUTPUT_DIR with config.yaml and model_final.pth, e.g. the
    ``heads`` run of scripts/glipv2_xvlm_table.sh) over the shapes referring expressions in groups
    of 8. Each image meets its own expression (matched) and the group's next different expression
-   (mismatched, as ITM's ``shift`` negatives). Stored per pair: the fused [CLS], the raw text
-   encoder [CLS], the per-word maximum grounding logit over all anchors, the label, and whether
+   (mismatched, as ITM's ``shift`` negatives). Stored per pair: the fused [CLS], the per-word
+   maximum grounding logit over all anchors, the label, and whether
    the mismatched expression's shape words name an object of that image anyway (a negative that
    is not one). The size of the image's effect on the fused [CLS] is printed.
 2. ``train``: fit probes on the cached training pairs and print their val accuracy: a fresh
@@ -96,8 +96,7 @@ def _pairs(model, group, objects, image_effect, text_effect):
                 continue
             words = int(out["text_mask"][k].sum()) - 1  # [CLS] w1 .. wn [SEP]
             rows.append(dict(
-                cls=out["text"][k, 0].half(), raw_cls=lang["hidden"][texts[k], 0].half(),
-                word_logits=logits[k, 1:words], label=label,
+                cls=out["text"][k, 0].half(), word_logits=logits[k, 1:words], label=label,
                 names_an_object=_names(objects[x["original_id"]], _shape_words(captions[texts[k]])),
             ))
     for k, j in enumerate(picks):
@@ -167,7 +166,7 @@ def train(cache_dir: str, steps: int, seed: int, lr: float):
                 print(f"  step {step}: train loss {train_loss:.3f} ({time.time() - start:.0f} s)")
                 report("ITM head", pred)
 
-    # 2. logistic regressions fitted to convergence: on the raw fused [CLS], on the grounding logits
+    # 2. logistic regressions fitted to convergence: on the fused [CLS], on the grounding logits
     for name, x in (("the fused [CLS]", cls),
                     ("(mean, min, max) of the words' best grounding logits",
                      {"train": _alignment_features(train_set), "val": _alignment_features(val_set)})):
