@@ -42,8 +42,10 @@ def load_results(results_dir):
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
             r = json.load(f)
-        r["_file"] = os.path.basename(path)
-        if r.get("kind") in ("inference", "training"):  # cpu_ratios.json is reported in the text
+        # Only speed results carry a "kind"; other files (cpu_ratios.json, the data-efficiency
+        # table, a list of runs) are reported in the text.
+        if isinstance(r, dict) and r.get("kind") in ("inference", "training"):
+            r["_file"] = os.path.basename(path)
             out.append(r)
     return out
 

@@ -35,6 +35,9 @@ def test_target_table_takes_the_best_gpu_result_and_marks_missing_ones(make_tabl
         "h100_c.json": _inference(ms_median=30.0, ms_per_image=30.0, dtype="float32"),
         "cpu_x.json": _inference(gpu=None, size=[320, 480], ms_median=5000.0, ms_per_image=5000.0,
                                  images_per_s=0.2, threads=2, tflops_per_s=0.05),
+        # Not speed results: a dict without "kind" and a list of runs are left out of the tables.
+        "ratios.json": {"chunks": 2, "a_full_forward_per_chunk_ms": 1.0},
+        "runs.json": [{"mode": "prompt", "ap": 70.0}],
     }
     for name, r in files.items():
         (tmp_path / name).write_text(json.dumps(r))
