@@ -30,10 +30,17 @@ root = sys.argv[1] if len(sys.argv) > 1 else "output/glipv2_xvlm"
 print("| run | seen AP | seen AP50 | novel AP | novel AP50 | segm AP seen | segm AP novel |")
 print("|---|---|---|---|---|---|---|")
 ORDER = ("grounding", "contrastive", "mlm", "both", "heads", "itc", "itm")
-# the contrastive weight sweep (contrastive_0.1, ...) follows the contrastive run, by weight
-sweep = sorted((d for d in os.listdir(root) if d.startswith("contrastive_")) if os.path.isdir(root) else [],
-               key=lambda d: float(d.split("_", 1)[1]))
-runs = list(ORDER[:2]) + sweep + list(ORDER[2:])
+
+
+def sweep(prefix):
+    """The weight sweep of one loss (contrastive_0.1, itc_0.1, ...), by weight."""
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted((d for d in names if re.fullmatch(re.escape(prefix) + r"_[\d.]+", d)),
+                  key=lambda d: float(d.split("_", 1)[1]))
+
+
+# each sweep follows the run of its loss at weight 1
+runs = list(ORDER[:2]) + sweep("contrastive") + list(ORDER[2:6]) + sweep("itc") + list(ORDER[6:])
 for run in runs:
     m = last_metrics(os.path.join(root, run))
     if not m:
@@ -41,7 +48,7 @@ for run in runs:
     print(f"| {run} | {fmt(m.get('shapes_val/bbox/AP'))} | {fmt(m.get('shapes_val/bbox/AP50'))} | "
           f"{fmt(m.get('shapes_val_novel/bbox/AP'))} | {fmt(m.get('shapes_val_novel/bbox/AP50'))} | "
           f"{fmt(m.get('shapes_val/segm/AP'))} | {fmt(m.get('shapes_val_novel/segm/AP'))} |")
-for run in ("heads", "itc", "itm"):
+for run in ("heads", "itc", *sweep("itc"), "itm"):
     for predict, what in (("False", "GLIP top-1 grounded box"), ("True", "X-VLM text-to-box head")):
         acc = refexp_acc(os.path.join(root, run, f"refexp_predict_{predict}.log"))
         if acc:

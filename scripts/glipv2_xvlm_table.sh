@@ -9,7 +9,8 @@
 #                                               -> the same columns as the heads run
 # Results: output/glipv2_xvlm/<run>/metrics.json and .../refexp_*.json; summary printed by
 # scripts/glipv2_xvlm_table.py. Usage: ITERS=150 bash scripts/glipv2_xvlm_table.sh [run ...]
-# contrastive_W (e.g. contrastive_0.3) is the contrastive run at CONTRASTIVE_WEIGHT W.
+# contrastive_W (e.g. contrastive_0.3) is the contrastive run at CONTRASTIVE_WEIGHT W, and itc_W
+# (e.g. itc_0.1) the itc run at ITC_WEIGHT W.
 # EXTRA="KEY VALUE ..." appends overrides to every run (e.g. EXTRA="MODEL.ATSS.REGION_POOL 0").
 source "$(dirname "$0")/env.sh"
 ITERS=${ITERS:-150}
@@ -30,20 +31,21 @@ for run in "${runs[@]}"; do
                  extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT "${run#contrastive_}") ;;
     mlm)         extra=(MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
     both)        extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0 MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
-    heads|itc|itm)
+    heads|itc|itm|itc_*)
                  extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
                         MODEL.ROI_MASK_HEAD.CONV_DIM 64 MODEL.GLIP.TEXT_BOX_HEAD.NAME XVLMBoxHead
                         DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")')
                  # ITC / ITM train on the referring expressions only (the mapper's detection
                  # prompts of shapes_train take no part; docs/glipv2_xvlm.md)
                  if [ "$run" = itc ]; then extra+=(MODEL.GLIP.LOSSES.ITC_WEIGHT 1.0); fi
+                 if [[ "$run" == itc_* ]]; then extra+=(MODEL.GLIP.LOSSES.ITC_WEIGHT "${run#itc_}"); fi
                  if [ "$run" = itm ]; then extra+=(MODEL.GLIP.LOSSES.ITM_WEIGHT 1.0); fi ;;
     *) echo "unknown run $run" >&2; exit 1 ;;
   esac
   start=$(date +%s)
   $PY train_net.py "${COMMON[@]}" "${extra[@]}" OUTPUT_DIR "$out"
   echo "$run: $(( $(date +%s) - start )) s" >> "$ROOT/times.txt"
-  if [[ "$run" =~ ^(heads|itc|itm)$ ]]; then
+  if [[ "$run" =~ ^(heads|itc|itm|itc_.*)$ ]]; then
     for predict in False True; do
       $PY train_net.py --eval-only "${COMMON[@]}" "${extra[@]}" MODEL.WEIGHTS "$out/model_final.pth" \
         MODEL.GLIP.TEXT_BOX_HEAD.PREDICT $predict DATASETS.TEST "$REFEXP_TEST" \
