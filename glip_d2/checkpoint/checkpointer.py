@@ -55,6 +55,17 @@ def read_pkl_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
     return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one line ("Unsupported class X" on torch
+    2.3, "Unsupported global: GLOBAL X ..." on later releases, whose message around it spans
+    several lines, carries terminal colour codes and advises weights_only=False)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    if found:
+        return found.group(1).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
     """Read a `.pth` / `.safetensors` / `.pkl` checkpoint into a dict with a "model" state dict.
 
@@ -99,10 +110,10 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         raise RuntimeError(
-            f"{path} pickles objects other than tensors and plain containers, so glip_d2 refused "
-            f"to load it (torch.load(weights_only=True): {e}). If you trust the file, convert it "
-            "once: `python -m glip_d2.checkpoint.convert IN OUT.pth --trust-pickle`, and use "
-            "OUT.pth."
+            f"{path} pickles objects other than tensors and plain containers "
+            f"({_unpickler_reason(e)}), so glip_d2 refused to load it with "
+            "torch.load(weights_only=True). If you trust the file, convert it once: "
+            "`python -m glip_d2.checkpoint.convert IN OUT.pth --trust-pickle`, and use OUT.pth."
         ) from e
     except Exception as e:  # zip/pickle corruption surfaces as RuntimeError, KeyError, EOFError...
         raise RuntimeError(

@@ -14,6 +14,7 @@ evaluator_type     evaluator
 =================  =========================================================================
 """
 
+import logging
 import os
 
 from detectron2.config import CfgNode
@@ -26,6 +27,32 @@ from ..evaluation import FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, Sta
 
 # Datasets whose inputs carry their own caption: no vocabulary prompt.
 GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
+
+logger = logging.getLogger(__name__)
+
+
+def fast_coco_eval_available() -> bool:
+    """Whether Detectron2's compiled extension has the fast COCO evaluator's ops.
+
+    COCOEvaluator falls back to pycocotools by itself only when ``detectron2._C`` fails to
+    import. A Detectron2 unpacked without its compiled ops behind a stand-in module (as on a
+    machine whose Python the extension was not built for) imports fine and fails at the first
+    image of the evaluation; this checks that the fast evaluator's class is a real compiled one.
+    """
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return isinstance(getattr(_C, "InstanceAnnotation", None), type)
+
+
+def _coco_evaluator(dataset_name: str, **kwargs) -> COCOEvaluator:
+    """Detectron2's COCOEvaluator, with its fast compiled AP only where the ops are there."""
+    fast = fast_coco_eval_available()
+    if not fast:
+        logger.info("detectron2._C has no compiled COCO evaluation ops: %s is scored with "
+                    "pycocotools' COCOeval (same AP, slower).", dataset_name)
+    return COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs)
 
 
 def _benchmark_options(cfg) -> CfgNode:
@@ -68,7 +95,7 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     opts = _benchmark_options(cfg)
     if kind in ("coco", "odinw"):
         max_dets = cfg.MODEL.ATSS.DETECTIONS_PER_IMG
-        return COCOEvaluator(
+        return _coco_evaluator(
             dataset_name,
             output_dir=output_folder,
             max_dets_per_image=max_dets if max_dets > 0 else None,

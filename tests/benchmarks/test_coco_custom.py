@@ -2,6 +2,8 @@
 
 import contextlib
 import io
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from glip_d2.data.datasets import (
     register_custom_coco,
     register_datasets_from_config,
 )
-from glip_d2.engine import build_glip_evaluator, set_test_vocabulary
+from glip_d2.engine import build_glip_evaluator, fast_coco_eval_available, set_test_vocabulary
+
 from glip_d2.evaluation import (
     FixedAPEvaluator,
     FlickrEvaluator,
@@ -111,12 +114,36 @@ def _predictions():
     }
 
 
-def test_coco_evaluator_maps_contiguous_pred_classes_to_dataset_ids(tmp_path, names):
+def _stand_in_c():
+    """A ``detectron2._C`` without compiled ops, as Detectron2 unpacked for a Python its
+    extension was not built for: every attribute is a function that raises when called."""
+    module = types.ModuleType("detectron2._C")
+
+    def missing(name):
+        def raise_(*args, **kwargs):
+            raise RuntimeError(f"detectron2._C.{name} is not available here")
+        return raise_
+
+    module.__getattr__ = missing
+    return module
+
+
+@pytest.mark.parametrize("compiled_ops", [True, False], ids=["compiled", "stand_in"])
+def test_coco_evaluator_maps_contiguous_pred_classes_to_dataset_ids(tmp_path, names, monkeypatch,
+                                                                    compiled_ops):
+    if not compiled_ops:  # the fast evaluator would fail at its first image: pycocotools instead
+        import detectron2
+
+        stand_in = _stand_in_c()
+        monkeypatch.setitem(sys.modules, "detectron2._C", stand_in)
+        monkeypatch.setattr(detectron2, "_C", stand_in, raising=False)
+        assert not fast_coco_eval_available()
     json_file = write_json(tmp_path / "val.json", _json())
     name = names("coco")
     register_custom_coco(name, json_file, str(tmp_path))
     evaluator = build_glip_evaluator(_cfg(), name, output_folder=str(tmp_path / "out"))
     assert isinstance(evaluator, COCOEvaluator)
+    assert evaluator._use_fast_impl == fast_coco_eval_available()
     evaluator.reset()
     for image_id, out in _predictions().items():
         evaluator.process([{"image_id": image_id}], [out])

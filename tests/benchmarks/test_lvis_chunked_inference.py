@@ -16,6 +16,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from glip_d2.data.datasets import register_custom_coco
+from glip_d2.engine import fast_coco_eval_available
 from glip_d2.modeling.language import LANGUAGE_BACKBONE_REGISTRY
 from tests.benchmarks.helpers import coco_json, write_json
 
@@ -108,7 +109,7 @@ def test_coco_evaluator_maps_glip_pred_classes_to_dataset_ids(model, tmp_path, n
         "image_id": 42,
     }
     _, (instances,) = _detect(model, 2, [image])
-    evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"))
+    evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"), use_fast_impl=fast_coco_eval_available())
     evaluator.reset()
     evaluator.process([image], [{"instances": instances}])
     assert "bbox" in evaluator.evaluate()

@@ -61,10 +61,12 @@ def test_training_step_updates_trainable_and_not_frozen_params():
 
 def test_overfitting_one_batch_lowers_the_loss(model):
     m = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    # lr 1e-3 for 25 steps: at 2e-3 the token loss spiked 7x and ended within 10 % of the bound on
+    # one torch release and above it on another; at 1e-3 it ends at 0.04-0.07x its start on both.
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     batch = _batch(m)
     hist, cls = [], []
-    for _ in range(20):
+    for _ in range(25):
         losses = m(batch)
         loss = sum(losses.values())
         opt.zero_grad()
@@ -72,8 +74,8 @@ def test_overfitting_one_batch_lowers_the_loss(model):
         opt.step()
         hist.append(loss.item())
         cls.append(losses["loss_cls"].item())
-    assert cls[-1] < 0.5 * cls[0], cls
-    assert hist[-1] < 0.75 * hist[0], hist
+    assert sum(cls[-3:]) / 3 < 0.25 * cls[0], cls  # the mean of the last three: one spike is no verdict
+    assert sum(hist[-3:]) / 3 < 0.75 * hist[0], hist
 
 
 def test_image_without_boxes_trains_and_infers(model):

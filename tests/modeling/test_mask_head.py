@@ -13,6 +13,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from glip_d2.data.builtin import register_shapes_split
+from glip_d2.engine import fast_coco_eval_available
 from glip_d2.data.shapes import ALL_CLASSES
 from tests.helpers import make_input, tiny_cfg
 
@@ -126,7 +127,8 @@ def test_coco_evaluator_scores_segm_ap(model, tmp_path):
         ]
         m = copy.deepcopy(model).eval()
         m.set_vocabulary(list(ALL_CLASSES))
-        ev = COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False, output_dir=str(tmp_path))
+        ev = COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False, output_dir=str(tmp_path),
+                           use_fast_impl=fast_coco_eval_available())
         ev.reset()
         with torch.no_grad():
             for x in inputs:

@@ -246,7 +246,7 @@ def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(c
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-3)
     history = []
     with EventStorage():
-        for _ in range(10):
+        for _ in range(15):
             losses = student(inputs)
             opt.zero_grad()
             sum(losses.values()).backward()
@@ -259,9 +259,12 @@ def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(c
     }
     assert history[-1]["loss_image_text"] < 0.5 * history[0]["loss_image_text"], history
     assert history[-1]["loss_region_distill"] < 0.5 * history[0]["loss_region_distill"], history
-    assert (
-        history[-1]["loss_region_contrastive"] < 0.5 * history[0]["loss_region_contrastive"]
-    ), history
+    # Region-concept contrastive loss over 8 concepts: chance is ln 8 = 2.08. Where it starts
+    # depends on the random teacher (transformers releases initialise CLIP differently: 5.94 on
+    # 4.x, 1.42 on 5.x), so it must end below half of chance and a quarter below its start
+    # (measured after 15 steps: 0.33 and 0.80).
+    contrastive = [h["loss_region_contrastive"] for h in history]
+    assert contrastive[-1] < min(0.5 * math.log(8), 0.75 * contrastive[0]), history
     assert all(p.grad is None for p in student.teacher.parameters())
 
     student.eval()
