@@ -20,9 +20,10 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
-from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer,
-                            check_datasets_present, check_training_device, ema_weights, enable_exact_resume,
-                            load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
+from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer, build_glip_writers,
+                            check_datasets_present, check_training_device, ema_weights,
+                            enable_exact_resume, load_ema_for_eval, log_main_group_lr,
+                            set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -62,6 +63,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_glip_optimizer(cfg, model)
+
+    def build_writers(self):
+        return build_glip_writers(self.cfg.OUTPUT_DIR, self.max_iter)
 
     def build_hooks(self):
         # log the LR of the main parameter group, not the text encoder's LANG_LR_FACTOR group

@@ -113,7 +113,8 @@ def test_odinw_ap_per_dataset_and_suite_average(odinw_root, caplog, tmp_path):
         summary = odinw_suite_summary({**results, "coco_2017_val": {"bbox": {"AP": 1.0}}})
     assert set(summary) == {"odinw_13", "odinw_35"}
     assert summary["odinw_13"]["bbox"]["AP"] == pytest.approx(75.0)
-    assert summary["odinw_13"]["datasets"] == {"Aquarium": 100.0, "pistols": 50.0}
+    # approx: pycocotools' AP (used where Detectron2 has no compiled ops) gives 99.99999999999997
+    assert summary["odinw_13"]["datasets"] == pytest.approx({"Aquarium": 100.0, "pistols": 50.0})
     assert "2 of 13 datasets evaluated" in caplog.text
 
 
