@@ -19,7 +19,7 @@ if [ -z "$PY" ] || [ ! -x "$PY" ]; then
 fi
 [ -x "$V/bin/python" ] || "$PY" -m venv "$V"
 stamp="$V/.glip_d2_installed"
-want=$(cat requirements-next.txt "$0" | sha256sum | cut -c1-16)
+want=$(cat requirements-next.txt scripts/test_next_stack.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$V/bin/python" -m pip install -q --upgrade pip
   "$V/bin/python" -m pip install -q -r requirements-next.txt
