@@ -21,7 +21,6 @@ from glip_d2.data.datasets import (
     register_datasets_from_config,
 )
 from glip_d2.engine import build_glip_evaluator, fast_coco_eval_available, set_test_vocabulary
-
 from glip_d2.evaluation import (
     FixedAPEvaluator,
     FlickrEvaluator,

@@ -109,7 +109,8 @@ def test_coco_evaluator_maps_glip_pred_classes_to_dataset_ids(model, tmp_path, n
         "image_id": 42,
     }
     _, (instances,) = _detect(model, 2, [image])
-    evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"), use_fast_impl=fast_coco_eval_available())
+    evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "out"),
+                              use_fast_impl=fast_coco_eval_available())
     evaluator.reset()
     evaluator.process([image], [{"instances": instances}])
     assert "bbox" in evaluator.evaluate()

@@ -13,8 +13,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from glip_d2.data.builtin import register_shapes_split
-from glip_d2.engine import fast_coco_eval_available
 from glip_d2.data.shapes import ALL_CLASSES
+from glip_d2.engine import fast_coco_eval_available
 from tests.helpers import make_input, tiny_cfg
 
 CAPTION = "red circle. blue square. green triangle"
