@@ -14,6 +14,7 @@ from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
+from detectron2.utils.logger import setup_logger
 
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
@@ -110,6 +111,9 @@ def load_cfg(args):
 def setup(args):
     cfg = load_cfg(args)
     default_setup(cfg, args)
+    # glip_d2's own log lines (optimizer groups, dataset ratios, prompt chunks, fallbacks) go to
+    # the console and OUTPUT_DIR/log.txt too; default_setup configures only Detectron2's loggers
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     return cfg
 
 

@@ -103,6 +103,10 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed_from < before_kill[-1][0]  # iterations after the checkpoint are redone
     _wait(_start(killed_cfg, killed_log, resume=True), "the resumed run")
     _wait(full, "the uninterrupted run")
+    # glip_d2's own INFO lines reach OUTPUT_DIR/log.txt next to Detectron2's (train_net's setup)
+    log = (full_dir / "log.txt").read_text()
+    assert "d2.engine.train_loop INFO: Starting training" in log
+    assert "glip_d2.engine.optimizer INFO: Optimizer " in log
 
     reference = dict(_losses(full_log))
     assert sorted(reference) == list(range(MAX_ITER))
