@@ -29,7 +29,7 @@ def fmt(v):
 root = sys.argv[1] if len(sys.argv) > 1 else "output/glipv2_xvlm"
 print("| run | seen AP | seen AP50 | novel AP | novel AP50 | segm AP seen | segm AP novel |")
 print("|---|---|---|---|---|---|---|")
-ORDER = ("grounding", "contrastive", "mlm", "both", "heads", "itc", "itm")
+ORDER = ("grounding", "contrastive", "mlm", "both", "refexp", "masks", "heads", "itc", "itm")
 
 
 def sweep(prefix):
@@ -40,7 +40,7 @@ def sweep(prefix):
 
 
 # each sweep follows the run of its loss at weight 1
-runs = list(ORDER[:2]) + sweep("contrastive") + list(ORDER[2:6]) + sweep("itc") + list(ORDER[6:])
+runs = list(ORDER[:2]) + sweep("contrastive") + list(ORDER[2:8]) + sweep("itc") + list(ORDER[8:])
 for run in runs:
     m = last_metrics(os.path.join(root, run))
     if not m:

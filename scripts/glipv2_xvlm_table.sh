@@ -12,13 +12,16 @@
 # contrastive_W (e.g. contrastive_0.3) is the contrastive run at CONTRASTIVE_WEIGHT W, and itc_W
 # (e.g. itc_0.1) the itc run at ITC_WEIGHT W.
 # EXTRA="KEY VALUE ..." appends overrides to every run (e.g. EXTRA="MODEL.ATSS.REGION_POOL 0").
+# SEED=N fixes Detectron2's SEED (default -1: a fresh random seed per run, logged).
+# The ablation of the heads run: refexp = grounding + the referring expressions in the training
+# data (no extra head); masks = grounding + the mask head (no expressions, no text-to-box head).
 source "$(dirname "$0")/env.sh"
 ITERS=${ITERS:-150}
 ROOT=${ROOT:-output/glipv2_xvlm}
 PY=".venv/bin/python"
 COMMON=(--config-file configs/demo_glip_tiny_shapes.yaml SOLVER.MAX_ITER "$ITERS"
         SOLVER.STEPS "($((ITERS * 4 / 5)),)" SOLVER.WARMUP_ITERS "$((ITERS / 10))"
-        SOLVER.CHECKPOINT_PERIOD 1000000 ${EXTRA:-})
+        SOLVER.CHECKPOINT_PERIOD 1000000 SEED "${SEED:--1}" ${EXTRA:-})
 REFEXP_TEST='("shapes_refexp_val", "shapes_refexp_val_novel")'
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(grounding contrastive mlm both heads itc itm)
@@ -31,6 +34,9 @@ for run in "${runs[@]}"; do
                  extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT "${run#contrastive_}") ;;
     mlm)         extra=(MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
     both)        extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0 MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
+    refexp)      extra=(DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")') ;;
+    masks)       extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
+                        MODEL.ROI_MASK_HEAD.CONV_DIM 64) ;;
     heads|itc|itm|itc_*)
                  extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
                         MODEL.ROI_MASK_HEAD.CONV_DIM 64 MODEL.GLIP.TEXT_BOX_HEAD.NAME XVLMBoxHead
