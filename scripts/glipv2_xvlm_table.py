@@ -40,7 +40,7 @@ def sweep(prefix):
 
 
 # each sweep follows the run of its loss at weight 1
-runs = list(ORDER[:2]) + sweep("contrastive") + list(ORDER[2:8]) + sweep("itc") + list(ORDER[8:])
+runs = [r for name in ORDER for r in (name, *sweep(name))]
 for run in runs:
     m = last_metrics(os.path.join(root, run))
     if not m:

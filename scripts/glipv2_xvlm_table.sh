@@ -23,6 +23,9 @@ COMMON=(--config-file configs/demo_glip_tiny_shapes.yaml SOLVER.MAX_ITER "$ITERS
         SOLVER.STEPS "($((ITERS * 4 / 5)),)" SOLVER.WARMUP_ITERS "$((ITERS / 10))"
         SOLVER.CHECKPOINT_PERIOD 1000000 SEED "${SEED:--1}" ${EXTRA:-})
 REFEXP_TEST='("shapes_refexp_val", "shapes_refexp_val_novel")'
+MASK_HEAD=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
+           MODEL.ROI_MASK_HEAD.CONV_DIM 64)
+WITH_REFEXP=(DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")')  # expressions in the data
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(grounding contrastive mlm both heads itc itm)
 for run in "${runs[@]}"; do
@@ -34,13 +37,10 @@ for run in "${runs[@]}"; do
                  extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT "${run#contrastive_}") ;;
     mlm)         extra=(MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
     both)        extra=(MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT 1.0 MODEL.GLIP.LOSSES.MLM_WEIGHT 1.0) ;;
-    refexp)      extra=(DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")') ;;
-    masks)       extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
-                        MODEL.ROI_MASK_HEAD.CONV_DIM 64) ;;
+    refexp)      extra=("${WITH_REFEXP[@]}") ;;
+    masks)       extra=("${MASK_HEAD[@]}") ;;
     heads|itc|itm|itc_*)
-                 extra=(MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask MODEL.ROI_MASK_HEAD.NUM_CONV 2
-                        MODEL.ROI_MASK_HEAD.CONV_DIM 64 MODEL.GLIP.TEXT_BOX_HEAD.NAME XVLMBoxHead
-                        DATASETS.TRAIN '("shapes_train", "shapes_refexp_train")')
+                 extra=("${MASK_HEAD[@]}" MODEL.GLIP.TEXT_BOX_HEAD.NAME XVLMBoxHead "${WITH_REFEXP[@]}")
                  # ITC / ITM train on the referring expressions only (the mapper's detection
                  # prompts of shapes_train take no part; docs/glipv2_xvlm.md)
                  if [ "$run" = itc ]; then extra+=(MODEL.GLIP.LOSSES.ITC_WEIGHT 1.0); fi
