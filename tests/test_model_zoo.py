@@ -20,14 +20,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = b"glip_d2 model zoo test payload\n" * 1000
 
 
+class _HubLikeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; answers ``/hub/<sha256>/<commit>/<file>`` as the Hugging Face hub's resolve
+    endpoint answers for an LFS file: a 302 to the file (the "CDN") whose headers declare the
+    sha256, size and commit. ``/short/<file>`` promises more bytes than it sends."""
+
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        if parts[0] == "hub":
+            self.send_response(302)
+            self.send_header("Location", "/" + parts[3])
+            self.send_header("X-Linked-Etag", f'"{parts[1]}"')
+            self.send_header("X-Linked-Size", str(len(PAYLOAD)))
+            self.send_header("X-Repo-Commit", parts[2])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif parts[0] == "short":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD) + 100))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+            self.close_connection = True
+        else:
+            super().do_GET()
+
+    def log_message(self, *args, **kwargs):
+        pass
+
+
 @pytest.fixture
 def server(tmp_path):
     """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
     www = tmp_path / "www"
     www.mkdir()
     (www / "weights.pth").write_bytes(PAYLOAD)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a, **k: None
+    handler = functools.partial(_HubLikeHandler, directory=str(www))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -109,9 +136,44 @@ def test_download_with_bad_checksum_leaves_nothing(server, cache, monkeypatch):
     assert not cache.exists() or os.listdir(cache) == []
 
 
+def test_download_is_checked_against_the_digest_the_hub_declares(server, cache, monkeypatch, caplog):
+    """No pinned digest: the sha256 that the hub-like redirect declares is checked."""
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    _add_model(monkeypatch, server + f"hub/{sha}/abc123/weights.pth", None)
+    with caplog.at_level("INFO", logger="glip_d2.model_zoo"):
+        path = model_zoo.get_checkpoint("test_model")
+    assert model_zoo.sha256_of(path) == sha and sorted(os.listdir(cache)) == ["test_model.pth"]
+    assert f"(hub commit abc123): sha256 {sha}, as the server declared" in caplog.text
+    assert "without a known checksum" not in caplog.text
+
+    os.remove(path)
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    _add_model(monkeypatch, server + f"hub/{wrong}/abc123/weights.pth", None)
+    with pytest.raises(ValueError, match=f"has sha256 {sha}, the server declared {wrong}"):
+        model_zoo.get_checkpoint("test_model")
+    assert os.listdir(cache) == []
+    # a pinned digest is checked as well as the declared one
+    _add_model(monkeypatch, server + f"hub/{sha}/abc123/weights.pth", "1" * 64)
+    with pytest.raises(ValueError, match="expected 1111"):
+        model_zoo.get_checkpoint("test_model")
+    assert os.listdir(cache) == []
+
+
+def test_download_without_any_digest_warns_with_the_digest(server, cache, monkeypatch, caplog):
+    _add_model(monkeypatch, server + "weights.pth", None)
+    with caplog.at_level("INFO", logger="glip_d2.model_zoo"):
+        model_zoo.get_checkpoint("test_model")
+    assert f"without a known checksum; its sha256 is {hashlib.sha256(PAYLOAD).hexdigest()}" in caplog.text
+
+
 def test_download_errors_are_clear_and_leave_nothing(server, cache, monkeypatch):
     _add_model(monkeypatch, server + "missing.pth", None)  # HTTP 404
     with pytest.raises(RuntimeError, match="Could not download .*missing.pth.*put it at"):
+        model_zoo.get_checkpoint("test_model")
+    assert os.listdir(cache) == []
+    _add_model(monkeypatch, server + "short/weights.pth", None)  # the connection ends early
+    with pytest.raises(RuntimeError, match=f"short/weights.pth ended after {len(PAYLOAD)} of "
+                                           f"{len(PAYLOAD) + 100} bytes"):
         model_zoo.get_checkpoint("test_model")
     assert os.listdir(cache) == []
 

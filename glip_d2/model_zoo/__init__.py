@@ -11,7 +11,8 @@ Config names are the yaml files of ``configs/`` without ".yaml" ("glip_swin_t",
 "two_stage/faster_rcnn_R_50_FPN_glip", "protocols/lvis_minival"); they ship inside the package,
 so an installed wheel needs no checkout. Model names (:data:`MODELS`) pair a config with a
 checkpoint, found in the cache directory (``$GLIP_D2_CACHE``, default ``~/.cache/glip_d2``) or
-downloaded there once, with a progress bar and a sha256 check when the digest is known.
+downloaded there once, with a progress bar and a sha256 check (the table's digest, the server's
+declared one, or both).
 """
 import os
 from typing import List

@@ -17,8 +17,8 @@ class ModelZooEntry:
         config: config name, a yaml path relative to ``configs/`` without ".yaml".
         file_name: the checkpoint's file name in the cache directory.
         url: where to download it from; "" = not downloadable (put the file in the cache).
-        sha256: hex digest the download must have; None = unknown (the digest is logged, the
-            download is not verified).
+        sha256: hex digest the download must have; None = not pinned (the download is checked
+            against the digest the server declares, if any, and the digest is logged).
         variant: the architecture, as the paper names it.
         description: training data and notes.
     """
@@ -33,8 +33,9 @@ class ModelZooEntry:
 
 
 def _official(name, config, file_name, variant, description):
-    # sha256 None: no session of this project could download the official files to record
-    # their digests (no internet); a download logs the digest it got.
+    # sha256 None: no session of this project could download the official files to pin their
+    # digests (no internet); a download is checked against the sha256 the hub declares
+    # (X-Linked-Etag) and logs it.
     return ModelZooEntry(name, config, file_name, OFFICIAL_URL_ROOT + file_name, None, variant,
                          description)
 

@@ -1,7 +1,9 @@
 """The checkpoint cache and downloads with a progress bar and a sha256 check."""
 import hashlib
+import http.client
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -14,6 +16,31 @@ __all__ = ["cache_dir", "download", "sha256_of"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class _KeepRedirectHeaders(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib's own handler and keeps each redirect's headers: the
+    Hugging Face hub names an LFS file's sha256 and size in its redirect to the CDN
+    (``X-Linked-Etag``, ``X-Linked-Size``), not in the CDN's answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _declared(headers, name: str) -> Optional[str]:
+    """The first value of header ``name`` along the redirect chain, quotes and ``W/`` removed."""
+    for h in headers:
+        value = h.get(name)
+        if value:
+            value = value.strip()
+            return (value[2:] if value.startswith("W/") else value).strip('"').lower()
+    return None
 
 
 def cache_dir() -> str:
@@ -35,13 +62,17 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
     """Download ``url`` to ``path`` atomically, checking its sha256.
 
     The bytes go to a temporary file beside ``path`` that is renamed only when complete and
-    (if ``sha256`` is given) equal to the expected digest; on any failure it is removed, so a
-    partial or corrupt download never sits at ``path``.
+    equal to the expected digest; on any failure it is removed, so a partial or corrupt
+    download never sits at ``path``. The expected digest is ``sha256`` and also, when the server
+    declares one, the sha256 it names for the file: the Hugging Face hub sends an LFS file's
+    sha256 as ``X-Linked-Etag`` (huggingface_hub checks its cache against the same header), so
+    a hub download is verified even where no digest is pinned.
 
     Args:
         url: http(s) or file URL.
         path: destination file; its folder is created.
-        sha256: expected hex digest; None = not checked (the digest is logged).
+        sha256: expected hex digest; None = checked only against the server's declared digest
+            (and logged when the server declares none).
         timeout: seconds to wait for the server.
         progress: show a tqdm progress bar.
 
@@ -49,37 +80,55 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
         ``path``.
 
     Raises:
-        RuntimeError: if the download fails (naming the URL and where to put the file by hand).
-        ValueError: if the file's sha256 differs from ``sha256``.
+        RuntimeError: if the download fails or ends short of the size the server declared
+            (naming the URL and where to put the file by hand).
+        ValueError: if the file's sha256 differs from ``sha256`` or from the digest the server
+            declared.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
     try:
         h = hashlib.sha256()
+        redirects = _KeepRedirectHeaders()
+        size = 0
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
+                with urllib.request.build_opener(redirects).open(url, timeout=timeout) as response:
+                    chain = [*redirects.headers, response.headers]
+                    total = int(_declared(chain, "X-Linked-Size") or
+                                response.headers.get("Content-Length") or 0) or None
                     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                               desc=os.path.basename(path), disable=not progress) as bar:
                         for block in iter(lambda: response.read(_CHUNK), b""):
                             out.write(block)
                             h.update(block)
+                            size += len(block)
                             bar.update(len(block))
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
                 raise RuntimeError(
                     f"Could not download {url} ({type(e).__name__}: {e}). Download it by hand "
                     f"and put it at {path}."
                 ) from e
+        if total is not None and size != total:
+            raise RuntimeError(f"The download of {url} ended after {size} of {total} bytes. "
+                               "Nothing was saved; try again.")
         digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise ValueError(
-                f"The download of {url} has sha256 {digest}, expected {sha256}: the file is "
-                "corrupt or not the expected one. Nothing was saved; try again."
-            )
-        if sha256 is None:
-            logger.warning(f"Downloaded {url} without a known checksum; its sha256 is {digest}.")
+        declared = _declared(chain, "X-Linked-Etag")
+        declared = declared if declared and _SHA256.fullmatch(declared) else None
+        for expected, source in ((sha256, "expected"), (declared, "the server declared")):
+            if expected is not None and digest != expected.lower():
+                raise ValueError(
+                    f"The download of {url} has sha256 {digest}, {source} {expected.lower()}: "
+                    "the file is corrupt or not the expected one. Nothing was saved; try again."
+                )
+        commit = _declared(chain, "X-Repo-Commit")
+        origin = f" (hub commit {commit})" if commit else ""
+        if sha256 is None and declared is None:
+            logger.warning(f"Downloaded {url}{origin} without a known checksum; its sha256 is "
+                           f"{digest}.")
+        elif sha256 is None:
+            logger.info(f"Downloaded {url}{origin}: sha256 {digest}, as the server declared.")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
