@@ -154,7 +154,7 @@ def test_contrastive_loss_in_the_model_equals_its_definition(plain):
     for i, (off, row) in enumerate(rows):
         targets[i, off : off + row.numel()] = row
     want = region_word_contrastive_loss(
-        torch.stack(regions), torch.cat(words), targets, float(1 / m.head.scorer.log_scale.exp())
+        torch.stack(regions), torch.cat(words), targets, float(1 / m.head.scorer.log_scale.detach().exp())
     )
     assert losses["loss_contrastive"].item() == pytest.approx(0.5 * want.item(), rel=1e-4)
     losses["loss_contrastive"].backward()
