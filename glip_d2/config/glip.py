@@ -94,6 +94,9 @@ def add_glip_config(cfg):
     # At test time, answer every input that carries a "caption" with the head's one box
     # (pred_classes 0, score 1) instead of the grounding detections.
     _C.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = False
+    # Stop the head's losses at the fused features it reads, so that they train the head only and
+    # leave the tower, backbone and text encoder to the grounding losses (docs/glipv2_xvlm.md).
+    _C.MODEL.GLIP.TEXT_BOX_HEAD.DETACH = False
 
     # ---------------------------------------------------------------- Swin Transformer
     _C.MODEL.SWIN = CN()

@@ -97,6 +97,23 @@ def _refexp(m, box, seed):
     return make_input(m, EXPR, [box], [(0, len(EXPR))], seed=seed)
 
 
+def test_detach_trains_the_head_only(model):
+    """TEXT_BOX_HEAD.DETACH: the head's loss reaches the head's weights, and the fusion tower
+    only without it."""
+    cfg = _cfg()
+    cfg.MODEL.GLIP.TEXT_BOX_HEAD.DETACH = True
+    assert type(model).from_config(cfg)["text_box_detach"] is True and not model.text_box_detach
+    m = copy.deepcopy(model).train()
+    batch = [_refexp(m, [10, 20, 70, 90], 0)]
+    for detach in (False, True):
+        m.zero_grad(set_to_none=True)
+        m.text_box_detach = detach
+        m(batch)["loss_text_box_giou"].backward()
+        assert m.text_box_head.query.weight.grad.abs().sum() > 0
+        tower = [p.grad for p in m.head.parameters() if p.grad is not None]
+        assert any(g.abs().sum() > 0 for g in tower) == (not detach), detach
+
+
 def test_model_trains_the_head_on_one_box_images_only(model):
     m = copy.deepcopy(model).train()
     assert any(k.startswith("text_box_head.") for k in m.state_dict())

@@ -124,6 +124,7 @@ class GLIP(PromptingMixin, nn.Module):
         mask_head: Optional[nn.Module] = None,
         text_box_head: Optional[nn.Module] = None,
         text_box_predict: bool = False,
+        text_box_detach: bool = False,
         itc_head: Optional[ImageTextContrastiveHead] = None,
         itm_head: Optional[ImageTextMatchingHead] = None,
     ):
@@ -166,6 +167,7 @@ class GLIP(PromptingMixin, nn.Module):
         # X-VLM text-to-box head (MODEL.GLIP.TEXT_BOX_HEAD; None = off), also outside `head`.
         self.text_box_head = text_box_head
         self.text_box_predict = text_box_predict and text_box_head is not None
+        self.text_box_detach = text_box_detach  # the head's loss stops at the tower's features
         # X-VLM image/region-text contrastive and image-text matching losses (MODEL.GLIP.LOSSES
         # ITC_WEIGHT / ITM_WEIGHT; None = off), also outside `head`.
         self.itc_head, self.itm_head = itc_head, itm_head
@@ -225,6 +227,7 @@ class GLIP(PromptingMixin, nn.Module):
             mask_head=GLIPMaskHead(cfg) if cfg.MODEL.MASK_ON else None,
             text_box_head=build_text_box_head(cfg, language_backbone.language_dim),
             text_box_predict=cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT,
+            text_box_detach=cfg.MODEL.GLIP.TEXT_BOX_HEAD.DETACH,
             # built last: switching them on leaves every other module's initialisation unchanged
             **_alignment_heads(cfg, backbone, language_backbone.language_dim),
         )
@@ -334,8 +337,12 @@ class GLIP(PromptingMixin, nn.Module):
 
     def _text_box_losses(self, out: Dict, inst: List[Instances], image_sizes):
         """X-VLM box losses on the images with exactly one ground-truth box (the caption is then
-        taken to describe that box, as a referring expression does)."""
-        pred = self.text_box_head(out["visual"], out["text"], out["text_mask"], image_sizes)
+        taken to describe that box, as a referring expression does). With ``text_box_detach``
+        the losses train the head only, not the fusion tower and encoders it reads."""
+        visual, text = out["visual"], out["text"]
+        if self.text_box_detach:
+            visual, text = [v.detach() for v in visual], text.detach()
+        pred = self.text_box_head(visual, text, out["text_mask"], image_sizes)
         keep = [k for k, i in enumerate(inst) if len(i) == 1]
         if not keep:
             return self.text_box_head.losses(pred[:0], pred[:0].detach())
