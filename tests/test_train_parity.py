@@ -23,12 +23,15 @@ from tests.test_parity import PARITY_DIR, build_parity_model, load_parity_weight
 pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture was recorded with 1 thread
 
 TRAIN_FIXTURE = PARITY_DIR / "train" / "glip_t_train_parity.json"
-# The fixture was recorded with torch 2.3.1 on one thread; there our gradients equal it to the last
-# bit (every deviation is 0). Another summation order moves float32 gradients through this deep
-# model by up to a few 1e-3 (measured on the 32 recorded maxima: two threads on torch 2.3.1, worst
-# 2.65e-3; torch 2.14.1 on one thread, worst 1.6e-3), so other torch releases are held to 5e-3,
-# still far below what a wrong formula or a missing term gives.
-GRAD_RTOL = 1e-4 if torch.__version__.startswith("2.3.") else 5e-3
+# The fixture was recorded with torch 2.3.1 on one thread. On the CPU of the sessions that built
+# this test, our gradients equalled it to the last bit (every deviation 0). The float32 summation
+# order of the CPU kernels depends on the torch release, the thread count and the CPU's instruction
+# set (oneDNN and MKL choose kernels by it), and through this deep model it moves the gradients by up
+# to a few 1e-3: measured worst deviations of the 32 recorded maxima, two threads on torch 2.3.1
+# 2.65e-3; torch 2.14.1 on one thread 1.6e-3; torch 2.3.1 on one thread on an AVX-512 (FP16) Xeon
+# 2.15e-3, with the median deviation 2e-5. So every platform is held to 5e-3, still far below what a
+# wrong formula or a missing term gives; the losses must agree to 1e-5 and the ATSS positives exactly.
+GRAD_RTOL = 5e-3
 LOSS_NAMES = {"loss_cls": "loss_dot_product_token", "loss_box_reg": "loss_reg",
               "loss_centerness": "loss_centerness"}
 
