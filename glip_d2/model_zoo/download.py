@@ -80,8 +80,8 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
         ``path``.
 
     Raises:
-        RuntimeError: if the download fails or ends short of the size the server declared
-            (naming the URL and where to put the file by hand).
+        RuntimeError: if the download fails (naming the URL and where to put the file by hand)
+            or ends short of the size the server declared.
         ValueError: if the file's sha256 differs from ``sha256`` or from the digest the server
             declared.
     """
