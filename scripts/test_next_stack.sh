@@ -5,7 +5,7 @@
 # 3.10 and torch 2.3 only, so a stand-in module takes their place and raises when one is called
 # (GLIP needs none of them; COCO AP then comes from pycocotools). Not part of CI: the first run
 # installs about 6 GB, and the suite takes longer than on the verified stack.
-#   bash scripts/test_next_stack.sh [pytest args]      PYTHON_NEXT=/path/to/python3.1x to choose
+#   bash scripts/test_next_stack.sh [pytest args, test paths]   PYTHON_NEXT=/path/to/python3.1x to choose
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv-next
@@ -58,4 +58,7 @@ fi
 "$V/bin/python" -c 'import detectron2, numpy, torch, transformers; print("next stack: torch",
   torch.__version__, "| transformers", transformers.__version__, "| numpy", numpy.__version__)'
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$V/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+# the whole tests folder, unless the arguments name test files or folders
+where=tests
+for a in "$@"; do [ -e "${a%%::*}" ] && where=; done
+"$V/bin/python" -m pytest $where -q -p no:cacheprovider "$@"

@@ -2,18 +2,17 @@
 masked language modelling (masking rules, head, checkpoint loading)."""
 import copy
 import math
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from glip_d2.modeling.heads.contrastive import (
     gathered_region_word_contrastive_loss,
     region_word_contrastive_loss,
 )
 from glip_d2.modeling.heads.mlm import IGNORE, mask_tokens, maskable_tokens
+from tests.gloo import run_gloo_workers
 from tests.helpers import make_input, model_with_losses
 
 CAPTION = "red circle. blue square. green triangle"
@@ -66,33 +65,29 @@ def test_contrastive_loss_prefers_aligned_features():
     )
 
 
-def _ddp_worker(rank, world, init_file, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        regions, words, targets = _hand_made()
-        # rank 0 holds image 0, rank 1 image 1 (different numbers of regions and words)
-        rs, ws = [(0, 3), (3, 5)][rank], [(0, 4), (4, 7)][rank]
-        r = regions[rs[0] : rs[1]].clone().requires_grad_(True)
-        w = words[ws[0] : ws[1]].clone().requires_grad_(True)
-        loss = gathered_region_word_contrastive_loss(r, w, targets[rs[0] : rs[1], ws[0] : ws[1]], torch.tensor(0.7))
-        loss.backward()
-        mean = loss.detach().clone()
-        dist.all_reduce(mean)
-        mean /= world
-        grads = [torch.zeros(5, 8), torch.zeros(7, 8)]
-        grads[0][rs[0] : rs[1]] = r.grad / world  # what DDP's gradient averaging gives
-        grads[1][ws[0] : ws[1]] = w.grad / world
-        for g in grads:
-            dist.all_reduce(g)
-        if rank == 0:
-            torch.save({"loss": mean, "grad_regions": grads[0], "grad_words": grads[1]}, result_file)
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world, result_file):
+    regions, words, targets = _hand_made()
+    # rank 0 holds image 0, rank 1 image 1 (different numbers of regions and words)
+    rs, ws = [(0, 3), (3, 5)][rank], [(0, 4), (4, 7)][rank]
+    r = regions[rs[0] : rs[1]].clone().requires_grad_(True)
+    w = words[ws[0] : ws[1]].clone().requires_grad_(True)
+    loss = gathered_region_word_contrastive_loss(r, w, targets[rs[0] : rs[1], ws[0] : ws[1]], torch.tensor(0.7))
+    loss.backward()
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    mean /= world
+    grads = [torch.zeros(5, 8), torch.zeros(7, 8)]
+    grads[0][rs[0] : rs[1]] = r.grad / world  # what DDP's gradient averaging gives
+    grads[1][ws[0] : ws[1]] = w.grad / world
+    for g in grads:
+        dist.all_reduce(g)
+    if rank == 0:
+        torch.save({"loss": mean, "grad_regions": grads[0], "grad_words": grads[1]}, result_file)
 
 
 def test_contrastive_loss_gathered_over_two_gloo_workers_equals_the_whole_batch(tmp_path):
     result = tmp_path / "result.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    run_gloo_workers(_ddp_worker, 2, tmp_path, str(result))
     got = torch.load(result)
     regions, words, targets = _hand_made()
     regions.requires_grad_(True)

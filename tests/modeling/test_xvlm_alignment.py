@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from glip_d2.modeling.heads.itc import ImageTextContrastiveHead, image_text_contrastive_loss
 from glip_d2.modeling.heads.itm import ImageTextMatchingHead, hard_negatives, shifted_negatives
+from tests.gloo import run_gloo_workers
 from tests.helpers import make_input, model_with_losses, tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,26 +113,22 @@ def test_itc_head_pools_whole_images_and_named_boxes_from_hand_made_feature_maps
     assert head.current_temperature().item() == pytest.approx(0.5)
 
 
-def _ddp_worker(rank, world, init_file, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        g = torch.Generator().manual_seed(2)
-        vision, text = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
-        vision.requires_grad_(True)
-        text.requires_grad_(True)
-        part = slice(0, 3) if rank == 0 else slice(3, 3)  # worker 1 has no caption input
-        loss = image_text_contrastive_loss(vision[part], text[part], torch.tensor(0.2))
-        loss.backward()  # the gather's backward all-reduces on every worker, even an empty one
-        dist.all_reduce(loss)
-        if rank == 0:
-            torch.save(loss / world, result_file)
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world, result_file):
+    g = torch.Generator().manual_seed(2)
+    vision, text = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    vision.requires_grad_(True)
+    text.requires_grad_(True)
+    part = slice(0, 3) if rank == 0 else slice(3, 3)  # worker 1 has no caption input
+    loss = image_text_contrastive_loss(vision[part], text[part], torch.tensor(0.2))
+    loss.backward()  # the gather's backward all-reduces on every worker, even an empty one
+    dist.all_reduce(loss)
+    if rank == 0:
+        torch.save(loss / world, result_file)
 
 
 def test_itc_gathered_over_two_gloo_workers_one_without_captions(tmp_path):
     result = tmp_path / "result.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    run_gloo_workers(_ddp_worker, 2, tmp_path, str(result))
     g = torch.Generator().manual_seed(2)
     vision, text = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
     want = _reference_infonce(vision, text, 0.2, torch.eye(3, dtype=torch.bool))
