@@ -7,12 +7,14 @@
 import logging
 import os
 import sys
+import weakref
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser,
+                               default_setup, launch)
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -22,7 +24,7 @@ from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer, build_glip_writers,
-                            check_datasets_present, check_training_device, ema_weights,
+                            check_datasets_present, check_training_device, create_glip_ddp_model, ema_weights,
                             enable_exact_resume, load_ema_for_eval, log_main_group_lr,
                             set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
@@ -31,10 +33,21 @@ from glip_d2.model_zoo import apply_protocol, list_protocols
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer's construction, in its order, with two changes: DDP also on the CPU
+        # (gloo; Detectron2's create_ddp_model asks for a GPU) and glip_d2's checkpointer
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_glip_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = GLIPCheckpointer(  # partial_init_ok: e.g. ImageNet backbone weights
-            self._trainer.model, cfg.OUTPUT_DIR, partial_init_ok=True, **self.checkpointer.checkpointables
+            model, cfg.OUTPUT_DIR, partial_init_ok=True, trainer=weakref.proxy(self)
         )
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())
         enable_exact_resume(self)  # RNG states and the data-stream position go into checkpoints
         self.ema = None
         if cfg.SOLVER.EMA_DECAY > 0:

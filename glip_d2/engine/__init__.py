@@ -1,4 +1,5 @@
 from .datasets_check import check_datasets_present
+from .ddp import create_glip_ddp_model
 from .device_check import check_training_device
 from .ema import EMAHook, ModelEMA, ema_weights, load_ema_for_eval
 from .evaluation import build_glip_evaluator, fast_coco_eval_available, set_test_vocabulary

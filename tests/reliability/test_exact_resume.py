@@ -1,5 +1,6 @@
 """Issue 15, item 5: a training run killed with SIGKILL and resumed with --resume reproduces the
-uninterrupted run's losses (and final weights) exactly on CPU."""
+uninterrupted run's losses (and final weights) exactly on CPU, in one process and in two (DDP over
+gloo, as `train_net.py --num-gpus 2` runs on a machine without CUDA)."""
 
 import json
 import os
@@ -60,13 +61,14 @@ def train_cfg(tmp_path, output_dir):
     return write_cfg(cfg, tmp_path / f"{Path(output_dir).name}.yaml")
 
 
-def _start(cfg_file, loss_file, resume=False):
+def _start(cfg_file, loss_file, procs, resume=False):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(SCRIPT), str(loss_file), "--config-file", cfg_file]
+    cmd = [sys.executable, str(SCRIPT), str(loss_file), "--config-file", cfg_file, "--num-gpus", str(procs)]
     if resume:
         cmd.append("--resume")
+    # its own session: SIGKILL to the group reaches the training processes it spawns
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _losses(path):
@@ -82,12 +84,13 @@ def _wait(proc, what):
     assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
 
 
-def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("procs", [1, 2])
+def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, procs):
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     full_log, killed_log = tmp_path / "full.txt", tmp_path / "killed.txt"
-    full = _start(train_cfg(tmp_path, full_dir), full_log)
+    full = _start(train_cfg(tmp_path, full_dir), full_log, procs)
     killed_cfg = train_cfg(tmp_path, killed_dir)
-    victim = _start(killed_cfg, killed_log)
+    victim = _start(killed_cfg, killed_log, procs)
     # kill -9 once the run is past its first checkpoint (iteration 2) and mid-way to the next
     deadline = time.time() + 240
     while time.time() < deadline and victim.poll() is None:
@@ -95,13 +98,13 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path):
             break
         time.sleep(0.05)
     assert victim.poll() is None, "the run ended before it could be killed:\n" + victim.stderr.read()
-    victim.send_signal(signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     before_kill = _losses(killed_log)
     last = (killed_dir / "last_checkpoint").read_text()
     resumed_from = int(last[len("model_"):-len(".pth")])
     assert resumed_from < before_kill[-1][0]  # iterations after the checkpoint are redone
-    _wait(_start(killed_cfg, killed_log, resume=True), "the resumed run")
+    _wait(_start(killed_cfg, killed_log, procs, resume=True), "the resumed run")
     _wait(full, "the uninterrupted run")
     # glip_d2's own INFO lines reach OUTPUT_DIR/log.txt next to Detectron2's (train_net's setup)
     log = (full_dir / "log.txt").read_text()
@@ -117,6 +120,10 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path):
     a = torch.load(full_dir / "model_final.pth", weights_only=True)
     b = torch.load(killed_dir / "model_final.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    stream = b["trainer"]["hooks"]["ExactResumeHook"]["ranks"][0]["stream"]
-    assert stream == a["trainer"]["hooks"]["ExactResumeHook"]["ranks"][0]["stream"]
-    assert stream["next_position"] + len(stream["delivered_ahead"]) == MAX_ITER * 2
+    ranks = b["trainer"]["hooks"]["ExactResumeHook"]["ranks"]
+    assert len(ranks) == procs
+    for rank, state in enumerate(ranks):
+        stream = state["stream"]
+        assert stream == a["trainer"]["hooks"]["ExactResumeHook"]["ranks"][rank]["stream"]
+        # each process reads its share of the 2 images per step
+        assert stream["next_position"] + len(stream["delivered_ahead"]) == MAX_ITER * 2 // procs

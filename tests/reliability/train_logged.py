@@ -1,4 +1,4 @@
-"""Run train_net.py's training (the same Trainer, setup and --resume) and append every
+"""Run train_net.py's training (the same Trainer, setup, --resume and --num-gpus) and append every
 iteration's exact total loss to a file: ``python tests/reliability/train_logged.py LOSS_FILE
 [train_net arguments]``. Used by test_exact_resume.py, which kills and resumes it."""
 
@@ -7,7 +7,8 @@ import os
 import sys
 
 import torch
-from detectron2.engine import HookBase, default_argument_parser
+import detectron2.utils.comm as comm
+from detectron2.engine import HookBase, default_argument_parser, launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,18 +25,24 @@ class LossLog(HookBase):
             os.fsync(f.fileno())
 
 
-def main():
+def _train(loss_file, args):
     torch.set_num_threads(1)
     spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
-    loss_file, argv = sys.argv[1], sys.argv[2:]
-    args = default_argument_parser().parse_args(argv)
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
-    trainer.register_hooks([LossLog(loss_file)])
+    if comm.is_main_process():  # the main process holds the loss averaged over the processes
+        trainer.register_hooks([LossLog(loss_file)])
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
+
+
+def main():
+    loss_file, argv = sys.argv[1], sys.argv[2:]
+    args = default_argument_parser().parse_args(argv)
+    # --num-gpus N: N processes joined as train_net.py joins them (gloo on the CPU)
+    launch(_train, args.num_gpus, dist_url="auto", args=(loss_file, args))
 
 
 if __name__ == "__main__":
