@@ -36,6 +36,8 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer's construction, in its order, with two changes: DDP also on the CPU
         # (gloo; Detectron2's create_ddp_model asks for a GPU) and glip_d2's checkpointer
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # no default_setup ran
+            setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
