@@ -1,7 +1,7 @@
 """DistributedDataParallel for training on GPUs (NCCL) and on the CPU (gloo).
 
 Detectron2's ``create_ddp_model`` always passes ``device_ids=[local rank]``, which DDP refuses for
-a model on the CPU, so ``train_net.py --num-gpus N`` stopped at the first step on a machine
+a model on the CPU, so ``train_net.py --num-gpus N`` stopped while building its trainer on a machine
 without CUDA (Detectron2's ``launch`` itself runs CPU processes with gloo). Here a model on the CPU
 gets no device ids; a model on a GPU gets its local rank, as in Detectron2.
 """
