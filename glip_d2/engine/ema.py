@@ -1,4 +1,9 @@
-"""Exponential moving average of model weights (official GLIP: MODEL_EMA 0.999)."""
+"""Exponential moving average of model weights (official GLIP: MODEL_EMA 0.999).
+
+The EMA holds the weights of the model itself, never of its DDP wrapper: its keys are the model's
+own (no ``module.`` prefix), so EMA weights saved by a multi-process run load into a one-process
+model (``--eval-only``, a resume on another number of processes) and the other way round.
+"""
 import contextlib
 import copy
 import logging
@@ -7,18 +12,39 @@ import torch
 from detectron2.engine import HookBase
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
+_WRAPPER = "module."  # the key prefix of DistributedDataParallel / DataParallel state dicts
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _own_keys(state: dict) -> dict:
+    """EMA weights saved with a wrapper's prefix (by earlier glip_d2 versions, in multi-process
+    runs) under the model's own keys."""
+    if state and all(k.startswith(_WRAPPER) for k in state):
+        return {k[len(_WRAPPER):]: v for k, v in state.items()}
+    return state
+
 
 class ModelEMA(nn.Module):
-    """Shadow copy of a model's floating-point state, updated as ema = d*ema + (1-d)*w."""
+    """Shadow copy of a model's floating-point state, updated as ema = d*ema + (1-d)*w.
+
+    ``model`` may be wrapped in DDP; the EMA follows the wrapped model.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module):
-        for k, v in model.state_dict().items():
+        for k, v in _unwrap(model).state_dict().items():
             s = self.shadow[k]
             if v.dtype.is_floating_point:
                 s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
@@ -29,12 +55,19 @@ class ModelEMA(nn.Module):
         return {k: v.clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state, strict=True):
+        state = _own_keys(state)
+        missing = [k for k in self.shadow if k not in state]
+        if missing:  # those entries keep the current weights: the average restarts there
+            logger.warning(f"EMA checkpoint lacks {len(missing)} of the model's {len(self.shadow)} entries "
+                           f"(e.g. {missing[0]}); their average restarts from the current weights.")
         for k, v in state.items():
             if k in self.shadow:
                 self.shadow[k].copy_(v)
 
     def swap_into(self, model: nn.Module):
-        """Put EMA weights into `model`; returns the previous weights for `load_state_dict`."""
+        """Put EMA weights into `model` (or the model a DDP `model` wraps); returns the previous
+        weights, for ``_unwrap(model).load_state_dict``."""
+        model = _unwrap(model)
         backup = copy.deepcopy(model.state_dict())
         model.load_state_dict(self.shadow)
         return backup
@@ -57,7 +90,7 @@ def ema_weights(ema: ModelEMA, model: nn.Module):
     try:
         yield model
     finally:
-        model.load_state_dict(backup)
+        _unwrap(model).load_state_dict(backup)
 
 
 def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
@@ -73,5 +106,5 @@ def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
     if not state:
         logging.getLogger(__name__).info("TEST.USE_EMA: the checkpoint has no EMA weights; evaluating the raw weights.")
         return False
-    model.load_state_dict(state)
+    _unwrap(model).load_state_dict(_own_keys(state))
     return True

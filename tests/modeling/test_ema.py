@@ -1,4 +1,7 @@
-"""Model EMA: the update rule, evaluation with EMA weights, and loading them for --eval-only."""
+"""Model EMA: the update rule, evaluation with EMA weights, and loading them for --eval-only,
+also for a model wrapped in DDP."""
+
+import logging
 
 import torch
 from torch import nn
@@ -47,3 +50,49 @@ def test_load_ema_for_eval_from_a_checkpoint_dict():
     assert torch.equal(net[0].bias, torch.full((2,), 3.0))
     assert not load_ema_for_eval(net, {"iteration": 9})  # raw weights stay
     assert torch.equal(net[0].bias, torch.full((2,), 3.0))
+
+
+def test_ema_of_a_wrapped_model_keeps_the_models_own_keys():
+    net = _net().eval()
+    wrapped = nn.DataParallel(net)  # on the CPU a plain wrapper with DDP's "module." state keys
+    assert all(k.startswith("module.") for k in wrapped.state_dict())
+    ema = ModelEMA(wrapped, decay=0.5)
+    assert set(ema.state_dict()) == set(net.state_dict())
+    w0 = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(2.0)
+    ema.update(wrapped)
+    torch.testing.assert_close(ema.shadow["0.weight"], w0 + 1.0)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    with ema_weights(ema, wrapped):  # train_net evaluates the DDP model with the EMA weights
+        torch.testing.assert_close(net[0].weight, w0 + 1.0)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, trained[k])
+    # the EMA of a multi-process run loads into a one-process model (--eval-only, a resume)
+    plain = _net()
+    assert load_ema_for_eval(plain, {"ema": ema.state_dict()})
+    torch.testing.assert_close(plain[0].weight, w0 + 1.0)
+
+
+def test_ema_saved_with_the_wrapper_prefix_loads_and_missing_entries_are_reported():
+    net = _net()
+    old = {"module." + k: v + 1 for k, v in net.state_dict().items()}  # a multi-process run's, before
+    plain = _net()
+    assert load_ema_for_eval(plain, {"ema": old})
+    torch.testing.assert_close(plain[0].bias, net[0].bias + 1)
+    ema = ModelEMA(_net(), decay=0.5)
+    ema.load_state_dict(old)
+    torch.testing.assert_close(ema.shadow["0.bias"], net[0].bias + 1)
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log = logging.getLogger("glip_d2.engine.ema")
+    log.addHandler(handler)
+    try:
+        ema.load_state_dict({"0.weight": net[0].weight})
+    finally:
+        log.removeHandler(handler)
+    n = len(net.state_dict())
+    assert [r.getMessage().split(" (")[0] for r in seen] == [f"EMA checkpoint lacks {n - 1} of the model's {n} entries"]
+    torch.testing.assert_close(ema.shadow["0.bias"], net[0].bias + 1)  # the others are kept
