@@ -36,6 +36,13 @@ _TOWER_BLOCK = re.compile(r"^head\.tower\.blocks\.(\d+)\.")
 _EMBED_KEY = "backbone.bottom_up.patch_embed.proj.weight"
 
 
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model a DistributedDataParallel / DataParallel wrapper holds, or ``model`` itself."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
 def read_pkl_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
     """Read a Detectron2 / Detectron-1 model-zoo `.pkl` the way Detectron2 interprets it, but
     through :func:`~glip_d2.safe_pickle.load_pickle_weights` (numpy arrays and plain
@@ -201,8 +208,7 @@ def check_variant(model: nn.Module, converted: Dict[str, torch.Tensor]) -> None:
     """
     if not _is_full_glip(converted):
         return
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
+    model = unwrap_model(model)
     own = model.state_dict()
     problems = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -278,8 +284,7 @@ def check_coverage(
     Raises:
         ValueError: listing what the model expects and what the checkpoint holds.
     """
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
+    model = unwrap_model(model)
     params = {k: tuple(p.shape) for k, p in model.named_parameters()}
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = {

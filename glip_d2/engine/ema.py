@@ -12,15 +12,11 @@ import torch
 from detectron2.engine import HookBase
 from torch import nn
 
+from ..checkpoint.checkpointer import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 _WRAPPER = "module."  # the key prefix of DistributedDataParallel / DataParallel state dicts
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def _own_keys(state: dict) -> dict:
@@ -40,11 +36,11 @@ class ModelEMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        self.shadow = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module):
-        for k, v in _unwrap(model).state_dict().items():
+        for k, v in unwrap_model(model).state_dict().items():
             s = self.shadow[k]
             if v.dtype.is_floating_point:
                 s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
@@ -66,8 +62,8 @@ class ModelEMA(nn.Module):
 
     def swap_into(self, model: nn.Module):
         """Put EMA weights into `model` (or the model a DDP `model` wraps); returns the previous
-        weights, for ``_unwrap(model).load_state_dict``."""
-        model = _unwrap(model)
+        weights, for ``unwrap_model(model).load_state_dict``."""
+        model = unwrap_model(model)
         backup = copy.deepcopy(model.state_dict())
         model.load_state_dict(self.shadow)
         return backup
@@ -90,7 +86,7 @@ def ema_weights(ema: ModelEMA, model: nn.Module):
     try:
         yield model
     finally:
-        _unwrap(model).load_state_dict(backup)
+        unwrap_model(model).load_state_dict(backup)
 
 
 def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
@@ -106,5 +102,5 @@ def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
     if not state:
         logging.getLogger(__name__).info("TEST.USE_EMA: the checkpoint has no EMA weights; evaluating the raw weights.")
         return False
-    _unwrap(model).load_state_dict(_own_keys(state))
+    unwrap_model(model).load_state_dict(_own_keys(state))
     return True

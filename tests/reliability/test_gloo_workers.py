@@ -4,6 +4,7 @@ waiting for it forever."""
 import time
 
 import pytest
+import torch
 import torch.distributed as dist
 from torch.multiprocessing import ProcessRaisedException
 
@@ -22,8 +23,6 @@ def _second_worker_hangs(rank, world):
 
 
 def _sum_ranks(rank, world, result_file):
-    import torch
-
     t = torch.tensor([float(rank)])
     dist.all_reduce(t)
     if rank == 0:
@@ -31,8 +30,6 @@ def _sum_ranks(rank, world, result_file):
 
 
 def test_workers_share_a_group_and_end(tmp_path):
-    import torch
-
     run_gloo_workers(_sum_ranks, 3, tmp_path, str(tmp_path / "sum.pt"))
     assert torch.load(tmp_path / "sum.pt").tolist() == [3.0]  # 0 + 1 + 2
 

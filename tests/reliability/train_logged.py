@@ -2,15 +2,14 @@
 iteration's exact total loss to a file: ``python tests/reliability/train_logged.py LOSS_FILE
 [train_net arguments]``. Used by test_exact_resume.py, which kills and resumes it."""
 
-import importlib.util
 import os
 import sys
 
-import torch
 import detectron2.utils.comm as comm
+import torch
 from detectron2.engine import HookBase, default_argument_parser, launch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.reliability.helpers import load_train_net  # the test runs this with PYTHONPATH=ROOT
 
 
 class LossLog(HookBase):
@@ -27,9 +26,7 @@ class LossLog(HookBase):
 
 def _train(loss_file, args):
     torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
     if comm.is_main_process():  # the main process holds the loss averaged over the processes
