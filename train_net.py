@@ -15,6 +15,7 @@ from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser,
                                default_setup, launch)
+from detectron2.engine.hooks import IterationTimer
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -23,10 +24,10 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
-from glip_d2.engine import (EMAHook, ModelEMA, build_glip_evaluator, build_glip_optimizer, build_glip_writers,
+from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer, build_glip_writers,
                             check_datasets_present, check_training_device, create_glip_ddp_model, ema_weights,
-                            enable_exact_resume, load_ema_for_eval, log_main_group_lr,
-                            set_test_vocabulary)
+                            enable_exact_resume, load_ema_for_eval,
+                            log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -49,15 +50,19 @@ class Trainer(DefaultTrainer):
             model, cfg.OUTPUT_DIR, partial_init_ok=True, trainer=weakref.proxy(self)
         )
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
-        self.register_hooks(self.build_hooks())
-        enable_exact_resume(self)  # RNG states and the data-stream position go into checkpoints
         self.ema = None
-        if cfg.SOLVER.EMA_DECAY > 0:
-            self.ema = ModelEMA(self.model, cfg.SOLVER.EMA_DECAY)
+        if cfg.SOLVER.EMA_DECAY > 0:  # restarted from the loaded weights in resume_or_load
+            self.ema = ModelEMA(model, cfg.SOLVER.EMA_DECAY)
             self.checkpointer.add_checkpointable("ema", self.ema)
-            self.register_hooks([EMAHook(self.ema, self.model)])
             if cfg.TEST.USE_EMA:  # the periodic and final evaluations see the EMA weights
                 self.test = self._test_with_ema
+        self.register_hooks(self.build_hooks())
+        enable_exact_resume(self)  # RNG states and the data-stream position go into checkpoints
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume)
+        if self.ema is not None:  # the average starts at MODEL.WEIGHTS, not at the random init
+            self.ema.start_from(self.model)
 
     def _test_with_ema(self, cfg, model, evaluators=None):
         with ema_weights(self.ema, model):
@@ -85,7 +90,17 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         # log the LR of the main parameter group, not the text encoder's LANG_LR_FACTOR group
-        return log_main_group_lr(super().build_hooks(), self.cfg.SOLVER.BASE_LR)
+        hooks = log_main_group_lr(super().build_hooks(), self.cfg.SOLVER.BASE_LR)
+        # right after the timer, before the checkpointer and EvalHook: a checkpoint or an
+        # evaluation of iteration i sees the EMA and the weight decay after step i
+        after_timer = next((i + 1 for i, h in enumerate(hooks) if isinstance(h, IterationTimer)), 0)
+        if self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE:
+            hooks.insert(after_timer, WeightDecaySchedule(self.optimizer, self.cfg.SOLVER.STEPS,
+                                                          self.cfg.SOLVER.GAMMA,
+                                                          self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO))
+        if self.ema is not None:
+            hooks.insert(after_timer, EMAHook(self.ema, self.model))
+        return hooks
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -67,11 +67,13 @@ def _base_cfg(args):
     from detectron2.config import get_cfg
 
     from .config import add_glip_config
+    from .data.datasets import register_datasets_from_config
 
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_datasets_from_config(cfg)  # DATASETS.CUSTOM / PSEUDO_LABELS, as train_net does
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
     cfg.DATASETS.TRAIN = (args.train_dataset,)

@@ -297,6 +297,14 @@ def add_glip_config(cfg):
     _C.SOLVER.OPTIMIZER = "SGD"
     # LR multiplier of the language backbone (official 0.1: LANG_LR 1e-5 vs BASE_LR 1e-4).
     _C.SOLVER.LANG_LR_FACTOR = 0.1
+    # ADAMW parameter groups: "official" (GLIP's make_optimizer: names containing "bias" at
+    # BIAS_LR_FACTOR x LR with WEIGHT_DECAY_BIAS, everything else WEIGHT_DECAY; Base-GLIP.yaml) or
+    # "no_decay_1d" (no weight decay on 1-d tensors and position / embedding tables; the demos).
+    _C.SOLVER.PARAM_GROUPS = "no_decay_1d"
+    # Multiply the weight decay by SOLVER.GAMMA at WEIGHT_DECAY_SCHEDULE_RATIO of each LR step
+    # (official GLIP-L: True, 0.667).
+    _C.SOLVER.WEIGHT_DECAY_SCHEDULE = False
+    _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
     # Model EMA decay (0 = off; official 0.999).
     _C.SOLVER.EMA_DECAY = 0.0
     # Evaluate with the EMA weights: during training when SOLVER.EMA_DECAY > 0, and with

@@ -6,4 +6,5 @@ from .evaluation import build_glip_evaluator, fast_coco_eval_available, set_test
 from .hooks import MainGroupLRScheduler, log_main_group_lr
 from .optimizer import build_glip_optimizer, param_groups
 from .resume import ExactResumeHook, enable_exact_resume, get_rng_state, set_rng_state
+from .weight_decay import WeightDecaySchedule
 from .writers import build_glip_writers, tensorboard_available

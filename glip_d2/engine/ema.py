@@ -28,37 +28,63 @@ def _own_keys(state: dict) -> dict:
 
 
 class ModelEMA(nn.Module):
-    """Shadow copy of a model's floating-point state, updated as ema = d*ema + (1-d)*w.
+    """Shadow copy of a model's state: parameters averaged as ema = d*ema + (1-d)*w, buffers copied.
 
-    ``model`` may be wrapped in DDP; the EMA follows the wrapped model.
+    Buffers are copied, not averaged: they are statistics or caches that a forward pass fills
+    (the prompt-tuning features start as zeros and are written by the first training step), and
+    an average started from their initial value would shrink them by (1 - d^n).
+
+    The average starts from the model as it is when the EMA is built; ``start_from`` restarts
+    every entry a checkpoint did not restore from the model's weights as they are after loading
+    (the trainer calls it after ``MODEL.WEIGHTS`` or a resumed checkpoint is loaded, as the
+    official code builds its EMA after loading). ``model`` may be wrapped in DDP; the EMA follows
+    the wrapped model.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+        model = unwrap_model(model)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._averaged = {k for k, _ in model.named_parameters(remove_duplicate=False)}
+        self._restored = set()  # entries load_state_dict took from a checkpoint
 
     @torch.no_grad()
     def update(self, model: nn.Module):
         for k, v in unwrap_model(model).state_dict().items():
             s = self.shadow[k]
-            if v.dtype.is_floating_point:
+            if k in self._averaged and v.dtype.is_floating_point:
                 s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 s.copy_(v)
+
+    @torch.no_grad()
+    def start_from(self, model: nn.Module) -> int:
+        """Copy the model's current state into every entry no checkpoint restored.
+
+        Returns:
+            how many entries were (re)started.
+        """
+        state = unwrap_model(model).state_dict()
+        fresh = [k for k in self.shadow if k not in self._restored]
+        for k in fresh:
+            self.shadow[k].copy_(state[k])
+        if self._restored and fresh:
+            logger.warning(f"The EMA checkpoint lacked {len(fresh)} of the model's {len(self.shadow)} "
+                           f"entries (e.g. {fresh[0]}); their average restarts from the loaded weights.")
+        elif fresh:
+            logger.info("The weight EMA starts from the loaded weights (the checkpoint has no EMA).")
+        return len(fresh)
 
     def state_dict(self, *args, **kwargs):
         return {k: v.clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state, strict=True):
         state = _own_keys(state)
-        missing = [k for k in self.shadow if k not in state]
-        if missing:  # those entries keep the current weights: the average restarts there
-            logger.warning(f"EMA checkpoint lacks {len(missing)} of the model's {len(self.shadow)} entries "
-                           f"(e.g. {missing[0]}); their average restarts from the current weights.")
         for k, v in state.items():
             if k in self.shadow:
                 self.shadow[k].copy_(v)
+                self._restored.add(k)
 
     def swap_into(self, model: nn.Module):
         """Put EMA weights into `model` (or the model a DDP `model` wraps); returns the previous

@@ -1,13 +1,24 @@
 """Optimizers from the config: GLIP's AdamW rules, or Detectron2's SGD rules for stock configs.
 
-``SOLVER.OPTIMIZER "ADAMW"`` (every GLIP config): the language backbone at ``LANG_LR_FACTOR`` of
-the base LR, no weight decay on norms, biases and position tables. ``"SGD"`` (the default, so a
-stock Detectron2 config keeps its meaning): exactly Detectron2's ``build_optimizer`` (momentum,
-nesterov, ``WEIGHT_DECAY_NORM``, ``WEIGHT_DECAY_BIAS``, ``BIAS_LR_FACTOR``), plus
-``LANG_LR_FACTOR`` on a language backbone if the model has one.
+``SOLVER.OPTIMIZER "ADAMW"`` (every GLIP config), with the parameter groups
+``SOLVER.PARAM_GROUPS`` names:
+
+* ``"official"`` (GLIP-T and GLIP-L, ``Base-GLIP.yaml``): the official ``make_optimizer``. A
+  parameter whose name contains "bias" (biases, ``relative_position_bias_table``, ``bias0``,
+  ``bias_lang``) trains at ``BIAS_LR_FACTOR`` times its LR with weight decay
+  ``WEIGHT_DECAY_BIAS``; every other parameter, norms and embeddings included, has
+  ``WEIGHT_DECAY``.
+* ``"no_decay_1d"`` (the default, and the shapes demos, whose numbers were measured with it): no
+  weight decay on 1-d tensors (norms, biases) and position / embedding tables, no bias LR factor.
+
+In both, parameters under ``language_backbone.`` train at ``LANG_LR_FACTOR`` of the LR (official
+LANG_LR 1e-5 against BASE_LR 1e-4). ``"SGD"`` (the default, so a stock Detectron2 config keeps its
+meaning): exactly Detectron2's ``build_optimizer`` (momentum, nesterov, ``WEIGHT_DECAY_NORM``,
+``WEIGHT_DECAY_BIAS``, ``BIAS_LR_FACTOR``), plus ``LANG_LR_FACTOR`` on a language backbone if the
+model has one.
 """
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -18,24 +29,54 @@ NO_DECAY_KEYWORDS = ("relative_position_bias_table", "_embeddings.", "absolute_p
 
 LANGUAGE_PREFIX = "language_backbone."
 
+PARAM_GROUP_RULES = ("official", "no_decay_1d")
+
 logger = logging.getLogger(__name__)
 
 
-def param_groups(model: nn.Module, base_lr: float, weight_decay: float, lang_lr_factor: float) -> List[Dict]:
-    """One group per trainable parameter with its lr and weight decay (GLIP's AdamW rules).
+def official_lr_and_decay(name: str, base_lr: float, weight_decay: float, lang_lr_factor: float,
+                          bias_lr_factor: float, weight_decay_bias: Optional[float]) -> Tuple[float, float]:
+    """LR and weight decay of one parameter under the official GLIP ``make_optimizer`` rule.
 
-    Norm weights, biases (every 1-d tensor) and position/embedding tables get no weight decay;
-    parameters under `language_backbone.` train at `base_lr * lang_lr_factor`.
+    The rule reads only the name; glip_d2's names keep "bias" wherever the official ones have it
+    (tested on every GLIP-T key through the checkpoint converter).
     """
+    lr = base_lr * (lang_lr_factor if name.startswith(LANGUAGE_PREFIX) else 1.0)
+    if "bias" in name:
+        bias_decay = weight_decay if weight_decay_bias is None else weight_decay_bias
+        return lr * bias_lr_factor, bias_decay
+    return lr, weight_decay
+
+
+def param_groups(model: nn.Module, base_lr: float, weight_decay: float, lang_lr_factor: float,
+                 rule: str = "no_decay_1d", bias_lr_factor: float = 1.0,
+                 weight_decay_bias: Optional[float] = None) -> List[Dict]:
+    """One group per trainable parameter with its lr and weight decay (``SOLVER.PARAM_GROUPS``).
+
+    Args:
+        rule: "official" (GLIP's ``make_optimizer``: names with "bias" at ``bias_lr_factor`` times
+            the LR and ``weight_decay_bias``) or "no_decay_1d" (1-d tensors and position /
+            embedding tables without weight decay; ``bias_lr_factor`` unused).
+        bias_lr_factor, weight_decay_bias: the "official" rule's SOLVER.BIAS_LR_FACTOR and
+            SOLVER.WEIGHT_DECAY_BIAS (None = WEIGHT_DECAY, as in Detectron2).
+    Raises:
+        ValueError: for another rule name.
+    """
+    if rule not in PARAM_GROUP_RULES:
+        raise ValueError(f"SOLVER.PARAM_GROUPS must be one of {PARAM_GROUP_RULES}, got {rule!r}")
     groups, seen = [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
-        lr = base_lr * (lang_lr_factor if name.startswith(LANGUAGE_PREFIX) else 1.0)
-        groups.append({"params": [p], "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay,
-                       "name": name})
+        if rule == "official":
+            lr, decay = official_lr_and_decay(name, base_lr, weight_decay, lang_lr_factor, bias_lr_factor,
+                                              weight_decay_bias)
+        else:
+            no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
+            lr = base_lr * (lang_lr_factor if name.startswith(LANGUAGE_PREFIX) else 1.0)
+            decay = 0.0 if no_decay else weight_decay
+        groups.append({"params": [p], "lr": lr, "weight_decay": decay, "name": name})
     return groups
 
 
@@ -78,7 +119,9 @@ def build_glip_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         f"{cfg.MODEL.get('GLIP', {}).get('TUNING', 'full')!r})."
     )
     if name == "ADAMW":
-        groups = param_groups(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LANG_LR_FACTOR)
+        groups = param_groups(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LANG_LR_FACTOR,
+                              rule=cfg.SOLVER.PARAM_GROUPS, bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+                              weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
         for g in groups:
             g.pop("name")
         cls, kw = torch.optim.AdamW, {}
@@ -91,6 +134,9 @@ def build_glip_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        if clip.CLIP_VALUE <= 0:  # the official code turns clipping off; clipping at 0 zeroes every step
+            logger.info("SOLVER.CLIP_GRADIENTS.CLIP_VALUE <= 0: no gradient clipping (as the official code).")
+            return cls(groups, lr=cfg.SOLVER.BASE_LR, **kw)
         return _with_full_model_clipping(cls, clip.CLIP_VALUE, clip.NORM_TYPE)(groups, lr=cfg.SOLVER.BASE_LR, **kw)
     return maybe_add_gradient_clipping(cfg, cls)(groups, lr=cfg.SOLVER.BASE_LR, **kw)
 

@@ -95,8 +95,9 @@ def apply_tuning(model: nn.Module, mode: str) -> List[str]:
     """Freeze what ``mode`` does not train, in place; never unfreezes anything.
 
     Returns:
-        the names of the modules whose parameters are now all frozen (kept in eval mode while
-        training, so their dropout is off, as the official frozen modules).
+        the names of the modules whose parameters are now all frozen, by this mode or before
+        (kept in eval mode while training, so their dropout is off, as the official frozen
+        modules).
 
     Raises:
         ValueError: for an unknown mode, or "prompt" on a model without ``prompt_tuning``.
@@ -116,13 +117,15 @@ def apply_tuning(model: nn.Module, mode: str) -> List[str]:
             keep = True
         if not keep:
             p.requires_grad_(False)
+    # every module left without a trainable parameter, whichever option froze it (this mode,
+    # LANGUAGE_BACKBONE.FREEZE, GLIP.FREEZE_BACKBONE): the official train() keeps frozen
+    # backbones in eval mode too, so their dropout and drop-path are off
     frozen = []
-    if mode != "full":
-        for name, module in model.named_modules():
-            params = list(module.parameters())
-            if name and params and not any(p.requires_grad for p in params):
-                if not any(name.startswith(f + ".") for f in frozen):
-                    frozen.append(name)
+    for name, module in model.named_modules():
+        params = list(module.parameters())
+        if name and params and not any(p.requires_grad for p in params):
+            if not any(name.startswith(f + ".") for f in frozen):
+                frozen.append(name)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
         f"Tuning mode {mode!r}: {count_trainable(model):,} of {total:,} parameters train."

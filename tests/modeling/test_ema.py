@@ -74,7 +74,7 @@ def test_ema_of_a_wrapped_model_keeps_the_models_own_keys():
     torch.testing.assert_close(plain[0].weight, w0 + 1.0)
 
 
-def test_ema_saved_with_the_wrapper_prefix_loads_and_missing_entries_are_reported():
+def test_ema_saved_with_the_wrapper_prefix_loads():
     net = _net()
     old = {"module." + k: v + 1 for k, v in net.state_dict().items()}  # a multi-process run's, before
     plain = _net()
@@ -84,15 +84,53 @@ def test_ema_saved_with_the_wrapper_prefix_loads_and_missing_entries_are_reporte
     ema.load_state_dict(old)
     torch.testing.assert_close(ema.shadow["0.bias"], net[0].bias + 1)
 
+
+
+def test_buffers_are_copied_not_averaged():
+    """A buffer that a forward pass fills (as the prompt-tuning features) is taken as it is; an
+    average started from its zeros would shrink it by 1 - d^n."""
+    net = _net()
+    net.register_buffer("cache", torch.zeros(3))
+    ema = ModelEMA(net, decay=0.9)
+    net.cache.fill_(5.0)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.update(net)
+    assert torch.equal(ema.shadow["cache"], torch.full((3,), 5.0))
+    assert torch.equal(ema.shadow["1.running_var"], net[1].running_var)
+    assert not torch.equal(ema.shadow["0.weight"], net[0].weight)  # parameters are averaged
+
+
+def _warnings_of(fn):
     seen = []
     handler = logging.Handler()
     handler.emit = seen.append
-    log = logging.getLogger("glip_d2.engine.ema")
+    log = logging.getLogger("glip_d2.engine.ema")  # may not propagate (train_net's setup_logger)
     log.addHandler(handler)
     try:
-        ema.load_state_dict({"0.weight": net[0].weight})
+        result = fn()
     finally:
         log.removeHandler(handler)
+    return result, [r.getMessage() for r in seen if r.levelno >= logging.WARNING]
+
+
+def test_start_from_restarts_only_the_entries_no_checkpoint_restored():
+    net = _net()
+    ema = ModelEMA(net, decay=0.5)
+    saved = {k: torch.full_like(v, 7) for k, v in ema.state_dict().items() if k != "0.bias"}
+    ema.load_state_dict(saved)
+    with torch.no_grad():
+        net[0].bias.fill_(-2.0)
+        net[0].weight.fill_(-3.0)
+    restarted, warnings = _warnings_of(lambda: ema.start_from(net))
+    assert restarted == 1
+    assert torch.equal(ema.shadow["0.bias"], torch.full((2,), -2.0))  # from the model
+    assert torch.equal(ema.shadow["0.weight"], torch.full((2, 3), 7.0))  # from the checkpoint
     n = len(net.state_dict())
-    assert [r.getMessage().split(" (")[0] for r in seen] == [f"EMA checkpoint lacks {n - 1} of the model's {n} entries"]
-    torch.testing.assert_close(ema.shadow["0.bias"], net[0].bias + 1)  # the others are kept
+    assert [w.split(" (")[0] for w in warnings] == [f"The EMA checkpoint lacked 1 of the model's {n} entries"]
+    fresh = ModelEMA(net, decay=0.5)
+    with torch.no_grad():
+        net[0].weight.fill_(4.0)
+    restarted, warnings = _warnings_of(lambda: fresh.start_from(net))
+    assert (restarted, warnings) == (len(fresh.shadow), [])  # no checkpoint: an info line only
+    assert torch.equal(fresh.shadow["0.weight"], net[0].weight)

@@ -54,3 +54,32 @@ def test_trainer_test_loader_uses_test_ims_per_batch(train_net, monkeypatch):
     cfg.TEST.IMS_PER_BATCH = 8
     train_net.Trainer.build_test_loader(cfg, "shapes_val")
     assert seen == {"name": "shapes_val", "batch_size": 8}
+
+
+def test_ema_starts_at_the_loaded_weights_and_checkpoints_hold_the_last_steps_ema(train_net, tmp_path):
+    """The EMA is (re)started after MODEL.WEIGHTS is loaded, not at the random init, and updates
+    before the checkpointer, so model_final.pth holds the EMA of the final weights."""
+    from detectron2.modeling import build_model
+
+    from tests.reliability.test_exact_resume import train_cfg
+
+    cfg_file = train_cfg(tmp_path, tmp_path / "out")
+    cfg = train_net.setup(train_net.argument_parser().parse_args(
+        ["--config-file", cfg_file, "SOLVER.EMA_DECAY", "0.5", "SOLVER.MAX_ITER", "2"]))
+    torch.manual_seed(123)
+    pretrained = build_model(cfg)
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(1.0)
+    torch.save({"model": pretrained.state_dict()}, tmp_path / "pretrained.pth")
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(tmp_path / "pretrained.pth")
+    cfg.freeze()
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    for k, v in pretrained.state_dict().items():
+        assert torch.equal(trainer.ema.shadow[k], v), k
+    trainer.train()
+    final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)
+    for k, v in trainer.ema.state_dict().items():
+        assert torch.equal(final["ema"][k], v), k

@@ -41,7 +41,7 @@ def write_detection_dataset(folder: Path, n: int = 10):
     return str(path)
 
 
-def train_cfg(tmp_path, output_dir):
+def train_cfg(tmp_path, output_dir, ema_decay=0.0):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     json_file = write_detection_dataset(data)
@@ -58,6 +58,7 @@ def train_cfg(tmp_path, output_dir):
     cfg.TEST.EVAL_PERIOD = 0
     cfg.SEED = 11
     cfg.OUTPUT_DIR = str(output_dir)
+    cfg.SOLVER.EMA_DECAY = ema_decay
     return write_cfg(cfg, tmp_path / f"{Path(output_dir).name}.yaml")
 
 
@@ -88,8 +89,9 @@ def _wait(proc, what):
 def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, procs):
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     full_log, killed_log = tmp_path / "full.txt", tmp_path / "killed.txt"
-    full = _start(train_cfg(tmp_path, full_dir), full_log, procs)
-    killed_cfg = train_cfg(tmp_path, killed_dir)
+    # with a weight EMA: it is saved after each step's update and resumes exactly too
+    full = _start(train_cfg(tmp_path, full_dir, ema_decay=0.5), full_log, procs)
+    killed_cfg = train_cfg(tmp_path, killed_dir, ema_decay=0.5)
     victim = _start(killed_cfg, killed_log, procs)
     # kill -9 once the run is past its first checkpoint (iteration 2) and mid-way to the next
     deadline = time.time() + 240
@@ -120,6 +122,8 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, 
     a = torch.load(full_dir / "model_final.pth", weights_only=True)
     b = torch.load(killed_dir / "model_final.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert set(a["ema"]) == set(a["model"])
+    assert [k for k in a["ema"] if not torch.equal(a["ema"][k], b["ema"][k])] == []
     ranks = b["trainer"]["hooks"]["ExactResumeHook"]["ranks"]
     assert len(ranks) == procs
     for rank, state in enumerate(ranks):

@@ -59,3 +59,23 @@ def test_end_to_end_tiny(tmp_path, names):
         "--batch-size", "2", "--resume", "--modes", "prompt",
     ])
     assert len(json.loads((out / "results.json").read_text())) == 4 and "prompt" in again["modes"]
+
+
+def test_datasets_declared_in_the_config_are_registered(tmp_path, names):
+    """A custom COCO json declared the documented way (DATASETS.CUSTOM) is usable by name."""
+    from detectron2.data import DatasetCatalog
+
+    from tests.reliability.test_exact_resume import write_detection_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    name = names("de_custom")
+    cfg = tiny_cfg()
+    cfg.DATASETS.CUSTOM = [[name, write_detection_dataset(data, n=2), str(data)]]
+    config = tmp_path / "custom.yaml"
+    config.write_text(cfg.dump())
+    args = data_efficiency.get_parser().parse_args(
+        ["--config-file", str(config), "--train-dataset", name, "--test-dataset", name])
+    base = data_efficiency._base_cfg(args)
+    assert base.DATASETS.TRAIN == (name,)
+    assert len(DatasetCatalog.get(name)) == 2

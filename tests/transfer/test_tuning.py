@@ -45,6 +45,24 @@ def test_each_mode_trains_what_it_says(models):
     assert not models["linear"].backbone.training and models["linear"].head.training
 
 
+def test_frozen_backbones_stay_in_eval_mode_with_full_tuning():
+    """LANGUAGE_BACKBONE.FREEZE and GLIP.FREEZE_BACKBONE with TUNING "full" (the demo's set-up):
+    the frozen encoders run without dropout / drop-path while the rest trains (official train())."""
+    cfg = _cfg("full", lang_frozen=True)
+    cfg.MODEL.GLIP.FREEZE_BACKBONE = True
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.2
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert not model.language_backbone.training and not model.backbone.training
+    assert model.head.training
+    ids = torch.tensor([[101, 2417, 4418, 102]])
+    a = model.language_backbone(ids, torch.ones_like(ids))["hidden"]
+    b = model.language_backbone(ids, torch.ones_like(ids))["hidden"]
+    assert torch.equal(a, b)
+    x = torch.randn(1, 3, 64, 64)
+    assert all(torch.equal(u, v) for u, v in zip(model.backbone(x).values(), model.backbone(x).values()))
+
+
 @pytest.mark.parametrize("mode", ["linear", "prompt", "language_frozen"])
 def test_optimizer_sees_only_trainable_parameters(models, mode):
     cfg = _cfg(mode, lang_frozen=False)
