@@ -1,12 +1,13 @@
 """LVIS v1 minival: registration, standard AP (Detectron2's LVISEvaluator), FixedAP, chunks."""
 
+import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 
 from glip_d2.data.datasets import register_lvis
-from glip_d2.evaluation import FixedAPEvaluator, StandardLVISEvaluator, lvis_numpy_compat
+from glip_d2.evaluation import FixedAPEvaluator, StandardLVISEvaluator, fixed_ap, lvis_numpy_compat
 from glip_d2.text import chunk_vocabulary, count_tokens, load_tokenizer
 from tests.benchmarks.helpers import instances, write_json
 
@@ -176,6 +177,53 @@ def test_fixedap_gathers_predictions_of_all_ranks(lvis_dataset, monkeypatch):
     monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._parts])
     res = rank0.evaluate()["fixed_ap"]
     assert res["AP"] == pytest.approx(250.0 / 3)
+
+
+def _stream(n_images=64):
+    """``n_images`` images (ids 1, 2, 1, ...) of 4 detections each (A, B, C, A), boxes jittered
+    around the ground truth, scores in steps of 0.05 (ties across images)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n_images):
+        classes = [A, B, C, A]
+        boxes = [_xyxy(np.add(BOX[c], rng.integers(-4, 5, 4)).tolist()) for c in classes]
+        scores = (rng.integers(1, 20, 4) * 0.05).tolist()
+        out.append(({"image_id": 1 + i % 2}, instances(boxes, scores, [c - 1 for c in classes])))
+    return out
+
+
+def test_fixedap_prunes_after_the_stored_detections_doubled(lvis_dataset, monkeypatch):
+    sizes, top_per_category = [], fixed_ap.top_per_category  # rows given to each prune
+
+    def counting(columns, k):
+        sizes.append(len(columns["score"]))
+        return top_per_category(columns, k)
+
+    monkeypatch.setattr(fixed_ap, "top_per_category", counting)
+
+    def run(prune_rows, k):
+        monkeypatch.setattr(fixed_ap, "_PRUNE_ROWS", prune_rows)
+        evaluator = FixedAPEvaluator(lvis_dataset, max_dets_per_category=k, distributed=False)
+        evaluator.reset()
+        sizes.clear()
+        for inp, out in _stream():
+            evaluator.process([inp], [out])
+        prunes = list(sizes)
+        return evaluator.evaluate()["fixed_ap"], prunes
+
+    # k above every category's count (LVIS: 1203 x 10,000 rows can survive a prune, more than
+    # _PRUNE_ROWS): a prune keeps all rows, so the next waits for twice as many. Pruning again at
+    # every image once past the threshold (12, 16, ..., 256 rows: 62 prunes) is quadratic.
+    res, prunes = run(prune_rows=10, k=1000)
+    assert prunes == [12, 28, 60, 124, 252]
+    unpruned, none = run(prune_rows=10**9, k=1000)
+    assert none == [] and res == unpruned
+    # k = 2: prunes cut rows (at most 6 kept), yet the numbers are those of one cut at the end.
+    res, prunes = run(prune_rows=10, k=2)
+    assert len(prunes) > 10 and max(prunes) <= 14
+    unpruned, none = run(prune_rows=10**9, k=2)
+    assert none == [] and res == unpruned
+    assert res != run(prune_rows=10**9, k=1000)[0]  # the cut matters for these numbers
 
 
 def test_lvis_vocabulary_in_chunks_of_40_names_gives_31_prompts():

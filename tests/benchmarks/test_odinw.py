@@ -1,6 +1,9 @@
 """ODinW: registration from a root of dataset folders, prompt names, AP per dataset and suite."""
 
 import logging
+import math
+from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 from detectron2.config import get_cfg
@@ -17,6 +20,7 @@ from tests.benchmarks.conftest import forget
 from tests.benchmarks.helpers import coco_json, instances, write_json
 
 AQUARIUM = "Aquarium/Aquarium Combined.v2-raw-1024.coco"
+FINETUNE_CONFIG = Path(__file__).resolve().parents[2] / "configs/benchmarks/odinw_finetune.yaml"
 
 
 @pytest.fixture
@@ -84,11 +88,52 @@ def test_odinw_prompt_names_are_usable_labels():
     assert odinw_prompt_names(["o", "o ", "  ", "Q", "t\\"]) == ["o", "o 2", "object", "Q", "t\\"]
 
 
-def test_odinw_ap_per_dataset_and_suite_average(odinw_root, caplog, tmp_path):
+def _evaluate(cfg, name, preds, output_folder):
+    evaluator = build_glip_evaluator(cfg, name, output_folder=output_folder)
+    assert isinstance(evaluator, COCOEvaluator)
+    evaluator.reset()
+    for image_id, out in preds:
+        evaluator.process([{"image_id": image_id}], [out])
+    return evaluator.evaluate()
+
+
+@pytest.fixture
+def odinw13_results():
+    """``results(**by_key)``: results of all 13 ODinW-13 datasets on their eval split, hand-made
+    (AP 40, no small objects: APs NaN) for those not given; metadata as register_odinw sets it
+    for the datasets not registered by the test itself."""
+    made = []
+
+    def results(**given):
+        out = OrderedDict()
+        for name, key in zip(odinw_eval_names("odinw_13"), ODINW_SUITES["odinw_13"]):
+            if name not in MetadataCatalog.list():
+                MetadataCatalog.get(name).set(
+                    odinw_dataset=key,
+                    odinw_suites=["odinw_13", "odinw_35"],
+                    odinw_eval_split=ODINW_DATASETS[key].eval_split,
+                )
+                made.append(name)
+            out[name] = given.get(key) or {
+                "bbox": {
+                    "AP": 40.0,
+                    "AP50": 60.0,
+                    "AP75": 40.0,
+                    "APs": math.nan,
+                    "APm": 40.0,
+                    "APl": 40.0,
+                }
+            }
+        return out
+
+    yield results
+    forget(*made)
+
+
+def test_odinw_ap_per_dataset_and_suite_average(odinw_root, odinw13_results, caplog, tmp_path):
     cfg = get_cfg()
     add_glip_config(cfg)
     add_dataset_config(cfg)
-    results = {}
     cases = {
         # both objects found exactly: AP 100
         "odinw_Aquarium_val": [
@@ -100,22 +145,86 @@ def test_odinw_ap_per_dataset_and_suite_average(odinw_root, caplog, tmp_path):
             (5, instances([[60, 60, 90, 90], [0, 0, 50, 50]], [0.9, 0.8], [0, 0]))
         ],
     }
-    for name, preds in cases.items():
-        evaluator = build_glip_evaluator(cfg, name, output_folder=str(tmp_path / name))
-        assert isinstance(evaluator, COCOEvaluator)
-        evaluator.reset()
-        for image_id, out in preds:
-            evaluator.process([{"image_id": image_id}], [out])
-        results[name] = evaluator.evaluate()
+    results = {name: _evaluate(cfg, name, p, str(tmp_path / name)) for name, p in cases.items()}
     assert results["odinw_Aquarium_val"]["bbox"]["AP"] == pytest.approx(100.0)
     assert results["odinw_pistols_val"]["bbox"]["AP"] == pytest.approx(50.0)
-    with caplog.at_level(logging.WARNING):
+    # Two of the 13 datasets: no suite number (a mean over two is not ODinW-13's).
+    with caplog.at_level(logging.INFO):
         summary = odinw_suite_summary({**results, "coco_2017_val": {"bbox": {"AP": 1.0}}})
-    assert set(summary) == {"odinw_13", "odinw_35"}
-    assert summary["odinw_13"]["bbox"]["AP"] == pytest.approx(75.0)
+    assert summary == {}
+    assert "odinw_13: 2 of 13 datasets evaluated" in caplog.text
+    assert "odinw_35: 2 of 35 datasets evaluated" in caplog.text
+    # All 13: the plain mean; ODinW-35 still incomplete.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        summary = odinw_suite_summary(
+            odinw13_results(
+                Aquarium=results["odinw_Aquarium_val"], pistols=results["odinw_pistols_val"]
+            )
+        )
+    assert list(summary) == ["odinw_13"]
+    assert "odinw_35: 13 of 35 datasets evaluated" in caplog.text
+    assert summary["odinw_13"]["bbox"]["AP"] == pytest.approx((100 + 50 + 11 * 40) / 13)
+    # NaN APs (no small objects) are skipped: only Aquarium has small objects; pistols' one
+    # object is medium-sized, its APm 100 with the hand-made datasets' 40.
+    assert summary["odinw_13"]["bbox"]["APs"] == pytest.approx(100.0)
+    assert summary["odinw_13"]["bbox"]["APm"] == pytest.approx((100 + 11 * 40) / 12)
     # approx: pycocotools' AP (used where Detectron2 has no compiled ops) gives 99.99999999999997
-    assert summary["odinw_13"]["datasets"] == pytest.approx({"Aquarium": 100.0, "pistols": 50.0})
-    assert "2 of 13 datasets evaluated" in caplog.text
+    assert summary["odinw_13"]["datasets"] == pytest.approx(
+        {k: {"Aquarium": 100.0, "pistols": 50.0}.get(k, 40.0) for k in ODINW_SUITES["odinw_13"]}
+    )
+
+
+def test_odinw_dataset_without_detections_counts_as_ap_0(
+    odinw_root, odinw13_results, caplog, tmp_path
+):
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    add_dataset_config(cfg)
+    perfect = [
+        (1, instances([[10, 10, 30, 30]], [0.9], [0])),
+        (2, instances([[30, 30, 70, 50]], [0.8], [1])),
+    ]
+    aquarium = _evaluate(cfg, "odinw_Aquarium_val", perfect, str(tmp_path / "a"))
+    nothing = [(5, instances([], [], []))]
+    pistols = _evaluate(cfg, "odinw_pistols_val", nothing, str(tmp_path / "p"))
+    assert math.isnan(pistols["bbox"]["AP"])  # COCOEvaluator: "No predictions from the model!"
+    with caplog.at_level(logging.INFO):
+        summary = odinw_suite_summary(odinw13_results(Aquarium=aquarium, pistols=pistols))
+    suite = summary["odinw_13"]
+    # Skipping the NaN would give (100 + 11 * 40) / 12 = 45.
+    assert suite["bbox"]["AP"] == pytest.approx((100 + 0 + 11 * 40) / 13)
+    assert suite["bbox"]["AP50"] == pytest.approx((100 + 0 + 11 * 60) / 13)
+    assert suite["bbox"]["AP75"] == pytest.approx((100 + 0 + 11 * 40) / 13)
+    assert suite["datasets"]["pistols"] == 0.0
+    assert "odinw_pistols_val: AP/AP50/AP75 NaN" in caplog.text
+    # The size metrics stay NaN and are skipped: APs over Aquarium's only (the others' are NaN).
+    assert suite["bbox"]["APs"] == pytest.approx(aquarium["bbox"]["APs"])
+
+
+def test_odinw_suite_counts_only_the_split_glip_evaluates(odinw_root, odinw13_results, caplog):
+    # Aquarium's test split after its val split (the last one used to win).
+    results = odinw13_results(Aquarium={"bbox": {"AP": 60.0}})
+    results["odinw_Aquarium_test"] = {"bbox": {"AP": 20.0}}
+    with caplog.at_level(logging.INFO):
+        summary = odinw_suite_summary(results)
+    assert summary["odinw_13"]["datasets"]["Aquarium"] == 60.0
+    assert summary["odinw_13"]["bbox"]["AP"] == pytest.approx((60 + 12 * 40) / 13)
+    assert "odinw_Aquarium_test: not the split GLIP evaluates for Aquarium (val)" in caplog.text
+    # Only the test split: Aquarium is not evaluated, so no ODinW-13 number.
+    del results["odinw_Aquarium_val"]
+    assert odinw_suite_summary(results) == {}
+
+
+def test_odinw_finetune_config_on_one_dataset_gives_no_suite_number(odinw_root, caplog):
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(str(FINETUNE_CONFIG))
+    assert list(cfg.DATASETS.TEST) == ["odinw_Aquarium_val"]
+    with caplog.at_level(logging.INFO):
+        summary = odinw_suite_summary({n: {"bbox": {"AP": 50.0}} for n in cfg.DATASETS.TEST})
+    assert summary == {}  # train_net.py then adds no odinw_13 / odinw_35 entry
+    assert "odinw_13: 1 of 13 datasets evaluated" in caplog.text
 
 
 def test_odinw_vocabulary_is_set_from_a_lazily_registered_dataset(odinw_root):
