@@ -187,6 +187,7 @@ def test_glip_configs_build_the_official_groups_and_demos_keep_theirs():
     demo.merge_from_file(os.path.join(ROOT, "configs", "demo_glip_tiny_shapes.yaml"))
     assert (demo.SOLVER.PARAM_GROUPS, demo.SOLVER.EMA_DECAY) == ("no_decay_1d", 0.0)
     assert (glip_t.SOLVER.PARAM_GROUPS, glip_t.SOLVER.EMA_DECAY) == ("official", 0.999)
+    assert not glip_t.TEST.USE_EMA  # the official code evaluates the raw weights
     glip_l = add_glip_config(get_cfg())  # official glip_Swin_L.yaml
     glip_l.merge_from_file(os.path.join(ROOT, "configs", "glip_swin_l.yaml"))
     s = glip_l.SOLVER
