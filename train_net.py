@@ -24,10 +24,10 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
-from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer, build_glip_writers,
-                            check_datasets_present, check_training_device, create_glip_ddp_model, ema_weights,
-                            enable_exact_resume, load_ema_for_eval,
-                            log_main_group_lr, set_test_vocabulary)
+from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
+                            build_glip_writers, check_datasets_present, check_fixed_vocabulary,
+                            check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
+                            load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -109,6 +109,8 @@ class Trainer(DefaultTrainer):
         for name in cfg.DATASETS.TEST:
             if not len(cfg.MODEL.GLIP.VOCABULARY):
                 set_test_vocabulary(model, name, class_descriptions_from_config(cfg).get(name))
+            else:  # labels are read as the dataset's class indices
+                check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
             loader = cls.build_test_loader(cfg, name)
             res = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name))
             results[name] = res

@@ -155,3 +155,28 @@ def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     if names is None:
         raise ValueError(f"Dataset {dataset_name!r} has no thing_classes to build a prompt from")
     getattr(model, "module", model).set_vocabulary(apply_descriptions(names, descriptions))
+
+
+def check_fixed_vocabulary(vocabulary, dataset_name: str) -> None:
+    """A fixed MODEL.GLIP.VOCABULARY must name the dataset's classes in its order: the evaluator
+    reads each predicted label as the dataset's class index, so another order or subset would be
+    scored against the wrong classes without any error.
+
+    Raises:
+        ValueError: when the detection dataset's ``thing_classes`` differ from ``vocabulary``.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
+        return
+    _ensure_vocabulary_metadata(dataset_name)
+    names = meta.get("thing_classes", None)
+    if names is not None and list(names) != list(vocabulary):
+        differ = next((i for i, (a, b) in enumerate(zip(names, vocabulary)) if a != b),
+                      min(len(names), len(vocabulary)))
+        raise ValueError(
+            f"MODEL.GLIP.VOCABULARY ({len(vocabulary)} names) is not the class list of {dataset_name!r} "
+            f"({len(names)} names; first difference at index {differ}), and the evaluator reads each "
+            "predicted label as the dataset's class index. Leave MODEL.GLIP.VOCABULARY empty to "
+            "prompt with the dataset's own names (DATASETS.CLASS_DESCRIPTIONS adds descriptions)."
+        )
+

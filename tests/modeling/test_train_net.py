@@ -83,3 +83,23 @@ def test_ema_starts_at_the_loaded_weights_and_checkpoints_hold_the_last_steps_em
     final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)
     for k, v in trainer.ema.state_dict().items():
         assert torch.equal(final["ema"][k], v), k
+
+
+def test_a_fixed_vocabulary_must_be_the_test_datasets_classes(names):
+    """The evaluator reads labels as the dataset's class indices: a fixed MODEL.GLIP.VOCABULARY in
+    another order is an error, not an AP scored against the wrong classes."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from glip_d2.engine import check_fixed_vocabulary
+
+    name = names("fixed_vocab")
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(thing_classes=["cat", "dog"], evaluator_type="coco")
+    check_fixed_vocabulary(["cat", "dog"], name)
+    with pytest.raises(ValueError, match="first difference at index 0.*Leave MODEL.GLIP.VOCABULARY empty"):
+        check_fixed_vocabulary(["dog", "cat"], name)
+    with pytest.raises(ValueError, match="1 names"):
+        check_fixed_vocabulary(["cat"], name)
+    grounding = names("fixed_vocab_grounding")
+    MetadataCatalog.get(grounding).set(evaluator_type="refcoco")
+    check_fixed_vocabulary(["anything"], grounding)  # captions carry their own phrases
