@@ -21,7 +21,8 @@ broken image, or one the model cannot take (e.g. 3x10000 pixels, too elongated t
 reported on stderr and skipped, and ``detections.json`` holds the images that succeeded (it is
 also written when the run is interrupted). Exit status: 0 when at least one image was processed,
 1 when none could be, 2 for a setup error (config, checkpoint, vocabulary, caption, an
-``--output`` that is not a folder).
+``--output`` that is not a folder (with ``--video-input``: a folder or a .mp4 / .avi / .mkv file)
+or that would overwrite an input).
 """
 
 import argparse
@@ -116,10 +117,18 @@ def setup_cfg(args):
 
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"Config file {args.config_file!r} does not exist.")
+    if len(args.opts) % 2:
+        raise ValueError(
+            f"--opts takes KEY VALUE pairs, but {args.opts[-1]!r} has no value; give one for "
+            "every key, e.g. --opts MODEL.WEIGHTS model.pth"
+        )
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except AssertionError as e:  # yacs checks its inputs with assertions
+        raise ValueError(f"invalid config or --opts: {e}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; using CPU."
@@ -137,7 +146,9 @@ def collect_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
     """
     paths, errors = [], []
     for pattern in patterns:
-        if os.path.isdir(pattern):
+        if os.path.isfile(pattern):  # also a name with [ * ?, which glob would read as a pattern
+            found = [pattern]
+        elif os.path.isdir(pattern):
             found = sorted(
                 os.path.join(pattern, f)
                 for f in os.listdir(pattern)
@@ -183,10 +194,16 @@ def read_image_file(path: str) -> Tuple[np.ndarray, List[str]]:
             mode = img.mode
             if mode in ("1", "L", "LA") or (mode in ("P", "PA") and _palette_is_gray(img)):
                 notes.append(f"grayscale image (mode {mode}): copied to 3 channels")
-            elif mode.startswith("I") or mode == "F":
+            elif mode.startswith("I"):
                 notes.append(
                     f"high bit depth grayscale image (mode {mode}, e.g. a 16-bit PNG): scaled "
                     "to 8 bits and copied to 3 channels"
+                )
+            elif mode == "F":
+                notes.append(
+                    "floating-point grayscale image (mode F): scaled to 8 bits by its range "
+                    "(0..1 -> x255, 0..255 kept, else min..max -> 0..255) and copied to 3 "
+                    "channels"
                 )
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
                 notes.append(f"image with transparency (mode {mode}): alpha channel ignored")
@@ -301,6 +318,48 @@ def _output_name(path: str, used: set) -> str:
     return name
 
 
+def _output_names(paths: List[str]) -> Dict[str, str]:
+    """The drawing's file name of each input, fixed before the run (an image that fails keeps
+    its name unused), so that the files it will write can be checked up front."""
+    used: set = set()
+    return {path: _output_name(path, used) for path in paths}
+
+
+def _file_id(path: str) -> Optional[Tuple[int, int]]:
+    """(device, inode) of an existing file: equal for one file under two names (symbolic or hard
+    links, ./a vs a, case on a case-insensitive disk); None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _overwritten_input(inputs: List[str], outputs: List[str]) -> Optional[Tuple[str, str]]:
+    """(input, output) of the first output file that is one of the input files, else None."""
+    ids = {}
+    for path in inputs:
+        ids.setdefault(_file_id(path), path)
+    ids.pop(None, None)
+    for out in outputs:
+        key = _file_id(out)
+        if key in ids:
+            return ids[key], out
+    return None
+
+
+def _overwrite_error(paths: List[str], output: str, names: Dict[str, str]) -> Optional[str]:
+    """Why writing the drawings and detections.json to ``output`` would destroy an input."""
+    outputs = [os.path.join(output, n) for n in names.values()]
+    clash = _overwritten_input(paths, outputs + [os.path.join(output, "detections.json")])
+    if clash is None:
+        return None
+    return (
+        f"--output {output!r} would overwrite the input {clash[0]!r} (with {clash[1]!r}); "
+        "choose another --output folder"
+    )
+
+
 def _results(image_id: int, path: str, inst, labels, category_ids, query) -> List[Dict]:
     boxes = inst.pred_boxes.tensor.tolist()
     out = []
@@ -401,8 +460,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not paths:
         report("error: no input image")
         return 1
+    names = _output_names(paths)
     if args.output:
-        problem = _output_folder_error(args.output)
+        problem = _overwrite_error(paths, args.output, names) or _output_folder_error(args.output)
         if problem:
             report(f"error: {problem}")
             return 2
@@ -415,7 +475,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report(f"error: {e}")
         return 2
 
-    results, used_names, done, failed, category_ids = [], set(), 0, 0, None
+    results, done, failed, category_ids = [], 0, 0, None
     try:
         for image_id, path in enumerate(
             tqdm(paths, desc="glip_d2 demo", unit="image", file=sys.stderr), 1
@@ -438,7 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         inst.scores.tolist(),
                         scale=scale,
                     )
-                    _save_png(drawing, os.path.join(args.output, _output_name(path, used_names)))
+                    _save_png(drawing, os.path.join(args.output, names[path]))
             # the query was checked above, so these are about this image (its size, memory, a
             # failed write): report it and go on with the next one
             except (ValueError, RuntimeError, OSError, MemoryError) as e:
@@ -466,8 +526,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _video_main(args, query: Dict, report) -> int:
-    from .demo_video import run_video
+    from .demo_video import run_video, video_output_error
 
+    if args.output:  # before the model is built: a wrong --output fails at once
+        problem = video_output_error(args.output, args.video_input)
+        if problem:
+            report(f"error: {problem}")
+            return 2
     predictor = _build_predictor(args, report)
     if predictor is None:
         return 2

@@ -1,26 +1,54 @@
 """``python -m glip_d2.demo --video-input FILE``: frames in, an annotated video out."""
 import os
 import sys
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
-__all__ = ["run_video", "video_output_path"]
+__all__ = ["run_video", "video_output_error", "video_output_path"]
 
 # Codec by output extension (OpenCV's FourCC codes).
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
 
+def _names_a_video(output: str) -> bool:
+    return os.path.splitext(output)[1].lower() in _FOURCC
+
+
+def _planned_path(output: str, video: str) -> str:
+    if _names_a_video(output):
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+
+
 def video_output_path(output: str, video: str) -> str:
     """``output`` when it names a video file (.mp4 / .avi / .mkv), else
     ``<output>/<video name>.mp4`` (the folder is created)."""
-    if os.path.splitext(output)[1].lower() in _FOURCC:
-        folder = os.path.dirname(output)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        return output
-    os.makedirs(output, exist_ok=True)
-    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+    folder = os.path.dirname(output) if _names_a_video(output) else output
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    return _planned_path(output, video)
+
+
+def video_output_error(output: str, video: str) -> Optional[str]:
+    """Why the annotated video cannot be written as ``output`` says (None: it can), checked
+    before any frame is read: an existing file where a folder is meant, a folder where a video
+    file is meant, or the input video itself."""
+    from .demo import _file_id
+
+    kinds = "a folder (created if missing) or a .mp4 / .avi / .mkv file"
+    if _names_a_video(output):
+        if os.path.isdir(output):
+            return f"--output {output!r} is an existing folder; give {kinds}"
+    elif os.path.exists(output) and not os.path.isdir(output):
+        return f"--output {output!r} is an existing file and not a video name; give {kinds}"
+    path = _planned_path(output, video)
+    if _file_id(path) is not None and _file_id(path) == _file_id(video):
+        return (
+            f"--output {output!r} would overwrite the input video {video!r}; write the annotated "
+            "video to another file or folder"
+        )
+    return None
 
 
 def run_video(predictor, query: Dict, video: str, output: str, report: Callable[[str], None]) -> int:
@@ -34,7 +62,8 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
         report: prints a message (errors, the summary).
 
     Returns:
-        0 when at least one frame was processed, else 1.
+        0 when at least one frame was processed, 2 when ``output`` cannot be written (see
+        :func:`video_output_error`), else 1.
     """
     import cv2
     from tqdm import tqdm
@@ -44,13 +73,24 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
     if not os.path.isfile(video):
         report(f"error: video {video!r} does not exist")
         return 1
+    path = None
+    if output:
+        problem = video_output_error(output, video)
+        if problem:
+            report(f"error: {problem}")
+            return 2
+        try:
+            path = video_output_path(output, video)
+        except OSError as e:
+            report(f"error: --output {output!r}: cannot create the folder ({e})")
+            return 2
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         report(f"error: could not open {video!r} as a video")
         return 1
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer, path, frames, detections = None, None, 0, 0
+    writer, frames, detections = None, 0, 0
     try:
         with tqdm(total=total, desc="glip_d2 video", unit="frame", file=sys.stderr) as bar:
             while True:
@@ -66,7 +106,6 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
                                              [labels[c] for c in inst.pred_classes.tolist()],
                                              inst.scores.tolist())
                     if writer is None:
-                        path = video_output_path(output, video)
                         fourcc = cv2.VideoWriter_fourcc(*_FOURCC[os.path.splitext(path)[1].lower()])
                         h, w = drawing.shape[:2]
                         writer = cv2.VideoWriter(path, fourcc, fps, (w, h))

@@ -10,6 +10,7 @@ Detectron2's ``DefaultPredictor``.
 import logging
 import os
 import re
+from collections.abc import Mapping, Set
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 _TEXT_CACHE_CAPTIONS = 64
 # [CLS] and [SEP].
 _NUM_SPECIAL_TOKENS = 2
+# Names per prompt of a builtin vocabulary when MODEL.GLIP.TEST_CHUNK_SIZE is 0 (pack to the token
+# limit): LVIS as the official evaluation prompts it (TEST.CHUNKED_EVALUATION 40, also
+# configs/protocols/lvis_minival*.yaml), 31 prompts of 40 names; packing would give ~14 of ~90.
+_BUILTIN_CHUNK_SIZES = {"lvis": 40}
 
 Span = Tuple[int, int]
 
@@ -41,9 +46,11 @@ def to_rgb_uint8(image, input_format: str = "RGB") -> np.ndarray:
 
     Args:
         image: a numpy array (H, W) (grayscale), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha is
-            dropped), or a PIL image. uint16 values are scaled to 8 bits (x / 257); float values
-            are taken as 0..255 (like Detectron2's inputs) and clipped; other integer types are
-            kept when within 0..255, else taken as 16-bit when within 0..65535.
+            dropped), or a PIL image. uint16 values are scaled to 8 bits (x / 257); other integer
+            types are kept when within 0..255, else taken as 16-bit when within 0..65535. Float
+            values (also PIL mode "F") are scaled by their range: all within [0, 1] -> x 255;
+            else all within [0, 255] -> kept (like Detectron2's float inputs); else stretched
+            linearly from min..max to 0..255; then rounded.
         input_format: channel order of 3/4-channel arrays, "RGB" or "BGR" (PIL images are RGB).
 
     Returns:
@@ -111,9 +118,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         return np.round(image / 257.0).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
-        if not np.isfinite(image).all():
-            raise ValueError("The image holds NaN or infinite values.")
-        return np.clip(np.round(image), 0, 255).astype(np.uint8)
+        return _float_to_uint8(image)
     if np.issubdtype(image.dtype, np.integer) and image.dtype != np.bool_:
         lo, hi = int(image.min()), int(image.max())
         if lo >= 0 and hi <= 255:
@@ -124,17 +129,32 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported image dtype {image.dtype}; use uint8, uint16 or float.")
 
 
+def _float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float intensities -> uint8 by their range (see :func:`to_rgb_uint8`): clipping instead
+    would turn a [0, 1] image black and saturate a 32-bit float TIFF."""
+    if not np.isfinite(image).all():
+        raise ValueError("The image holds NaN or infinite values.")
+    lo, hi = float(image.min()), float(image.max())
+    image = image.astype(np.float64)
+    if lo >= 0.0 and hi <= 1.0:
+        image = image * 255.0
+    elif (lo < 0.0 or hi > 255.0) and hi > lo:
+        image = (image - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)  # clip: a constant out-of-range image
+
+
 class GLIPPredictor:
     """Build a GLIP model from a config, load ``cfg.MODEL.WEIGHTS`` and run it on raw images.
 
     Like Detectron2's ``DefaultPredictor``: the model is in eval mode, images are resized with
-    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, their channels reordered to
-    ``INPUT.FORMAT``, and boxes come back in the original image's coordinates. A list of images
-    is run as one batch.
+    ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` (MIN_SIZE_TEST 0: kept at
+    their size), their channels reordered to ``INPUT.FORMAT``, and boxes come back in the
+    original image's coordinates. A list of images is run as one batch.
 
-    Text encodings are cached by the model, so repeated calls with one vocabulary encode it once;
-    a vocabulary longer than one prompt is split into chunks, each scored against the same image
-    features (the image backbone runs once per batch).
+    Text encodings are cached by the model, so repeated calls with one vocabulary encode it once
+    (the cache is dropped when the model loads a state dict or enters train mode, so it never
+    outlives the weights that computed it); a vocabulary longer than one prompt is split into
+    chunks, each scored against the same image features (the image backbone runs once per batch).
 
     Attributes:
         model: the GLIP meta-architecture.
@@ -194,13 +214,16 @@ class GLIPPredictor:
             name: e.g. "glip_tiny", "glip_large", or a config name such as
                 "demo_glip_tiny_shapes" (with ``trained=False``).
             trained: load the model's checkpoint (from the cache, else downloaded once);
-                False = random weights.
+                False = random weights (also no backbone initialisation the config names, such
+                as a two-stage config's ImageNet weights: nothing is loaded or downloaded).
             device: "cpu", "cuda", ...; None = the config's (CPU when CUDA is absent).
             kwargs: passed to :class:`GLIPPredictor` (``input_format``, ``confidence_threshold``).
         """
         from . import model_zoo
 
         cfg = model_zoo.get_config(name, trained=trained)
+        if not trained:  # as model_zoo.get(trained=False), which loads nothing
+            cfg.MODEL.WEIGHTS = ""
         if device is not None:
             cfg.MODEL.DEVICE = str(device)
         return cls(cfg, **kwargs)
@@ -220,7 +243,8 @@ class GLIPPredictor:
         Args:
             image: one image (numpy (H, W[, C]) in ``input_format``, PIL, or a file path) or a
                 list of them (run as one batch).
-            vocabulary: names to detect, or "coco" / "lvis"; None = the config's vocabulary.
+            vocabulary: names to detect (a list, see :meth:`set_vocabulary`), or "coco" /
+                "lvis"; None = the config's vocabulary.
             caption: text whose phrases are grounded (one caption for all images, or one per
                 image); excludes ``vocabulary``.
             phrases: the phrases of ``caption`` to ground: strings (located in the caption,
@@ -262,7 +286,7 @@ class GLIPPredictor:
             )
         if caption is None and phrases is not None:
             raise ValueError("phrases need a caption to be found in.")
-        previous = (self.model.vocabulary, self.model._chunks)
+        previous = self._vocabulary_state()
         if caption is None:
             labels = self.set_vocabulary(vocabulary)
             extras = [{"labels": labels} for _ in images]
@@ -278,7 +302,7 @@ class GLIPPredictor:
                 outputs = self.model(inputs)
         except Exception:
             # a call that raised leaves the model as it found it (its previous vocabulary)
-            self.model.vocabulary, self.model._chunks = previous
+            self._restore_vocabulary_state(previous)
             raise
         self._trim_text_cache()
         results = []
@@ -296,13 +320,16 @@ class GLIPPredictor:
     def preprocess(self, image) -> Dict:
         """One model input: {"image": (3, H', W') float32 tensor resized for the test size, in
         INPUT.FORMAT, "height": H, "width": W} (see :func:`to_rgb_uint8` for what ``image``
-        may be)."""
+        may be). INPUT.MIN_SIZE_TEST 0 keeps the image's size, as in Detectron2."""
         rgb = to_rgb_uint8(image, self.input_format)
         img = rgb if self.cfg.INPUT.FORMAT == "RGB" else rgb[:, :, ::-1]
         height, width = img.shape[:2]
-        new_h, new_w = T.ResizeShortestEdge.get_output_shape(
-            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        )
+        min_size = self.cfg.INPUT.MIN_SIZE_TEST
+        new_h, new_w = (height, width)
+        if min_size > 0:  # 0: ResizeShortestEdge is a no-op, nothing to check
+            new_h, new_w = T.ResizeShortestEdge.get_output_shape(
+                height, width, min_size, self.cfg.INPUT.MAX_SIZE_TEST
+            )
         if min(new_h, new_w) < 1:
             raise ValueError(
                 f"The image ({width}x{height} pixels) is too elongated for the test size: "
@@ -319,17 +346,23 @@ class GLIPPredictor:
         changes. Calls with a vocabulary do this themselves.
 
         Args:
-            vocabulary: names, "coco" / "lvis", or None for the config's vocabulary. An entry
-                may be a class description ``{"prefix", "name", "suffix"}``: the prompt reads
-                the whole text, the name's tokens score the class and name it in the labels.
+            vocabulary: an ordered list (or tuple) of names, "coco" / "lvis", or None for the
+                config's vocabulary. An entry may be a class description
+                ``{"prefix", "name", "suffix"}``: the prompt reads the whole text, the name's
+                tokens score the class and name it in the labels. Names are prompted
+                MODEL.GLIP.TEST_CHUNK_SIZE at a time (0 = as many as fit the token limit),
+                except "lvis" with 0: 40 names per prompt (31 prompts), as the official LVIS
+                evaluation.
 
         Returns:
             the labels: ``labels[pred_classes[i]]`` names detection i.
 
         Raises:
-            ValueError: for an empty or unknown vocabulary, a repeated name, or a name longer
-                than the model's token limit; the model keeps its previous vocabulary.
+            ValueError: for an empty or unknown vocabulary, a repeated name, a name longer
+                than the model's token limit, or a mapping or set instead of a list; the model
+                keeps its previous vocabulary.
         """
+        chunk_size = self.model.test_chunk_size
         if vocabulary is None:
             if self.default_vocabulary is None:
                 raise ValueError(
@@ -341,7 +374,10 @@ class GLIPPredictor:
         elif isinstance(vocabulary, str):
             vocab = get_vocabulary(vocabulary)
             labels, prompt_names = list(vocab.names), list(vocab.prompt_names)
+            if chunk_size == 0:
+                chunk_size = _BUILTIN_CHUNK_SIZES.get(vocab.name, 0)
         else:
+            _check_vocabulary_container(vocabulary)
             prompt_names = list(vocabulary)
             if not prompt_names:
                 raise ValueError("The vocabulary is empty; give at least one name.")
@@ -355,15 +391,28 @@ class GLIPPredictor:
                 labels = [entry_name(e) for e in prompt_names]
             except (TypeError, ValueError) as e:
                 raise ValueError(f"Invalid vocabulary: {e}") from e
-        if self.model.vocabulary != prompt_names:
-            old = (self.model.vocabulary, self.model._chunks)
+        if (self.model.vocabulary, self.model._chunk_size) != (prompt_names, chunk_size):
+            old = self._vocabulary_state()
             try:
-                self.model.set_vocabulary(prompt_names)
+                self.model.set_vocabulary(prompt_names, chunk_size=chunk_size)
             except (TypeError, ValueError) as e:
                 # leave the model on its previous, valid vocabulary
-                self.model.vocabulary, self.model._chunks = old
+                self._restore_vocabulary_state(old)
                 raise ValueError(f"Invalid vocabulary: {e}") from e
+            if chunk_size != self.model.test_chunk_size:
+                logger.info(
+                    f"Vocabulary {vocabulary.strip().lower()!r}: {chunk_size} names per prompt, as its official "
+                    f"evaluation (MODEL.GLIP.TEST_CHUNK_SIZE is 0): "
+                    f"{len(self.model._chunks)} prompts per image."
+                )
         return list(labels)
+
+    def _vocabulary_state(self) -> Tuple:
+        m = self.model
+        return m.vocabulary, m._chunks, m._chunk_size
+
+    def _restore_vocabulary_state(self, state: Tuple) -> None:
+        self.model.vocabulary, self.model._chunks, self.model._chunk_size = state
 
     def _grounding_inputs(self, caption, phrases, num_images: int) -> List[Dict]:
         if isinstance(caption, str):
@@ -431,6 +480,22 @@ class GLIPPredictor:
             inst.pred_boxes,
             [labels[c] for c in inst.pred_classes.tolist()],
             inst.scores.tolist(),
+        )
+
+
+def _check_vocabulary_container(vocabulary) -> None:
+    """``list()`` would read a mapping as its keys and a set in arbitrary order (while
+    ``pred_classes`` index the vocabulary): refuse both."""
+    if isinstance(vocabulary, Mapping):
+        raise ValueError(
+            f"The vocabulary is a mapping ({type(vocabulary).__name__}), which would be read as "
+            "its keys; pass a list of names or of {prefix, name, suffix} descriptions, e.g. "
+            "vocabulary=[{'prefix': 'a ', 'name': 'cat', 'suffix': ''}] for one description."
+        )
+    if isinstance(vocabulary, Set):
+        raise ValueError(
+            f"The vocabulary is a {type(vocabulary).__name__}, whose order is arbitrary while "
+            "pred_classes index the vocabulary; pass an ordered list, e.g. sorted(names)."
         )
 
 

@@ -254,3 +254,56 @@ def test_collect_inputs(setup, tmp_path):
     assert errors == [
         f"{tmp_path}: the directory has no image files ({', '.join(demo.IMAGE_EXTENSIONS)})"
     ]
+
+
+def test_output_that_would_overwrite_an_input_is_refused(setup, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    original = (setup["images"] / "a_rgb.png").read_bytes()
+    (folder / "a_rgb.png").write_bytes(original)
+    (folder / "photo.jpg").write_bytes((setup["images"] / "f_photo.jpg").read_bytes())
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    # the drawing of a_rgb.png (a_rgb.png) would replace it: the folder itself, or through a link
+    for output in (folder, link):
+        rc = _run(setup, "--input", str(folder), "--output", str(output), "--vocabulary", "coco")
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert f"--output {str(output)!r} would overwrite the input" in err and "a_rgb.png" in err
+        assert "choose another --output folder" in err
+        assert (folder / "a_rgb.png").read_bytes() == original
+        assert sorted(os.listdir(folder)) == ["a_rgb.png", "photo.jpg"]
+    # a drawing beside its (non-PNG) input is fine
+    rc = _run(setup, "--input", str(folder / "photo.jpg"), "--output", str(folder))
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(os.listdir(folder)) == ["a_rgb.png", "detections.json", "photo.jpg", "photo.png"]
+
+
+def test_opts_key_without_value_is_reported(setup, capsys):
+    argv = ["--config-file", setup["config"], "--input", str(setup["images"] / "a_rgb.png")]
+    assert demo.main(argv + ["--opts", "MODEL.WEIGHTS"]) == 2
+    err = capsys.readouterr().err
+    assert "--opts takes KEY VALUE pairs, but 'MODEL.WEIGHTS' has no value" in err
+    assert "Traceback" not in err
+
+
+def test_file_names_with_glob_characters_are_files(setup, tmp_path):
+    for name in ("photo[1].png", "what?.png", "star*.png"):
+        (tmp_path / name).write_bytes((setup["images"] / "a_rgb.png").read_bytes())
+    (tmp_path / "photo1.png").write_bytes(b"")  # what the glob "photo[1].png" would match
+    names = [str(tmp_path / n) for n in ("photo[1].png", "what?.png", "star*.png")]
+    assert demo.collect_inputs(names) == (names, [])
+    # a pattern that names no file is still a glob
+    paths, errors = demo.collect_inputs([str(tmp_path / "photo?.png")])
+    assert paths == [str(tmp_path / "photo1.png")] and errors == []
+
+
+def test_float_image_files_are_scaled_by_their_range(tmp_path):
+    path = str(tmp_path / "float.tif")
+    Image.fromarray(np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)).save(path)
+    rgb, notes = demo.read_image_file(path)
+    assert rgb[:, :, 0].tolist() == [[0, 64], [128, 255]]  # x 255, not clipped to 0 / 1
+    assert notes[0] == (
+        "floating-point grayscale image (mode F): scaled to 8 bits by its range (0..1 -> x255, "
+        "0..255 kept, else min..max -> 0..255) and copied to 3 channels"
+    )

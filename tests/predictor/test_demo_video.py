@@ -51,3 +51,41 @@ def test_video_errors(tmp_path, capsys):
     assert main(["--video-input", str(tmp_path / "bad.mp4")] + base) == 1
     with pytest.raises(SystemExit):
         main(["--video-input", "x.mp4", "--input", "y.png"] + base)
+
+
+
+def test_output_that_is_the_input_or_an_existing_file_is_refused(tmp_path, capsys):
+    from glip_d2.demo_video import run_video
+
+    video = _video(tmp_path / "clip.avi", frames=2)
+    original = video.read_bytes()
+    (tmp_path / "link.avi").symlink_to(video)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "clip.mp4").write_bytes(original)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+
+    def run(video, output):
+        return main(["--config-file", "configs/demo_glip_tiny_shapes.yaml", "--video-input",
+                     str(video), "--output", str(output), "--vocabulary", "coco",
+                     "--opts", "MODEL.DEVICE", "cpu"])
+
+    # the input itself: by its name, through a link, or as <folder>/<video name>.mp4
+    for source, output in ((video, video), (video, tmp_path / "link.avi"),
+                           (tmp_path / "sub" / "clip.mp4", tmp_path / "sub")):
+        assert run(source, output) == 2
+        err = capsys.readouterr().err
+        assert f"--output {str(output)!r} would overwrite the input video {str(source)!r}" in err
+        assert "write the annotated video to another file or folder" in err
+    assert video.read_bytes() == original
+    assert (tmp_path / "sub" / "clip.mp4").read_bytes() == original
+    # an existing file that names no video: refused before any frame is read
+    assert run(video, notes) == 2
+    err = capsys.readouterr().err
+    assert f"--output {str(notes)!r} is an existing file and not a video name" in err
+    assert "give a folder (created if missing) or a .mp4 / .avi / .mkv file" in err
+    assert notes.read_text() == "keep me"
+    # run_video checks too, before it reads a frame
+    messages = []
+    assert run_video(None, {}, str(video), str(video), messages.append) == 2
+    assert "would overwrite the input video" in messages[0]

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 from detectron2.modeling import build_model
 from PIL import Image
 
+from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.nlp import find_noun_phrases
 from glip_d2.predictor import GLIPPredictor, locate_phrases, to_rgb_uint8
 from glip_d2.vocabularies import get_vocabulary
@@ -129,19 +131,22 @@ def test_long_vocabulary_is_chunked_with_one_backbone_pass_per_batch_and_cached(
             pred.model.language_backbone
         ) as text:
             outs = pred(images, vocabulary=names)
+        assert len(pred.model._chunks) == 2 and len(text.batches) == 2
+        assert len(backbone.batches) == 1 and backbone.batches[0][0] == 2
+        assert isinstance(outs, list) and len(outs) == 2 and outs[0]["labels"] == names
+        assert outs[1]["instances"].image_size == (80, 120)
+        classes = torch.cat([o["instances"].pred_classes for o in outs])
+        assert classes.max() < 5 and {c // 3 for c in classes.tolist()} == {0, 1}  # both chunks
+        # the same vocabulary again: no text encoding at all
+        with Counter(pred.model.language_backbone) as text:
+            single = pred(images[0], vocabulary=names)
+        assert text.batches == [] and isinstance(single, dict)
+        assert torch.allclose(single["instances"].scores, outs[0]["instances"].scores, atol=1e-5)
     finally:
         pred.model.test_chunk_size = 0
-    assert len(pred.model._chunks) == 2 and len(text.batches) == 2
-    assert len(backbone.batches) == 1 and backbone.batches[0][0] == 2
-    assert isinstance(outs, list) and len(outs) == 2 and outs[0]["labels"] == names
-    assert outs[1]["instances"].image_size == (80, 120)
-    classes = torch.cat([o["instances"].pred_classes for o in outs])
-    assert classes.max() < 5 and {c // 3 for c in classes.tolist()} == {0, 1}  # both chunks
-    # the same vocabulary again: no text encoding at all
-    with Counter(pred.model.language_backbone) as text:
-        single = pred(images[0], vocabulary=names)
-    assert text.batches == [] and isinstance(single, dict)
-    assert torch.allclose(single["instances"].scores, outs[0]["instances"].scores, atol=1e-5)
+    # another chunk size: the same names are chunked anew (one prompt now)
+    pred(images[0], vocabulary=names)
+    assert len(pred.model._chunks) == 1
 
 
 def test_grounding_with_found_and_given_phrases(pred):
@@ -187,6 +192,11 @@ def test_locate_phrases():
         (dict(caption="cat " * 300), "the model reads at most 254"),
         (dict(caption="a cat", phrases=["dog"]), "not in the caption"),
         (dict(confidence_threshold=1.5), r"must lie in \[0, 1\]"),
+        # list() would read a description dict as its keys, a set in arbitrary order
+        (dict(vocabulary={"prefix": "a ", "name": "cat", "suffix": ""}), "is a mapping .* list"),
+        (dict(vocabulary={"cat": 0, "dog": 1}), "would be read as its keys"),
+        (dict(vocabulary={"cat", "dog"}), "is a set, .* pass an ordered list"),
+        (dict(vocabulary=frozenset(["cat"])), "is a frozenset"),
     ],
 )
 def test_bad_queries_are_clear_errors_and_leave_the_model_usable(pred, kwargs, message):
@@ -227,7 +237,8 @@ def test_to_rgb_uint8_conversions():
     assert to_rgb_uint8(bgra, "BGR")[0, 0].tolist() == [3, 2, 1]  # alpha dropped, BGR -> RGB
     sixteen = np.array([[0, 257, 65535]], np.uint16)
     assert to_rgb_uint8(sixteen)[0, :, 0].tolist() == [0, 1, 255]
-    assert to_rgb_uint8(np.array([[-3.0, 7.6, 300.0]]))[0, :, 0].tolist() == [0, 8, 255]
+    # floats outside 0..255: stretched from min..max (7.6 -> 10.6 / 303 * 255 = 8.9)
+    assert to_rgb_uint8(np.array([[-3.0, 7.6, 300.0]]))[0, :, 0].tolist() == [0, 9, 255]
     # PIL: 16-bit grayscale, palette, RGBA, 1-bit
     assert to_rgb_uint8(Image.fromarray(sixteen))[0, :, 1].tolist() == [0, 1, 255]
     pal = Image.fromarray(gray).convert("P")
@@ -257,3 +268,100 @@ def test_missing_weights_file_is_a_clear_error(trained, tmp_path):
     cfg.MODEL.WEIGHTS = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         GLIPPredictor(cfg)
+
+
+def test_float_images_are_scaled_by_their_range():
+    # within [0, 1] (e.g. skimage / a normalised image): x 255, not clipped to black
+    assert to_rgb_uint8(np.array([[0.0, 0.2, 0.5, 1.0]]))[0, :, 0].tolist() == [0, 51, 128, 255]
+    # within [0, 255]: Detectron2's float inputs, kept
+    assert to_rgb_uint8(np.array([[0.0, 7.6, 254.2]], np.float32))[0, :, 0].tolist() == [0, 8, 254]
+    # any other range (a 32-bit float TIFF): min..max -> 0..255; a constant one is clipped
+    assert to_rgb_uint8(np.array([[1000.0, 1500.0, 3000.0]]))[0, :, 0].tolist() == [0, 64, 255]
+    assert to_rgb_uint8(np.full((2, 2), 300.0)).max() == 255
+    # PIL mode "F" follows the same rule
+    f01 = Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32))
+    assert f01.mode == "F" and to_rgb_uint8(f01)[0, :, 2].tolist() == [0, 64, 255]
+    # integer images are unchanged
+    assert to_rgb_uint8(np.array([[0, 1, 255]], np.uint8))[0, :, 0].tolist() == [0, 1, 255]
+    assert to_rgb_uint8(np.array([[0, 1, 255]], np.uint16))[0, :, 0].tolist() == [0, 0, 1]
+
+
+def test_lvis_is_prompted_40_names_at_a_time_as_its_protocol(pred, caplog):
+    """With MODEL.GLIP.TEST_CHUNK_SIZE 0 a builtin "lvis" uses the official LVIS chunking, the
+    one of configs/protocols/lvis_minival*.yaml; a custom vocabulary is still packed."""
+    for name in ("lvis_minival", "lvis_minival_fixed_ap"):
+        protocol = yaml.safe_load(open(f"configs/protocols/{name}.yaml"))
+        assert protocol["MODEL"]["GLIP"]["TEST_CHUNK_SIZE"] == 40
+    assert pred.model.test_chunk_size == 0
+    pred.set_vocabulary(["cat"])
+    with caplog.at_level("INFO", logger="glip_d2"):
+        pred.set_vocabulary(" LVIS ")
+    sizes = [len(c.label_ids) for c in pred.model._chunks]
+    assert sizes == [40] * 30 + [3]  # 1203 names: 31 prompts
+    assert "Vocabulary of 1203 names: 31 prompt chunk(s) per image." in caplog.messages
+    assert any("'lvis': 40 names per prompt" in m for m in caplog.messages)
+    lvis = list(get_vocabulary("lvis").prompt_names)
+    # the same names as a list follow the config (packed): fewer, longer prompts
+    pred.set_vocabulary(lvis)
+    assert 1 < len(pred.model._chunks) < 31
+    pred.set_vocabulary("lvis")
+    assert len(pred.model._chunks) == 31
+    # a configured chunk size wins
+    pred.model.test_chunk_size = 100
+    try:
+        pred.set_vocabulary("lvis")
+        assert len(pred.model._chunks[0].label_ids) <= 100 and len(pred.model._chunks) < 31
+    finally:
+        pred.model.test_chunk_size = 0
+
+
+def test_min_size_test_0_keeps_the_image_size(trained):
+    cfg = trained[0].clone()
+    cfg.INPUT.MIN_SIZE_TEST = 0  # Detectron2: no resize at test time
+    pred = GLIPPredictor(cfg)
+    image = _image(100, 150)
+    assert pred.preprocess(image)["image"].shape == (3, 100, 150)
+    out = pred(image, vocabulary=["red circle"])
+    assert out["instances"].image_size == (100, 150) and len(out["instances"])
+
+
+def _scores(pred, image):
+    return pred(image, vocabulary=["cat", "dog"])["instances"].scores
+
+
+def test_loading_weights_drops_the_cached_prompt_encodings(pred, trained, tmp_path):
+    image = _image()
+    before = _scores(pred, image)  # the prompt's encoding is now cached
+    torch.manual_seed(123)
+    other = build_model(pred.cfg).state_dict()  # same architecture, other text encoder weights
+    path = tmp_path / "other.pth"
+    torch.save({"model": other}, path)
+    try:
+        GLIPCheckpointer(pred.model).load(str(path))
+        after = _scores(pred, image)
+        pred.model._text_cache.clear()
+        assert torch.equal(after, _scores(pred, image))  # as with a fresh cache
+        assert not torch.allclose(after[:3], before[:3])
+        pred.model.load_state_dict(trained[1])  # a plain load_state_dict too
+        assert torch.equal(_scores(pred, image), before)
+    finally:
+        pred.model.load_state_dict(trained[1])
+
+
+def test_training_drops_the_cached_prompt_encodings(pred, trained):
+    image = _image()
+    before = _scores(pred, image)
+    try:
+        pred.model.train()  # a training step on the text encoder between two evaluations
+        with torch.no_grad():
+            for p in pred.model.language_backbone.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        pred.model.eval()
+        after = _scores(pred, image)
+        pred.model._text_cache.clear()
+        assert torch.equal(after, _scores(pred, image)) and not torch.equal(after, before)
+        pred.model.eval()  # eval() alone keeps the cache: evaluations reuse the encodings
+        assert pred.model._text_cache
+    finally:
+        pred.model.load_state_dict(trained[1])
+        pred.model.eval()

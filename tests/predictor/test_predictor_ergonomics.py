@@ -87,3 +87,21 @@ def test_bad_paths_are_clear_errors(predictor, tmp_path):
     (tmp_path / "not_an_image.png").write_text("hello")
     with pytest.raises(ValueError, match="Could not read .* as an image"):
         predictor(tmp_path / "not_an_image.png", vocabulary=VOCAB)
+
+
+def test_from_name_untrained_loads_no_weights_the_config_names(monkeypatch, tmp_path):
+    """trained=False gives random weights, as model_zoo.get(trained=False): a config's own
+    MODEL.WEIGHTS (two-stage configs name ImageNet weights) is not loaded or downloaded."""
+    assert model_zoo.get_config("two_stage/faster_rcnn_R_50_FPN_glip").MODEL.WEIGHTS.startswith(
+        "detectron2://ImageNetPretrained/"
+    )
+    real = model_zoo.get_config
+
+    def with_backbone_weights(name, trained=False):
+        cfg = real(name, trained=trained)
+        cfg.MODEL.WEIGHTS = str(tmp_path / "imagenet_backbone.pth")  # absent: loading it fails
+        return cfg
+
+    monkeypatch.setattr(model_zoo, "get_config", with_backbone_weights)
+    named = GLIPPredictor.from_name("glip_demo_shapes", trained=False, device="cpu")
+    assert named.cfg.MODEL.WEIGHTS == ""

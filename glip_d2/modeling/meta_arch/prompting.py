@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import MetadataCatalog
+from torch import nn
 
 from ...data.class_descriptions import class_descriptions_from_config
 from ...text import apply_descriptions, chunk_vocabulary, create_positive_map, tokenize
@@ -37,6 +38,11 @@ def normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
     return out
 
 
+def _clear_text_cache_after_load(module, incompatible_keys) -> None:
+    """load_state_dict post-hook (a plain function, so the module still pickles and deep-copies)."""
+    module.clear_text_cache()
+
+
 class PromptingMixin:
     """Needs: tokenizer, language_backbone, device, max_query_len, pad_to_max, separator,
     test_chunk_size; call `_init_prompting(vocabulary)` in __init__."""
@@ -45,20 +51,47 @@ class PromptingMixin:
     TEXT_CACHE_SIZE = 256
 
     def _init_prompting(self, vocabulary: Optional[Sequence[str]]):
-        self.vocabulary, self._chunks = None, None
+        # _chunk_size: names per prompt the chunks were made with (0 = packed to the token limit)
+        self.vocabulary, self._chunks, self._chunk_size = None, None, None
         self._text_cache: Dict = {}
+        # Cached encodings belong to the weights that computed them: loading a state dict (a
+        # checkpoint, EMA weights swapped in for evaluation) makes them stale. The hook also runs
+        # when the load goes through a wrapper (DDP) or fails part-way.
+        if isinstance(self, nn.Module):  # the mixin alone (tests) has no state dict
+            self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
         if vocabulary:
             self.set_vocabulary(vocabulary)
 
-    def set_vocabulary(self, names: Sequence):
+    def clear_text_cache(self):
+        """Forget the cached prompt encodings; they are recomputed on next use. Done for you when
+        the model enters train mode or loads a state dict."""
+        cache = getattr(self, "_text_cache", None)  # train() may run before _init_prompting
+        if cache is not None:
+            cache.clear()
+
+    def train(self, mode: bool = True):
+        """Entering train mode drops the text cache: training changes the text encoder, so
+        encodings cached by one evaluation would be stale at the next."""
+        if mode:
+            self.clear_text_cache()
+        return super().train(mode)
+
+    def set_vocabulary(self, names: Sequence, chunk_size: Optional[int] = None):
         """Set the names detected when inputs carry no caption; chunked to fit the token limit.
-        An entry may be a class description ({prefix, name, suffix}; glip_d2.text.descriptions)."""
+        An entry may be a class description ({prefix, name, suffix}; glip_d2.text.descriptions).
+
+        Args:
+            chunk_size: names per prompt; None = ``test_chunk_size`` (MODEL.GLIP.TEST_CHUNK_SIZE),
+                0 = as many as fit the token limit.
+        """
         names = list(names)
+        if chunk_size is None:
+            chunk_size = self.test_chunk_size
         chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
-            names, self.tokenizer, chunk_size=self.test_chunk_size,
+            names, self.tokenizer, chunk_size=chunk_size,
             max_len=self.max_query_len, separator=self.separator,
         )
-        self.vocabulary, self._chunks = names, chunks
+        self.vocabulary, self._chunks, self._chunk_size = names, chunks, chunk_size
         self._text_cache.clear()
         logger.info(f"Vocabulary of {len(names)} names: {len(chunks)} prompt chunk(s) per image.")
 
