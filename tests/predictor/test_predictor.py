@@ -365,3 +365,14 @@ def test_training_drops_the_cached_prompt_encodings(pred, trained):
     finally:
         pred.model.load_state_dict(trained[1])
         pred.model.eval()
+
+
+def test_moving_the_model_drops_the_cached_prompt_encodings(pred):
+    """Encodings cached before ``to(dtype / device)`` would keep the old dtype and device."""
+    _scores(pred, _image())
+    assert len(pred.model._text_cache) > 0
+    try:
+        pred.model.to(torch.float64)
+        assert len(pred.model._text_cache) == 0
+    finally:
+        pred.model.to(torch.float32)

@@ -64,7 +64,7 @@ class PromptingMixin:
 
     def clear_text_cache(self):
         """Forget the cached prompt encodings; they are recomputed on next use. Done for you when
-        the model enters train mode or loads a state dict."""
+        the model enters train mode, loads a state dict or moves (``to``, ``half``, ...)."""
         cache = getattr(self, "_text_cache", None)  # train() may run before _init_prompting
         if cache is not None:
             cache.clear()
@@ -75,6 +75,11 @@ class PromptingMixin:
         if mode:
             self.clear_text_cache()
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        """``to(device)``, ``half()``, ...: cached encodings would keep the old device and dtype."""
+        self.clear_text_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     def set_vocabulary(self, names: Sequence, chunk_size: Optional[int] = None):
         """Set the names detected when inputs carry no caption; chunked to fit the token limit.
