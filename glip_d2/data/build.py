@@ -68,6 +68,18 @@ def load_checked_train_dicts(cfg, mapper):
     return parts
 
 
+def _tag_with_dataset(parts, names) -> None:
+    """Tag each record with its DATASETS.TRAIN entry (unless its loader tagged it already).
+
+    The mapper prompts a detection record with its dataset's category names; loaders such as
+    Detectron2's load_coco_json do not tag their records, and once the datasets are
+    concatenated nothing else tells which dataset a record came from.
+    """
+    for name, part in zip(names, parts):
+        for record in part:
+            record.setdefault("dataset_name", name)
+
+
 def build_grounding_train_loader(cfg, mapper):
     """The training loader of `cfg`: a :class:`~glip_d2.data.stream.ResumableTrainLoader`
     (SOLVER.IMS_PER_BATCH, DATALOADER.ASPECT_RATIO_GROUPING / NUM_WORKERS / SAMPLER_TRAIN /
@@ -76,7 +88,8 @@ def build_grounding_train_loader(cfg, mapper):
     Without ``DATASETS.TRAIN_RATIOS`` images are drawn by Detectron2's sampler over the
     concatenated datasets; with it the datasets of ``DATASETS.TRAIN`` are drawn with those
     relative probabilities (:class:`DatasetRatioTrainingSampler`) instead of in proportion to
-    their sizes. Records are checked when loaded (:func:`load_checked_train_dicts`).
+    their sizes. Records are checked when loaded (:func:`load_checked_train_dicts`) and tagged
+    with their ``"dataset_name"``, so each is prompted with its own dataset's category names.
     """
     ratios = tuple(cfg.DATASETS.get("TRAIN_RATIOS", ()))
     names = list(cfg.DATASETS.TRAIN)
@@ -85,6 +98,7 @@ def build_grounding_train_loader(cfg, mapper):
             f"DATASETS.TRAIN_RATIOS {ratios} needs one ratio per DATASETS.TRAIN entry {names}."
         )
     parts = load_checked_train_dicts(cfg, mapper)
+    _tag_with_dataset(parts, names)
     dataset = [d for p in parts for d in p]
     seed = cfg.SEED if cfg.SEED >= 0 else None
     if ratios:

@@ -39,7 +39,8 @@ class GroundingDatasetMapper:
     """Map a dataset dict to GLIP's inputs, for grounding data and for detection data.
 
     Like Detectron2's ``DatasetMapper``: read the image, apply the augmentations, transform the
-    boxes, drop crowd annotations (training) and boxes that became empty. On top of that:
+    boxes, drop crowd annotations (training) and boxes that became empty; with instance masks,
+    an applied crop makes each box the bounding box of its cropped mask. On top of that:
 
     * **Grounding dicts** carry ``"caption"`` and, per annotation, ``"tokens_positive"`` (a list
       of ``[start, end)`` character spans) and optionally ``"phrase_id"``. ``gt_classes`` is the
@@ -101,9 +102,11 @@ class GroundingDatasetMapper:
             max_prompt_categories: cap on categories in a detection prompt (-1 = none).
             flip_left_right: "swap" or "skip" (see the class docstring).
             category_names: contiguous id -> name for detection dicts; None = looked up (on first
-                use) in ``MetadataCatalog`` ``thing_classes`` of ``dataset_names``.
-            dataset_names: datasets whose metadata give category names; a dict tagged with
-                ``"dataset_name"`` uses that dataset's names.
+                use) in ``MetadataCatalog`` ``thing_classes``.
+            dataset_names: the configured datasets. A dict tagged with ``"dataset_name"`` uses
+                that dataset's names (an error if it has none and ``category_names`` is None);
+                an untagged dict uses ``category_names`` or, with exactly one dataset, its
+                names, and is an error otherwise.
             use_instance_mask: keep segmentations as ``gt_masks`` (two-stage Mask R-CNN heads).
             instance_mask_format: "polygon" or "bitmask" (INPUT.MASK_FORMAT).
             class_descriptions: dataset name -> its class descriptions (a list per class or a
@@ -133,6 +136,8 @@ class GroundingDatasetMapper:
         self.max_prompt_categories = max_prompt_categories
         self.flip_left_right = flip_left_right
         self.category_names = dict(category_names) if category_names is not None else None
+        # dataset name -> its (described) category names, looked up on first use
+        self._names_by_dataset: Dict[str, Dict[int, str]] = {}
         self.dataset_names = tuple(dataset_names)
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
@@ -175,25 +180,40 @@ class GroundingDatasetMapper:
 
     # ------------------------------------------------------------------ category names
     def _category_names(self, dataset_dict) -> Dict[int, str]:
+        """The category names a detection dict is prompted with: those of the dataset it is
+        tagged with (``"dataset_name"``), else ``category_names``, else those of the one
+        configured dataset. Never another dataset's names: with several datasets an untagged
+        dict would be prompted with the wrong vocabulary (COCO boxes named with Objects365
+        classes), so it is an error."""
         name = dataset_dict.get("dataset_name")
-        if name is not None:
-            classes = MetadataCatalog.get(name).get("thing_classes")
-            if classes:
-                return dict(enumerate(self._described(name, classes)))
-        if self.category_names is None:
-            for dataset in self.dataset_names:
-                classes = MetadataCatalog.get(dataset).get("thing_classes")
-                if classes:
-                    self.category_names = dict(enumerate(self._described(dataset, classes)))
-                    break
-            else:
+        if name is None:
+            if self.category_names is not None:
+                return self.category_names
+            if len(self.dataset_names) != 1:
                 raise ValueError(
-                    f"Image {dataset_dict.get('image_id')!r} has no caption and no category names "
-                    f"are known: none of the datasets {self.dataset_names} has thing_classes in "
-                    "its metadata. Register it with thing_classes (register_detection_as_"
-                    "grounding does) or pass category_names to the mapper."
+                    f"Image {dataset_dict.get('image_id')!r} has no caption and no "
+                    f"'dataset_name' tag, and the mapper serves {len(self.dataset_names)} "
+                    f"datasets {list(self.dataset_names)}: it cannot tell whose category names "
+                    "to prompt with. Tag every record with its dataset "
+                    "(record['dataset_name'] = name; build_grounding_train_loader does) or pass "
+                    "category_names to the mapper."
                 )
-        return self.category_names
+            name = self.dataset_names[0]
+        if name not in self._names_by_dataset:
+            classes = MetadataCatalog.get(name).get("thing_classes")
+            if not classes:
+                if self.category_names is not None:  # given explicitly: the caller's vocabulary
+                    return self.category_names
+                raise ValueError(
+                    f"Image {dataset_dict.get('image_id')!r} of dataset {name!r} has no caption, "
+                    f"and dataset {name!r} has no thing_classes in its metadata (in this "
+                    "process), so its boxes cannot be named in a prompt. Register it with "
+                    "thing_classes (register_detection_as_grounding and the glip_d2 loaders do; "
+                    "a lazily registered dataset gets them when loaded) or pass category_names "
+                    "to the mapper."
+                )
+            self._names_by_dataset[name] = dict(enumerate(self._described(name, classes)))
+        return self._names_by_dataset[name]
 
     def _described(self, dataset_name: str, classes):
         """A dataset's class names with its descriptions (DATASETS.CLASS_DESCRIPTIONS) applied."""
@@ -237,14 +257,20 @@ class GroundingDatasetMapper:
             return dataset_dict
 
         # Crowd boxes go, like in Detectron2 (grounding annotations were filtered above, with
-        # their phrase ids); masks only for two-stage models with a mask head, no keypoints.
-        annos = [a for a in annos if a.get("iscrowd", 0) == 0]
+        # their phrase ids, by the same test); masks only for two-stage models with a mask head,
+        # no keypoints.
+        annos = [a for a in annos if not _is_crowd(a, image_id)]
         for anno in annos:
             if not self.use_instance_mask:
                 anno.pop("segmentation", None)
             anno.pop("keypoints", None)
         annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
         instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        if instances.has("gt_masks") and _is_cropped(transforms):
+            # A crop cuts the mask and the box alike, but the cut box is loose around the cut
+            # mask (a triangle cut in half); Detectron2's DatasetMapper recomputes the boxes
+            # from the masks when it crops with masks on, and so does this.
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         if caption is not None:
             instances.gt_classes = torch.as_tensor(phrase_ids, dtype=torch.int64)
         instances, keep = utils.filter_empty_instances(instances, return_mask=True)
@@ -275,7 +301,7 @@ class GroundingDatasetMapper:
         phrase_index: Dict[object, int] = {}
         for anno in annos:
             anno_spans = validate_spans(caption, anno.get("tokens_positive") or [], image_id)
-            if not anno_spans or (self.is_train and anno.get("iscrowd", 0)):
+            if not anno_spans or (self.is_train and _is_crowd(anno, image_id)):
                 continue
             key = ("id", anno["phrase_id"]) if "phrase_id" in anno else tuple(sorted(anno_spans))
             phrase_ids.append(phrase_index.setdefault(key, len(phrase_index)))
@@ -315,6 +341,27 @@ class GroundingDatasetMapper:
         except ValueError as error:
             raise ValueError(f"Image {image_id!r}, caption {caption!r}: {error}") from error
         return positive_map, keep
+
+
+def _is_crowd(anno: dict, image_id) -> bool:
+    """Whether an annotation is a crowd region (``iscrowd`` 1; absent = 0).
+
+    Raises:
+        ValueError: naming the image, for any other value (null, 2, "1", ...): readers do not
+            agree on those (Detectron2 drops a null as crowd, a truthiness test keeps it), and
+            the two crowd filters of the mapper must never disagree.
+    """
+    value = anno.get("iscrowd", 0)
+    if value not in (0, 1):
+        raise ValueError(
+            f"Image {image_id!r}: an annotation has iscrowd {value!r}; it must be 0 or 1. Fix "
+            "the record (or drop it with DATASETS.SKIP_BAD_RECORDS)."
+        )
+    return value == 1
+
+
+def _is_cropped(transforms) -> bool:
+    return any(isinstance(t, T.CropTransform) for t in transforms.transforms)
 
 
 def _is_hflipped(transforms) -> bool:

@@ -10,7 +10,6 @@ import logging
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
@@ -94,11 +93,13 @@ def _json_thing_classes(json_file: str):
 
 
 def _load_tagged(json_file: str, image_root: str, name: str) -> List[dict]:
-    dicts = load_coco_json(json_file, image_root, name)
-    for record in dicts:
-        # Lets GroundingDatasetMapper pick this dataset's category names when datasets are mixed.
-        record["dataset_name"] = name
-    return dicts
+    # Not Detectron2's load_coco_json(json_file, image_root, name): it sets thing_classes from
+    # the json, which MetadataCatalog refuses when the registration gave other names. glip_d2's
+    # loader keeps registered names, maps ids with the registered (else the json's) id map and
+    # tags each dict with "dataset_name", so the mapper uses this dataset's names.
+    from .datasets.coco_json import load_detection_json
+
+    return load_detection_json(json_file, image_root, name)
 
 
 def register_detection_as_grounding(
@@ -106,14 +107,18 @@ def register_detection_as_grounding(
 ) -> None:
     """Register a COCO-format detection json for GLIP, which prompts with its category names.
 
-    Like Detectron2's ``register_coco_instances`` (same loader and metadata, evaluator "coco"),
+    Like Detectron2's ``register_coco_instances`` (Detectron2 dicts, same metadata, evaluator
+    "coco"),
     and additionally:
 
     * ``thing_classes`` (and ``thing_dataset_id_to_contiguous_id``) are recorded at
       registration, read from the json's categories unless ``metadata`` gives them, so a model
       can build its vocabulary before the dataset is loaded; ``thing_classes_clean`` holds the
-      names as they appear in prompts (:func:`~glip_d2.text.clean_name`);
-    * each dict is tagged with ``"dataset_name"`` so the mapper uses this dataset's names.
+      names as they appear in prompts (:func:`~glip_d2.text.clean_name`). Names given without
+      an id map are the json's categories in id order (one name each);
+    * the json is loaded by :func:`~glip_d2.data.datasets.coco_json.load_detection_json`
+      (validated, parse cached; keypoints are not kept) and each dict is tagged with
+      ``"dataset_name"`` so the mapper uses this dataset's names.
 
     Args:
         name: the new dataset name.

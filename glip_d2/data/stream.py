@@ -17,7 +17,8 @@ images than the uninterrupted one. Here:
   skipping what was delivered, which rebuilds the aspect-ratio buckets exactly as they were.
 
 A record whose mapping fails (missing or unreadable image, size mismatch, a span that maps to no
-token, ...) raises :class:`~glip_d2.data.validate.BadRecordError` naming it; with
+token, a field of the wrong type, ... : any exception of the mapper) raises
+:class:`~glip_d2.data.validate.BadRecordError` naming it; with
 ``skip_bad_records`` it is dropped, counted and logged, and a replacement is drawn
 deterministically from ``(seed, position)``.
 """
@@ -99,7 +100,7 @@ class _PositionedStream(IterableDataset):
             try:
                 with _seeded_rngs(_item_seed(self.seed, self.rank, position, attempt)):
                     data = self.mapper(record)
-            except (ValueError, OSError) as error:
+            except Exception as error:  # any failure of one record is that record's problem
                 if not self.skip_bad:
                     raise BadRecordError(
                         f"Training record {describe_record(record)} cannot be used: "

@@ -39,7 +39,7 @@ def validate_spans(caption: str, spans: Sequence[Sequence[int]], image_id=None) 
             if int(start) != start or int(end) != end:
                 raise TypeError
             start, end = int(start), int(end)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(inf) overflows
             raise ValueError(
                 f"Span {span!r}{_where(image_id)} is not a [start, end) pair of integers; "
                 "tokens_positive must be a list of [start, end] character offsets."

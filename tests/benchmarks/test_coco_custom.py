@@ -20,6 +20,7 @@ from glip_d2.data.datasets import (
     register_custom_coco,
     register_datasets_from_config,
 )
+from glip_d2.data.datasets.coco_json import parse_detection_json
 from glip_d2.engine import build_glip_evaluator, fast_coco_eval_available, set_test_vocabulary
 from glip_d2.evaluation import (
     FixedAPEvaluator,
@@ -78,6 +79,72 @@ def test_custom_coco_malformed_json_fails_at_registration(tmp_path, names):
     del data["categories"]
     with pytest.raises(DatasetFormatError, match="needs 'images' and 'categories'"):
         register_custom_coco(names("custom"), write_json(tmp_path / "y.json", data), ".")
+
+
+def _with(path, value):
+    """A copy of ``_json()`` with ``value`` at ``path`` (keys and indices)."""
+    data = _json()
+    *parents, key = path
+    target = data
+    for k in parents:
+        target = target[k]
+    target[key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("annotations", 2, "category_id"), 7.9, "annotation #2 (id 3): category_id 7.9 is not an"),
+        (("annotations", 2, "category_id"), 11.0, "category_id 11.0 is not an integer"),
+        (("annotations", 2, "category_id"), "11", "category_id '11' is not an integer"),
+        (("annotations", 2, "category_id"), True, "category_id True is not an integer"),
+        (("annotations", 1, "bbox"), ["50", 50, 20, 40], "#1 (id 2): bbox ['50', 50, 20, 40] is"),
+        (("annotations", 1, "bbox"), [[50, 50], [20, 40]], "bbox [[50, 50], [20, 40]] is not four"),
+        (("annotations", 1, "bbox"), [50, 50, 20, 40, 1], "bbox [50, 50, 20, 40, 1] is not four"),
+        (("annotations", 1, "bbox"), [50, 50, True, 40], "bbox [50, 50, True, 40] is not four"),
+        (("annotations", 4, "iscrowd"), None, "annotation #4 (id 5): iscrowd None is not an"),
+        (("annotations", 4, "iscrowd"), 2, "iscrowd 2 is not one of [0, 1]"),
+        (("annotations", 4, "iscrowd"), "1", "iscrowd '1' is not an integer"),
+        (("annotations", 4, "id"), "5", "annotation #4 (id '5'): id '5' is not an integer"),
+        (("images", 1, "height"), 99.7, "image #1 (id 2): height 99.7 is not an integer"),
+        (("images", 1, "height"), None, "image #1 (id 2): height None is not an integer"),
+        (("images", 2, "width"), "100", "image #2 (id 3): width '100' is not an integer"),
+        (("images", 2, "id"), 3.0, "image #2 (id 3.0): id 3.0 is not an integer"),
+    ],
+)
+def test_coco_fields_of_the_wrong_type_are_named_not_converted(tmp_path, path, value, message):
+    json_file = write_json(tmp_path / "typed.json", _with(path, value))
+    with pytest.raises(DatasetFormatError) as error:
+        parse_detection_json(json_file)
+    assert str(error.value).startswith(json_file) and message in str(error.value)
+
+
+def test_coco_nested_boxes_are_not_reshaped_into_boxes(tmp_path):
+    data = _json()
+    for anno in data["annotations"]:  # every box two pairs: numpy alone would reshape them
+        x, y, w, h = anno["bbox"]
+        anno["bbox"] = [[x, y], [w, h]]
+    nested = r"#0 \(id 1\): bbox \[\[10, 10\], \[30, 30\]\] is not four finite numbers"
+    with pytest.raises(DatasetFormatError, match=nested):
+        parse_detection_json(write_json(tmp_path / "pairs.json", data))
+
+
+def test_coco_repeated_annotation_ids_and_ignore_are_refused(tmp_path):
+    data = _json()
+    data["annotations"][3]["id"] = 2
+    with pytest.raises(DatasetFormatError, match=r"#3 \(id 2\): annotation id 2 is also the id of "
+                                                 r"annotation #1; annotation ids must be unique"):
+        parse_detection_json(write_json(tmp_path / "dup.json", data))
+    # Detectron2 lets COCO 2014's minival jsons repeat ids, and so does glip_d2.
+    assert len(parse_detection_json(write_json(tmp_path / "minival.json", data))["ann_boxes"]) == 5
+    data = _json()
+    data["annotations"][2]["ignore"] = 1
+    with pytest.raises(DatasetFormatError, match=r"#2 \(id 3\) has \"ignore\": 1, which Detectron"):
+        parse_detection_json(write_json(tmp_path / "ignore.json", data))
+    data["annotations"][2]["ignore"] = 0
+    parsed = parse_detection_json(write_json(tmp_path / "ok.json", data))
+    assert parsed["ann_iscrowd"].tolist() == [0] * 5
 
 
 def test_custom_coco_from_config_only(tmp_path, monkeypatch):

@@ -294,6 +294,20 @@ def _bad(mutate):
             "tokens_positive_eval #0: Span [30, 40) lies outside",
         ),
         (_bad(lambda d: d["images"][1].update(id=0)), "image id 0 appears twice"),
+        (
+            _bad(lambda d: d["annotations"][1].update(iscrowd=None)),
+            "annotation #1 (id 2): iscrowd None is not an integer",
+        ),
+        (_bad(lambda d: d["annotations"][1].update(iscrowd=2)), "iscrowd 2 is not one of [0, 1]"),
+        (
+            _bad(lambda d: d["annotations"][2].update(phrase_ids=[0])),
+            "annotation #2 (id 3): phrase_ids [0] is not an integer",
+        ),
+        (_bad(lambda d: d["annotations"][2].update(phrase_ids="x")), "phrase_ids 'x' is not an"),
+        (
+            _bad(lambda d: d["annotations"][0].update(tokens_positive=[[0, float("inf")]])),
+            "annotation #0 (id 1): Span [0, inf] is not a [start, end) pair of integers",
+        ),
     ],
 )
 def test_mdetr_malformed_records_are_rejected(tmp_path, names, data, message):

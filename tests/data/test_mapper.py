@@ -15,6 +15,7 @@ from detectron2.structures import BoxMode
 from glip_d2.config import add_glip_config
 from glip_d2.data.mapper import GroundingDatasetMapper
 from glip_d2.text import load_tokenizer
+from tests.conftest import forget
 
 H, W = 32, 48
 CAPTION = "a dog on the left of a red ball"  # tokens: [CLS] a dog on the left of a red ball [SEP]
@@ -235,3 +236,70 @@ def test_phrase_map_names_every_category_of_the_prompt(image_file):
     rows = [tuple(r) for r in _rows(out["phrase_map"])]
     assert all(tuple(r) in rows for r in _rows(out["instances"].gt_positive_map))
     assert "phrase_map" not in _mapper(num_negatives=-1)(_detection_dict(path))  # off by default
+
+
+@pytest.fixture
+def two_vocabularies():
+    """Two registered datasets with different names for category 1, and one without names."""
+    made = {f"test_vocab_{k}_{uuid.uuid4().hex[:8]}": c for k, c in
+            (("a", ["person", "sneakers"]), ("b", ["person", "bicycle"]), ("none", None))}
+    for name, classes in made.items():
+        if classes:
+            MetadataCatalog.get(name).set(thing_classes=classes)
+    yield list(made)
+    forget(*made)
+
+
+def test_each_dataset_is_prompted_with_its_own_names(image_file, two_vocabularies):
+    path, _ = image_file
+    a, b, unnamed = two_vocabularies
+    mapper = _mapper(category_names=None, num_negatives=0, dataset_names=[a, b])
+    d = _detection_dict(path, [_box(2, 4, 10, 8, category_id=1)])
+    assert mapper({**d, "dataset_name": a})["caption"] == "sneakers"
+    assert mapper({**d, "dataset_name": b})["caption"] == "bicycle"
+    # Untagged, with two datasets: whose names? Never silently the first dataset's.
+    untagged = r"Image 8 has no caption and no 'dataset_name' tag.*2 datasets"
+    with pytest.raises(ValueError, match=untagged):
+        mapper(d)
+    # Tagged with a dataset that has no names: an error, not another dataset's names.
+    with pytest.raises(ValueError, match=f"dataset '{unnamed}' has no thing_classes"):
+        _mapper(category_names=None, num_negatives=0, dataset_names=[a, unnamed])(
+            {**d, "dataset_name": unnamed}
+        )
+    # One dataset: untagged dicts are that dataset's.
+    only_b = _mapper(category_names=None, num_negatives=0, dataset_names=[b])
+    assert only_b(d)["caption"] == "bicycle"
+
+
+def test_null_iscrowd_is_a_clear_error_not_a_phrase_mismatch(image_file):
+    path, _ = image_file
+    d = _grounding_dict(path)
+    d["annotations"][3]["iscrowd"] = None
+    with pytest.raises(ValueError, match="Image 7: an annotation has iscrowd None; it must be 0"):
+        _mapper()(d)
+    det = _detection_dict(path, [_box(2, 4, 10, 8, category_id=1, iscrowd=2)])
+    with pytest.raises(ValueError, match="Image 8: an annotation has iscrowd 2"):
+        _mapper()(det)
+
+
+def test_a_crop_with_masks_recomputes_the_boxes_from_the_cropped_masks(tmp_path):
+    from pycocotools import mask as mask_util
+
+    path = str(tmp_path / "img40.png")
+    cv2.imwrite(path, np.zeros((40, 40, 3), np.uint8))
+    triangle = np.zeros((40, 40), np.uint8)
+    for y in range(20):
+        triangle[y, : 20 - y] = 1  # corners (0, 0), (20, 0), (0, 20)
+    rle = mask_util.encode(np.asfortranarray(triangle))
+    rle["counts"] = rle["counts"].decode()
+    d = {"file_name": path, "height": 40, "width": 40, "image_id": 1,  # a loose box
+         "annotations": [_box(0, 0, 24, 24, category_id=0, segmentation=rle)]}
+    kw = dict(image_format="BGR", use_instance_mask=True, instance_mask_format="bitmask",
+              category_names={0: "triangle"}, num_negatives=0)
+    crop = T.CropTransform(10, 0, 30, 40)  # keeps x >= 10: the triangle's part above y = 10
+    cropped = GroundingDatasetMapper(True, augmentations=[crop], **kw)(d)["instances"]
+    assert cropped.gt_boxes.tensor.tolist() == [[0.0, 0.0, 10.0, 10.0]]  # the cut box: 14 x 24
+    assert cropped.gt_masks.get_bounding_boxes().tensor.tolist() == [[0.0, 0.0, 10.0, 10.0]]
+    # without a crop the annotated box stays, as in Detectron2
+    whole = GroundingDatasetMapper(True, augmentations=[], **kw)(d)["instances"]
+    assert whole.gt_boxes.tensor.tolist() == [[0.0, 0.0, 24.0, 24.0]]

@@ -11,7 +11,7 @@ from glip_d2.data.register import register_detection_as_grounding, register_grou
 
 
 @pytest.fixture
-def name():
+def name(private_parse_cache):  # detection jsons are loaded through the parse cache
     name = f"test_register_{uuid.uuid4().hex[:8]}"
     yield name
     if name in DatasetCatalog.list():
@@ -119,3 +119,40 @@ def test_detection_registration_with_given_classes_does_not_read_the_json(tmp_pa
     missing = str(tmp_path / "not_written_yet.json")
     register_detection_as_grounding(name, {"thing_classes": ["a_b", "c"]}, missing, "/images")
     assert MetadataCatalog.get(name).thing_classes_clean == ["a b", "c"]
+
+
+def _two_category_json():
+    return {
+        "images": [{"id": 1, "file_name": "b.jpg", "height": 20, "width": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 9, "iscrowd": 0},
+        ],
+        "categories": [{"id": 9, "name": "dog"}, {"id": 4, "name": "traffic_light"}],
+    }
+
+
+def test_detection_registration_with_given_classes_loads_with_them(tmp_path, name):
+    path = _write(tmp_path, _two_category_json())
+    register_detection_as_grounding(name, {"thing_classes": ["traffic light", "hound"]}, path, "/i")
+    (record,) = DatasetCatalog.get(name)  # Detectron2's loader would re-set thing_classes here
+    assert record["annotations"][0]["category_id"] == 1 and record["dataset_name"] == name
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_classes == ["traffic light", "hound"]  # the given names stay
+    assert meta.thing_dataset_id_to_contiguous_id == {4: 0, 9: 1}  # the json's ids, in order
+
+
+def test_detection_registration_with_a_given_id_map_uses_it(tmp_path, name):
+    metadata = {
+        "thing_classes": ["dog", "light"],
+        "thing_dataset_id_to_contiguous_id": {9: 0, 4: 1},
+    }
+    register_detection_as_grounding(name, metadata, _write(tmp_path, _two_category_json()), "/i")
+    (record,) = DatasetCatalog.get(name)
+    assert record["annotations"][0]["category_id"] == 0
+
+
+def test_detection_registration_with_too_few_given_classes_is_refused(tmp_path, name):
+    path = _write(tmp_path, _two_category_json())
+    register_detection_as_grounding(name, {"thing_classes": ["dog"]}, path, "/i")
+    with pytest.raises(ValueError, match=r"registered with 1 thing_classes.*one name per json"):
+        DatasetCatalog.get(name)

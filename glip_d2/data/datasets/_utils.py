@@ -7,28 +7,40 @@ off), keyed by the file's absolute path, size and modification time, so a change
 again. Cache files are written atomically (temporary file + rename), so ranks that parse at the
 same time never read a half-written file, and read back with a restricted unpickler (plain
 containers, numpy arrays and Detectron2's ``BoxMode`` only): a tampered cache file runs no code,
-it is parsed again.
+it is parsed again, and so is one that cannot be read back (truncated, corrupt, of a future
+pickle protocol) or holds an object of another shape than the parse gives.
 """
 
 import hashlib
 import logging
 import math
+import numbers
 import os
 import pickle
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+import numpy as np
 
 from detectron2.data import DatasetCatalog
 
 from ...safe_pickle import restricted_load
 
-__all__ = ["DatasetFormatError", "cache_dir", "cached_parse", "check_new_name", "check_box"]
+__all__ = [
+    "DatasetFormatError",
+    "cache_dir",
+    "cached_parse",
+    "check_new_name",
+    "check_box",
+    "check_int",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Bump when the structure of cached objects changes, so old cache files are ignored.
-_CACHE_VERSION = 1
+# Bump when the structure of cached objects or the validation of a parse changes, so old cache
+# files are ignored (2: stricter types, duplicate ids and "ignore" refused).
+_CACHE_VERSION = 2
 # The only class (besides containers and numpy arrays) that parsed records hold.
 _CACHE_GLOBALS = (("detectron2.structures.boxes", "BoxMode"),)
 
@@ -53,6 +65,11 @@ def check_new_name(name: str) -> None:
         )
 
 
+def _is_real(value) -> bool:
+    # bool is an int to Python, and json's true is never meant as a coordinate or an id.
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_box(box, where: str, fmt: str = "xywh") -> list:
     """Validate one box and return it as four Python floats.
 
@@ -62,14 +79,20 @@ def check_box(box, where: str, fmt: str = "xywh") -> list:
         fmt: "xywh" or "xyxy".
 
     Raises:
-        DatasetFormatError: if the box is not four finite numbers or has a negative size.
+        DatasetFormatError: if the box is not a flat list of four finite numbers (strings,
+            booleans and nested lists are not converted) or has a negative size.
     """
-    try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        values = None
-    if values is None or len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise DatasetFormatError(f"{where}: bbox {box!r} is not four finite numbers ({fmt}).")
+    values = None
+    if isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_real(v) for v in box):
+        try:
+            values = [float(v) for v in box]
+        except OverflowError:  # an integer beyond any float
+            values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise DatasetFormatError(
+            f"{where}: bbox {box!r} is not four finite numbers ({fmt}) in a flat list; fix or "
+            "remove the record."
+        )
     if fmt == "xywh":
         width, height = values[2], values[3]
     else:
@@ -80,6 +103,24 @@ def check_box(box, where: str, fmt: str = "xywh") -> list:
             "record."
         )
     return values
+
+
+def check_int(value, what: str, where: str, choices: Optional[Sequence[int]] = None) -> int:
+    """Return ``value`` if it is an integer (and one of ``choices``, when given).
+
+    Floats (``1.7``, ``1.0``), strings (``"1"``), booleans and null are refused rather than
+    converted: a converted id silently names another category or image.
+
+    Raises:
+        DatasetFormatError: naming ``what`` and ``where``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DatasetFormatError(f"{where}: {what} {value!r} is not an integer; fix the record.")
+    if choices is not None and value not in choices:
+        raise DatasetFormatError(
+            f"{where}: {what} {value!r} is not one of {list(choices)}; fix the record."
+        )
+    return int(value)
 
 
 def cache_dir() -> Optional[str]:
@@ -99,7 +140,13 @@ def _cache_file(source: str, tag: str) -> Optional[str]:
     return os.path.join(folder, hashlib.sha1(key.encode()).hexdigest()[:24] + f".{tag}.pkl")
 
 
-def cached_parse(source: str, tag: str, parse: Callable[[], T], peek: bool = False) -> Optional[T]:
+def cached_parse(
+    source: str,
+    tag: str,
+    parse: Callable[[], T],
+    peek: bool = False,
+    check: Optional[Callable[[Any], bool]] = None,
+) -> Optional[T]:
     """Return ``parse()``, computed once per version of ``source`` and stored in the cache.
 
     Args:
@@ -107,14 +154,15 @@ def cached_parse(source: str, tag: str, parse: Callable[[], T], peek: bool = Fal
         tag: what was derived (different tags of one file are cached separately).
         parse: computes the result; it must be picklable.
         peek: only look into the cache: return None instead of parsing when nothing is cached.
+        check: whether an object read from the cache has the shape ``parse()`` returns; a cache
+            file that fails it (written by other code, or damaged into another valid pickle)
+            is parsed again.
     """
     path = _cache_file(source, tag)
     if path is not None and os.path.isfile(path):
-        try:
-            with open(path, "rb") as f:
-                return restricted_load(f, extra_globals=_CACHE_GLOBALS)
-        except (OSError, EOFError, pickle.UnpicklingError) as error:
-            logger.warning(f"Ignoring the unreadable cache file {path} ({error}); parsing again.")
+        found, result = _read_cache(path, check)
+        if found:
+            return result
     if peek:
         return None
     result = parse()
@@ -130,6 +178,34 @@ def cached_parse(source: str, tag: str, parse: Callable[[], T], peek: bool = Fal
             if os.path.exists(tmp):
                 os.remove(tmp)
     return result
+
+
+def _read_cache(path: str, check: Optional[Callable[[Any], bool]]):
+    """``(True, object)`` from a usable cache file, else ``(False, None)`` with a warning.
+
+    The cache is only an optimisation: whatever is wrong with the file, the source is parsed
+    again rather than failing the run.
+    """
+    try:
+        with open(path, "rb") as f:
+            result = restricted_load(f, extra_globals=_CACHE_GLOBALS)
+    except Exception as error:  # truncated, corrupt, future-protocol pickles: many types
+        logger.warning(
+            f"Ignoring the unreadable cache file {path} ({type(error).__name__}: {error}); "
+            "parsing again."
+        )
+        return False, None
+    try:
+        usable = check is None or bool(check(result))
+    except Exception:  # an object odd enough to break the check is not what the parse gives
+        usable = False
+    if not usable:
+        logger.warning(
+            f"Ignoring the cache file {path}: it holds a {type(result).__name__} that is not what "
+            "the parse gives (damaged, or written by other code); parsing again."
+        )
+        return False, None
+    return True, result
 
 
 def describe(items: Sequence, limit: int = 10) -> str:

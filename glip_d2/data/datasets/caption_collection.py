@@ -31,12 +31,43 @@ class CaptionRecord:
 
 
 def _pick(row: dict, keys, what: str, where: str) -> str:
+    """The first of ``keys`` with a non-blank string value, stripped.
+
+    Raises:
+        ValueError: if that value is not a string (a list or object would become its repr) or
+            no key has a non-blank one.
+    """
     for k in keys:
-        if row.get(k) not in (None, ""):
-            return str(row[k])
+        value = row.get(k)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(
+                f"{where}: {k!r} holds {value!r} ({type(value).__name__}), but the {what} must "
+                f"be a string; give one {what} per record, as a string."
+            )
+        if value.strip():
+            return value.strip()
     raise ValueError(
-        f"{where}: no {what} (expected one of the keys {list(keys)}); got {sorted(row)}."
+        f"{where}: no {what} (expected a non-blank string under one of the keys {list(keys)}); "
+        f"got {sorted(row)}."
     )
+
+
+def _csv_rows(path: str, delimiter: str) -> list:
+    """``(where, row)`` per data row of a CSV / TSV file with a header row."""
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for n, row in enumerate(reader, 2):
+            if None in row:  # DictReader files the fields past the header's under None
+                raise ValueError(
+                    f"{path}:{n}: {len(reader.fieldnames) + len(row[None])} fields, but the "
+                    f"header has {len(reader.fieldnames)} columns {reader.fieldnames}; quote a "
+                    f"field that contains {delimiter!r} (or remove the extra fields)."
+                )
+            rows.append((f"{path}:{n}", row))
+    return rows
 
 
 def _integer_id(value, where: str) -> int:
@@ -61,7 +92,9 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
         records in file order.
 
     Raises:
-        ValueError: on an unknown extension, a missing field, an empty caption or a repeated id.
+        ValueError: on an unknown extension, a missing field, an empty (or blank) caption, a
+            caption or image path that is not a string, a CSV row with more fields than the
+            header, or a repeated id.
     """
     ext = os.path.splitext(path)[1].lower()
     rows = []
@@ -84,9 +117,7 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
                     )
                 rows.append((f"{path}:{n}", row))
     elif ext in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-            rows = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
+        rows = _csv_rows(path, "\t" if ext == ".tsv" else ",")
     else:
         raise ValueError(
             f"Unknown collection format {ext!r} ({path}); give a .jsonl file or a .csv/.tsv with "
@@ -94,7 +125,7 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
         )
     records, seen = [], set()
     for index, (where, row) in enumerate(rows):
-        caption = _pick(row, _CAPTION_KEYS, "caption", where).strip()
+        caption = _pick(row, _CAPTION_KEYS, "caption", where)
         image_id = _integer_id(row.get("id"), where) if row.get("id") not in (None, "") else index
         if image_id in seen:
             raise ValueError(f"{where}: image id {image_id} is repeated; ids must be unique.")

@@ -8,6 +8,7 @@ asked to read the category names eagerly, not even the json.
 """
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -18,7 +19,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ._utils import DatasetFormatError, cached_parse, check_box, check_new_name, describe
+from ._utils import (
+    DatasetFormatError,
+    cached_parse,
+    check_box,
+    check_int,
+    check_new_name,
+    describe,
+)
 
 # Maps a dataset's category names (in id order) to the names GLIP prompts with.
 Rename = Callable[[List[str]], List[str]]
@@ -47,18 +55,110 @@ def _anno_where(json_file: str, index: int, anno) -> str:
     return f"{json_file}: annotation #{index} (id {anno_id!r})"
 
 
-def _raise_first_bad_annotation(json_file: str, annos: list, image_index: dict) -> None:
+def _unique_ids_required(json_file: str) -> bool:
+    # As Detectron2's load_coco_json: COCO 2014's (valminus)minival jsons repeat a few ids.
+    return "minival" not in json_file
+
+
+def _check_annotation(anno, where: str, image_index: dict, categories: dict) -> None:
+    """Everything :func:`_annotation_columns` checks, for one annotation, with a message."""
+    _require(anno, ("image_id", "bbox", "category_id"), where)
+    try:
+        known_image = anno["image_id"] in image_index
+    except TypeError:  # unhashable
+        known_image = False
+    if not known_image:
+        raise DatasetFormatError(
+            f"{where} refers to image_id {anno['image_id']!r}, which is not in 'images'."
+        )
+    category_id = check_int(anno["category_id"], "category_id", where)
+    if category_id not in categories:
+        raise DatasetFormatError(
+            f"{where} has category_id {category_id}, which is not among the json's categories "
+            f"{describe(sorted(categories))}."
+        )
+    check_box(anno["bbox"], where)
+    check_int(anno.get("iscrowd", 0), "iscrowd", where, choices=(0, 1))
+    if anno.get("ignore", 0) != 0:
+        raise DatasetFormatError(
+            f"{where} has \"ignore\": {anno['ignore']!r}, which Detectron2 does not support "
+            "(its load_coco_json refuses it too); remove the annotation, or mark the region "
+            '"iscrowd": 1.'
+        )
+    if "id" in anno:
+        check_int(anno["id"], "id", where)
+
+
+def _raise_first_bad_annotation(
+    json_file: str, annos: list, image_index: dict, categories: dict
+) -> None:
+    seen: Dict[int, int] = {}
     for i, anno in enumerate(annos):
         where = _anno_where(json_file, i, anno)
-        _require(anno, ("image_id", "bbox", "category_id"), where)
-        if anno["image_id"] not in image_index:
-            raise DatasetFormatError(
-                f"{where} refers to image_id {anno['image_id']!r}, which is not in 'images'."
-            )
-        if not isinstance(anno["category_id"], int):
-            raise DatasetFormatError(f"{where}: category_id {anno['category_id']!r} is not an int.")
-        check_box(anno["bbox"], where)
+        _check_annotation(anno, where, image_index, categories)
+        if "id" in anno and _unique_ids_required(json_file):
+            first = seen.setdefault(anno["id"], i)
+            if first != i:
+                raise DatasetFormatError(
+                    f"{where}: annotation id {anno['id']} is also the id of annotation #{first}; "
+                    "annotation ids must be unique (Detectron2's load_coco_json refuses repeated "
+                    "ids too). Renumber the annotations."
+                )
     raise DatasetFormatError(f"{json_file}: the annotations are malformed.")  # pragma: no cover
+
+
+def _types_are(values, allowed) -> bool:
+    # One pass in C over a whole column; exact types, so bool (an int subclass) is not an int.
+    return set(map(type, values)) <= allowed
+
+
+_NO_ID = object()
+
+
+def _annotation_columns(json_file: str, annos: list, image_index: dict, categories: dict):
+    """``(image index, boxes, category ids, iscrowd)`` columns when every annotation is
+    well-formed, else None (then :func:`_raise_first_bad_annotation` names the first bad one).
+
+    The checks run over whole columns (types, then numpy), so that a 25M-annotation
+    Objects365 json costs little more than reading it; they are exactly those of
+    :func:`_check_annotation`.
+    """
+    n = len(annos)
+    try:
+        img_idx = np.fromiter((image_index[a["image_id"]] for a in annos), np.int64, n)
+        cat_list = [a["category_id"] for a in annos]
+        box_list = [a["bbox"] for a in annos]
+        crowd_list = [a.get("iscrowd", 0) for a in annos]
+        ignored = any(a.get("ignore", 0) != 0 for a in annos)
+        ids = [a.get("id", _NO_ID) for a in annos]
+    except (KeyError, TypeError, AttributeError):  # a missing key, an unhashable image_id, ...
+        return None
+    if ignored or not _types_are(cat_list, {int}) or not _types_are(crowd_list, {int}):
+        return None
+    if not _types_are(box_list, {list}) or not set(map(len, box_list)) <= {4}:
+        return None
+    if not _types_are(itertools.chain.from_iterable(box_list), {int, float}):
+        return None
+    if not set(crowd_list) <= {0, 1}:
+        return None
+    ids = [i for i in ids if i is not _NO_ID]
+    if not _types_are(ids, {int}) or (_unique_ids_required(json_file) and len(set(ids)) < len(ids)):
+        return None
+    try:
+        cat_ids = np.asarray(cat_list, dtype=np.int64).reshape(n)
+        boxes = np.asarray(box_list, dtype=np.float64).reshape(n, 4)
+    except OverflowError:  # an integer beyond int64 / float64
+        return None
+    if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
+        return None
+    if not np.isin(cat_ids, np.fromiter(categories, np.int64, len(categories))).all():
+        return None
+    return img_idx, boxes, cat_ids, np.asarray(crowd_list, dtype=np.uint8).reshape(n)
+
+
+def _check_size(image: dict, where: str) -> None:
+    for key in ("height", "width"):
+        check_int(image[key], key, where)
 
 
 def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -> dict:
@@ -77,8 +177,11 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         RLE} for the annotations that have a segmentation).
 
     Raises:
-        DatasetFormatError: naming the first bad record: a missing key, a duplicate id, an
-            annotation of an unknown image or category, a malformed or negative-size box.
+        DatasetFormatError: naming the first bad record: a missing key, a duplicate id (for
+            annotations, unless the file name contains "minival", as in Detectron2), an
+            annotation of an unknown image or category, a malformed or negative-size box, an
+            id, category_id, height or width that is not an integer (floats, strings and
+            booleans are not converted), an iscrowd other than 0 / 1, or ``"ignore"`` set.
     """
     with PathManager.open(json_file) as f:
         data = json.load(f)
@@ -92,7 +195,8 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
     for i, cat in enumerate(data["categories"]):
         where = f"{json_file}: category #{i}"
         _require(cat, ("id", "name"), where)
-        if not isinstance(cat["id"], int) or not isinstance(cat["name"], str):
+        bad_id = isinstance(cat["id"], bool) or not isinstance(cat["id"], int)
+        if bad_id or not isinstance(cat["name"], str):
             raise DatasetFormatError(f"{where}: id must be an int and name a string, got {cat}.")
         if cat["id"] in categories:
             raise DatasetFormatError(f"{where}: category id {cat['id']} appears twice.")
@@ -107,6 +211,8 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         _require(image, ("id", "height", "width"), where)
         if "file_name" not in image and "coco_url" not in image:
             raise DatasetFormatError(f"{where} has neither 'file_name' nor 'coco_url'.")
+        check_int(image["id"], "id", where)
+        _check_size(image, where)
         if image["id"] in image_index:
             raise DatasetFormatError(f"{where}: image id {image['id']!r} appears twice.")
         image_index[image["id"]] = i
@@ -118,27 +224,10 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
             extra[k].append(image.get(k))
 
     annos = data.get("annotations") or []
-    try:
-        # Columns first (fast path); a failure is traced to its record below.
-        img_idx = np.fromiter((image_index[a["image_id"]] for a in annos), np.int64, len(annos))
-        cat_ids = np.fromiter((a["category_id"] for a in annos), np.int64, len(annos))
-        boxes = np.asarray([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4)
-        columns_ok = len(boxes) == len(annos)
-    except (KeyError, TypeError, ValueError):
-        columns_ok = False
-    if not columns_ok:
-        _raise_first_bad_annotation(json_file, annos, image_index)
-    bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        check_box(annos[i]["bbox"], _anno_where(json_file, i, annos[i]))
-    unknown = ~np.isin(cat_ids, np.fromiter(categories, np.int64, len(categories)))
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
-        raise DatasetFormatError(
-            f"{_anno_where(json_file, i, annos[i])} has category_id {int(cat_ids[i])}, which is "
-            f"not among the json's categories {describe(sorted(categories))}."
-        )
+    columns = _annotation_columns(json_file, annos, image_index, categories)
+    if columns is None:
+        _raise_first_bad_annotation(json_file, annos, image_index, categories)
+    img_idx, boxes, cat_ids, iscrowd = columns
     return {
         "categories": sorted(categories.items()),
         "image_ids": list(image_index),
@@ -150,7 +239,7 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         "ann_image_index": img_idx,
         "ann_boxes": boxes.astype(np.float32),
         "ann_category_ids": cat_ids,
-        "ann_iscrowd": np.fromiter((a.get("iscrowd", 0) for a in annos), np.uint8, len(annos)),
+        "ann_iscrowd": iscrowd,
         # Only the annotations that have one (box-only jsons such as Objects365 store nothing).
         "ann_segmentations": {i: a["segmentation"] for i, a in enumerate(annos) if a.get("segmentation")},
     }
@@ -271,20 +360,59 @@ def _valid_segmentation(segm):
     return polygons or None
 
 
+_ARRAY_COLUMNS = (
+    "heights",
+    "widths",
+    "ann_image_index",
+    "ann_boxes",
+    "ann_category_ids",
+    "ann_iscrowd",
+)
+_LIST_COLUMNS = ("categories", "image_ids", "file_names", "coco_urls")
+
+
+def _is_parse(obj) -> bool:
+    """Whether a cached object has the shape :func:`parse_detection_json` returns."""
+    return (
+        isinstance(obj, dict)
+        and all(isinstance(obj.get(k), np.ndarray) for k in _ARRAY_COLUMNS)
+        and all(isinstance(obj.get(k), list) for k in _LIST_COLUMNS)
+        and isinstance(obj.get("image_extra"), dict)
+        and isinstance(obj.get("ann_segmentations"), dict)
+        and obj["ann_boxes"].ndim == 2
+        and obj["ann_boxes"].shape[1:] == (4,)
+        and _is_categories(obj["categories"])
+    )
+
+
+def _is_categories(obj) -> bool:
+    """Whether a cached object is a ``[(id, name)]`` list."""
+    return isinstance(obj, list) and all(
+        isinstance(c, (tuple, list))
+        and len(c) == 2
+        and isinstance(c[0], int)
+        and isinstance(c[1], str)
+        for c in obj
+    )
+
+
 def _parse_cached(json_file: str, image_extra_keys: Sequence[str] = ()) -> dict:
     # "-segm": parses cached before segmentations were kept are not reused.
     tag = "coco-det-segm" + "".join(f"-{k}" for k in image_extra_keys)
     parsed = cached_parse(
-        json_file, tag, functools.partial(parse_detection_json, json_file, image_extra_keys)
+        json_file,
+        tag,
+        functools.partial(parse_detection_json, json_file, image_extra_keys),
+        check=_is_parse,
     )
     # A small separate entry, so registration can read the names without the whole parse.
-    cached_parse(json_file, "coco-categories", lambda: parsed["categories"])
+    cached_parse(json_file, "coco-categories", lambda: parsed["categories"], check=_is_categories)
     return parsed
 
 
 def _cached_categories(json_file: str, image_extra_keys: Sequence[str], eager: bool):
     """The json's ``[(id, name)]``: from the cache, else (``eager``) by parsing, else None."""
-    categories = cached_parse(json_file, "coco-categories", list, peek=True)
+    categories = cached_parse(json_file, "coco-categories", list, peek=True, check=_is_categories)
     if categories is None and eager:
         categories = _parse_cached(json_file, image_extra_keys)["categories"]
     return categories
@@ -296,6 +424,21 @@ def _fill_metadata(dataset_name: str, metadata: dict) -> None:
     missing = {k: v for k, v in metadata.items() if not hasattr(meta, k)}
     if missing:
         meta.set(**missing)
+
+
+def _check_vocabulary(metadata: dict, dataset_name: str, json_file: str) -> None:
+    """Every contiguous id of the id map must name a class: registered ``thing_classes``
+    without an id map get the json's (its categories in id order), which fits only when there
+    are as many names as the json has categories."""
+    id_map = metadata["thing_dataset_id_to_contiguous_id"]
+    classes = metadata.get("thing_classes") or []
+    if id_map and max(id_map.values()) >= len(classes):
+        raise DatasetFormatError(
+            f"Dataset {dataset_name!r} was registered with {len(classes)} thing_classes, but "
+            f"the category ids {describe(sorted(id_map))} of its json {json_file} map to "
+            f"contiguous ids up to {max(id_map.values())}: give one name per json category "
+            "(in id order), or a thing_dataset_id_to_contiguous_id that fits the names."
+        )
 
 
 def load_detection_json(
@@ -330,6 +473,7 @@ def load_detection_json(
         _fill_metadata(dataset_name, metadata)
         # The registered vocabulary wins (e.g. LVIS v1's 1203 names for a json with fewer).
         metadata = MetadataCatalog.get(dataset_name).as_dict()
+        _check_vocabulary(metadata, dataset_name, json_file)
     dicts = detection_dicts(
         parsed,
         image_root,

@@ -37,7 +37,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ...text import validate_spans
-from ._utils import DatasetFormatError, cached_parse, check_box, check_new_name
+from ._utils import DatasetFormatError, cached_parse, check_box, check_int, check_new_name
 
 __all__ = [
     "VIEWS",
@@ -87,8 +87,9 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
 
     Raises:
         DatasetFormatError: naming the record, for a missing key, an empty caption, a duplicate
-            image id, an annotation of an unknown image, a malformed or negative-size box, or a
-            span outside its caption.
+            image id, an annotation of an unknown image, a malformed or negative-size box, a
+            span outside its caption, an iscrowd other than 0 / 1 or a phrase id that is not
+            an integer.
     """
     with PathManager.open(json_file) as f:
         data = json.load(f)
@@ -135,12 +136,13 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
             "bbox": check_box(anno["bbox"], where),
             "bbox_mode": BoxMode.XYWH_ABS,
             "category_id": anno.get("category_id", 0),
-            "iscrowd": anno.get("iscrowd", 0),
+            "iscrowd": check_int(anno.get("iscrowd", 0), "iscrowd", where, choices=(0, 1)),
             "tokens_positive": _check_spans(record["caption"], anno["tokens_positive"], where),
         }
         phrase_id = anno.get("phrase_ids", anno.get("phrase_id"))
         if phrase_id is not None:
-            obj["phrase_id"] = phrase_id
+            # One phrase per box: the mapper numbers phrases by this id.
+            obj["phrase_id"] = check_int(phrase_id, "phrase_ids", where)
         record["annotations"].append(obj)
     return list(records.values())
 
@@ -176,6 +178,17 @@ def _refexp_view(record: dict) -> List[dict]:
     ]
 
 
+def _is_parse(obj) -> bool:
+    """Whether a cached object has the shape :func:`parse_mdetr_json` returns."""
+    return isinstance(obj, list) and all(
+        isinstance(r, dict)
+        and isinstance(r.get("caption"), str)
+        and isinstance(r.get("annotations"), list)
+        and "file_name" in r
+        for r in obj
+    )
+
+
 def load_mdetr_json(
     json_file: str,
     image_root: str,
@@ -199,7 +212,9 @@ def load_mdetr_json(
     """
     if view not in VIEWS:
         raise ValueError(f"Unknown view {view!r}; expected one of {VIEWS}.")
-    records = cached_parse(json_file, "mdetr", functools.partial(parse_mdetr_json, json_file))
+    records = cached_parse(
+        json_file, "mdetr", functools.partial(parse_mdetr_json, json_file), check=_is_parse
+    )
     image_roots = image_roots or {}
     dicts = []
     for record in records:

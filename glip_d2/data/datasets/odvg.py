@@ -186,6 +186,18 @@ def _thing_classes(names: Dict[int, str], where: str) -> List[str]:
     return [names[k] for k in range(len(names))]
 
 
+def _is_parse(obj) -> bool:
+    """Whether a cached object has the shape :func:`parse_odvg_jsonl` returns."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("records"), list)
+        and isinstance(obj.get("names"), dict)
+        and all(
+            isinstance(r, dict) and isinstance(r.get("annotations"), list) for r in obj["records"]
+        )
+    )
+
+
 def load_odvg_jsonl(
     jsonl_file: str,
     image_root: str,
@@ -204,7 +216,9 @@ def load_odvg_jsonl(
         list of dicts: detection dicts (contiguous ``category_id`` = label) and grounding dicts
         (``caption``, per box ``tokens_positive``).
     """
-    parsed = cached_parse(jsonl_file, "odvg", functools.partial(parse_odvg_jsonl, jsonl_file))
+    parsed = cached_parse(
+        jsonl_file, "odvg", functools.partial(parse_odvg_jsonl, jsonl_file), check=_is_parse
+    )
     if label_map_file:
         classes = read_label_map(label_map_file)
         unknown = sorted(k for k in parsed["names"] if k >= len(classes))
