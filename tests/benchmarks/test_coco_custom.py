@@ -96,7 +96,6 @@ def _with(path, value):
     "path, value, message",
     [
         (("annotations", 2, "category_id"), 7.9, "annotation #2 (id 3): category_id 7.9 is not an"),
-        (("annotations", 2, "category_id"), 11.0, "category_id 11.0 is not an integer"),
         (("annotations", 2, "category_id"), "11", "category_id '11' is not an integer"),
         (("annotations", 2, "category_id"), True, "category_id True is not an integer"),
         (("annotations", 1, "bbox"), ["50", 50, 20, 40], "#1 (id 2): bbox ['50', 50, 20, 40] is"),
@@ -110,7 +109,7 @@ def _with(path, value):
         (("images", 1, "height"), 99.7, "image #1 (id 2): height 99.7 is not an integer"),
         (("images", 1, "height"), None, "image #1 (id 2): height None is not an integer"),
         (("images", 2, "width"), "100", "image #2 (id 3): width '100' is not an integer"),
-        (("images", 2, "id"), 3.0, "image #2 (id 3.0): id 3.0 is not an integer"),
+        (("images", 2, "id"), 3.5, "image #2 (id 3.5): id 3.5 is not an integer"),
     ],
 )
 def test_coco_fields_of_the_wrong_type_are_named_not_converted(tmp_path, path, value, message):
@@ -118,6 +117,19 @@ def test_coco_fields_of_the_wrong_type_are_named_not_converted(tmp_path, path, v
     with pytest.raises(DatasetFormatError) as error:
         parse_detection_json(json_file)
     assert str(error.value).startswith(json_file) and message in str(error.value)
+
+
+def test_coco_integral_floats_are_the_integers_detectron2_takes_them_for(tmp_path):
+    """Some json writers emit 512.0 for sizes and ids; Detectron2's loader accepts them."""
+    plain = parse_detection_json(write_json(tmp_path / "ints.json", _json()))
+    data = _json()
+    for image in data["images"]:
+        image["height"], image["width"], image["id"] = (float(image[k]) for k in ("height", "width", "id"))
+    for anno in data["annotations"]:
+        anno["category_id"], anno["id"] = float(anno["category_id"]), float(anno["id"])
+        anno["iscrowd"] = float(anno.get("iscrowd", 0))
+    floats = parse_detection_json(write_json(tmp_path / "floats.json", data))
+    assert repr(floats) == repr(plain)
 
 
 def test_coco_nested_boxes_are_not_reshaped_into_boxes(tmp_path):

@@ -106,14 +106,18 @@ def check_box(box, where: str, fmt: str = "xywh") -> list:
 
 
 def check_int(value, what: str, where: str, choices: Optional[Sequence[int]] = None) -> int:
-    """Return ``value`` if it is an integer (and one of ``choices``, when given).
+    """Return ``value`` as an int if it is an integer (and one of ``choices``, when given).
 
-    Floats (``1.7``, ``1.0``), strings (``"1"``), booleans and null are refused rather than
-    converted: a converted id silently names another category or image.
+    A float with an integral value (``512.0``, as some json writers emit sizes and ids) is that
+    integer, as Detectron2's loader takes it; fractional floats (``1.7``), strings (``"1"``),
+    booleans and null are refused rather than converted: a converted id silently names another
+    category or image.
 
     Raises:
         DatasetFormatError: naming ``what`` and ``where``.
     """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise DatasetFormatError(f"{where}: {what} {value!r} is not an integer; fix the record.")
     if choices is not None and value not in choices:

@@ -112,6 +112,14 @@ def _types_are(values, allowed) -> bool:
     return set(map(type, values)) <= allowed
 
 
+def _all_integers(values) -> bool:
+    """Every value an int or an integral float (512.0), as :func:`check_int` accepts."""
+    types = set(map(type, values))
+    if types <= {int}:
+        return True
+    return types <= {int, float} and all(v.is_integer() for v in values if type(v) is float)
+
+
 _NO_ID = object()
 
 
@@ -133,7 +141,7 @@ def _annotation_columns(json_file: str, annos: list, image_index: dict, categori
         ids = [a.get("id", _NO_ID) for a in annos]
     except (KeyError, TypeError, AttributeError):  # a missing key, an unhashable image_id, ...
         return None
-    if ignored or not _types_are(cat_list, {int}) or not _types_are(crowd_list, {int}):
+    if ignored or not _all_integers(cat_list) or not _all_integers(crowd_list):
         return None
     if not _types_are(box_list, {list}) or not set(map(len, box_list)) <= {4}:
         return None
@@ -142,7 +150,7 @@ def _annotation_columns(json_file: str, annos: list, image_index: dict, categori
     if not set(crowd_list) <= {0, 1}:
         return None
     ids = [i for i in ids if i is not _NO_ID]
-    if not _types_are(ids, {int}) or (_unique_ids_required(json_file) and len(set(ids)) < len(ids)):
+    if not _all_integers(ids) or (_unique_ids_required(json_file) and len(set(ids)) < len(ids)):
         return None
     try:
         cat_ids = np.asarray(cat_list, dtype=np.int64).reshape(n)
@@ -211,11 +219,11 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         _require(image, ("id", "height", "width"), where)
         if "file_name" not in image and "coco_url" not in image:
             raise DatasetFormatError(f"{where} has neither 'file_name' nor 'coco_url'.")
-        check_int(image["id"], "id", where)
+        image_id = check_int(image["id"], "id", where)
         _check_size(image, where)
-        if image["id"] in image_index:
+        if image_id in image_index:
             raise DatasetFormatError(f"{where}: image id {image['id']!r} appears twice.")
-        image_index[image["id"]] = i
+        image_index[image_id] = i
         file_names.append(image.get("file_name"))
         coco_urls.append(image.get("coco_url"))
         heights.append(image["height"])
