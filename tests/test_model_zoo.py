@@ -35,6 +35,13 @@ class _HubLikeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_header("X-Repo-Commit", parts[2])
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif parts[0] == "portal":  # a proxy's or login page, answered with 200
+            page = b"<html><body>Access denied by proxy</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
         elif parts[0] == "short":
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD) + 100))
@@ -176,6 +183,22 @@ def test_download_errors_are_clear_and_leave_nothing(server, cache, monkeypatch)
                                            f"{len(PAYLOAD) + 100} bytes"):
         model_zoo.get_checkpoint("test_model")
     assert os.listdir(cache) == []
+
+
+def test_a_text_page_instead_of_the_file_is_refused_and_not_cached(server, cache, monkeypatch):
+    _add_model(monkeypatch, server + "portal/weights.pth", None)  # no digest to catch it
+    with pytest.raises(RuntimeError, match="answered with a text/html page, not a checkpoint"):
+        model_zoo.get_checkpoint("test_model")
+    assert os.listdir(cache) == []
+
+
+def test_trained_config_takes_the_text_encoder_from_the_checkpoint(cache):
+    cache.mkdir()
+    (cache / "glip_tiny_model_o365_goldg_cc_sbu.pth").write_bytes(b"")
+    cfg = model_zoo.get_config("glip_tiny", trained=True)  # no bert-base-uncased needed
+    assert cfg.MODEL.WEIGHTS == str(cache / "glip_tiny_model_o365_goldg_cc_sbu.pth")
+    assert not cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED
+    assert model_zoo.get_config("glip_tiny").MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED
 
 
 def test_get_loads_the_cached_checkpoint(cache, monkeypatch, one_thread):

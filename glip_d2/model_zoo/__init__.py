@@ -130,7 +130,9 @@ def get_config(name: str, trained: bool = False):
     Args:
         name: a config name or a model name (see :func:`get_config_file`).
         trained: set ``MODEL.WEIGHTS`` to the model's checkpoint (downloaded if needed); needs a
-            model name.
+            model name. The checkpoint holds the text encoder too, so its pretrained weights
+            are not loaded first (``LANGUAGE_BACKBONE.LOAD_PRETRAINED False``): a GLIP-T
+            checkpoint loads without bert-base-uncased in the local Hugging Face cache.
     """
     from detectron2.config import get_cfg
 
@@ -143,6 +145,7 @@ def get_config(name: str, trained: bool = False):
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint(name)
+        cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = False
     return cfg
 
 

@@ -57,6 +57,24 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+class NotACheckpointError(RuntimeError):
+    """The server answered with a text page (a proxy's or a login page, an error page) instead
+    of the file."""
+
+
+def _refuse_text(response, url: str, path: str) -> None:
+    # a checkpoint is never text; without a known digest such a page would be cached as the
+    # checkpoint and fail later, at load time, with a misleading unpickling error
+    if response.headers.get("Content-Type") is None:  # get_content_type() would say text/plain
+        return
+    kind = response.headers.get_content_type()
+    if kind.startswith("text/"):
+        raise NotACheckpointError(
+            f"{url} answered with a {kind} page, not a checkpoint (a proxy, login or error page?). "
+            f"Nothing was saved; download the file by hand and put it at {path}."
+        )
+
+
 def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: float = 30.0,
              progress: bool = True) -> str:
     """Download ``url`` to ``path`` atomically, checking its sha256.
@@ -80,8 +98,9 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
         ``path``.
 
     Raises:
-        RuntimeError: if the download fails (naming the URL and where to put the file by hand)
-            or ends short of the size the server declared.
+        RuntimeError: if the download fails (naming the URL and where to put the file by hand),
+            ends short of the size the server declared, or is a text page
+            (:class:`NotACheckpointError`).
         ValueError: if the file's sha256 differs from ``sha256`` or from the digest the server
             declared.
     """
@@ -96,6 +115,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
             try:
                 with urllib.request.build_opener(redirects).open(url, timeout=timeout) as response:
                     chain = [*redirects.headers, response.headers]
+                    _refuse_text(response, url, path)
                     total = int(_declared(chain, "X-Linked-Size") or
                                 response.headers.get("Content-Length") or 0) or None
                     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
