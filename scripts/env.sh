@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-$(command -v python3.10 || true)}
-if [ -z "$PY" ] && command -v pyenv >/dev/null; then PY=$(pyenv root)/versions/$(pyenv versions --bare | grep '^3\.10' | tail -1)/bin/python; fi
+if [ -z "$PY" ] && command -v pyenv >/dev/null; then PY=$(pyenv root)/versions/$(pyenv versions --bare | { grep '^3\.10' || true; } | tail -1)/bin/python; fi
 if [ -z "$PY" ] || [ ! -x "$PY" ]; then
   echo "Python 3.10 not found (needed by the pinned torch 2.3 / sal-detectron2 stack). Install it or set PYTHON=/path/to/python3.10." >&2
   exit 1
