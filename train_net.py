@@ -135,7 +135,9 @@ def load_cfg(args):
     if getattr(args, "protocol", ""):  # evaluation protocol on top of the model config
         apply_protocol(cfg, args.protocol)
     cfg.merge_from_list(args.opts)
-    register_datasets_from_config(cfg)  # DATASETS.CUSTOM and DATASETS.PSEUDO_LABELS entries
+    # DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS entries; evaluating needs only the test sets'
+    only = list(cfg.DATASETS.TEST) if getattr(args, "eval_only", False) else None
+    register_datasets_from_config(cfg, only=only)
     cfg.freeze()
     return cfg
 
@@ -154,6 +156,11 @@ def check_setup(cfg, args):
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     if not args.eval_only:
         check_training_device(cfg)
+    elif not cfg.MODEL.WEIGHTS and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        # Detectron2 would evaluate the random initialisation here, with one log line
+        raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS to a checkpoint (or pass --resume "
+                         "with a training checkpoint in OUTPUT_DIR); the config names none, so the "
+                         "model would be evaluated with random weights.")
 
 
 def main(args):

@@ -104,3 +104,26 @@ def test_train_net_command_line_reports_setup_errors_in_one_line(train_net, tmp_
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and message in err
     assert "Traceback" not in err
+
+
+def test_eval_only_without_weights_is_refused_and_needs_no_training_data(train_net, tmp_path, capsys):
+    """--eval-only with an empty MODEL.WEIGHTS would evaluate random weights (Detectron2 only logs
+    it); and evaluating needs only the test sets, not the config's training data."""
+    cfg_file = write_cfg(fast_tiny_cfg(), tmp_path / "c.yaml")
+    argv = ["--config-file", cfg_file, "--eval-only", "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        train_net.cli(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --eval-only needs weights: set MODEL.WEIGHTS")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "last_checkpoint").write_text("model_final.pth")
+    resumed = train_net.argument_parser().parse_args(["--resume"] + argv)
+    train_net.check_setup(train_net.load_cfg(resumed), resumed)  # a training checkpoint: accepted
+    # a training-only entry whose file is absent: refused for training, ignored for evaluation
+    missing = ["DATASETS.PSEUDO_LABELS", "[['rel_missing_pseudo', '" + str(tmp_path / "nowhere") + "']]",
+               "MODEL.WEIGHTS", "w.pth"]
+    with pytest.raises((FileNotFoundError, ValueError)):
+        train_net.load_cfg(train_net.argument_parser().parse_args(["--config-file", cfg_file] + missing))
+    cfg = train_net.load_cfg(train_net.argument_parser().parse_args(["--config-file", cfg_file, "--eval-only"]
+                                                                    + missing))
+    assert cfg.DATASETS.PSEUDO_LABELS == [["rel_missing_pseudo", str(tmp_path / "nowhere")]]

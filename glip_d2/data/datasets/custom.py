@@ -18,7 +18,7 @@ Objects365; evaluation prompts with all names), evaluation is Detectron2's COCOE
 """
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -115,7 +115,7 @@ def _require_file(key: str, entry, given: str, root: str) -> str:
     raise FileNotFoundError(f"{key} entry {list(entry)!r}: {path!r} {problem}{hint}.")
 
 
-def register_datasets_from_config(cfg) -> List[str]:
+def register_datasets_from_config(cfg, only: Optional[Sequence[str]] = None) -> List[str]:
     """Register the ``DATASETS.CUSTOM``, ``CAPTIONS`` and ``PSEUDO_LABELS`` entries (idempotent).
 
     A CUSTOM entry is ``[name, json_file, image_root]`` (COCO format, COCOEvaluator) or
@@ -128,6 +128,9 @@ def register_datasets_from_config(cfg) -> List[str]:
 
     Args:
         cfg: a config with ``DATASETS.CUSTOM`` (see :func:`glip_d2.add_dataset_config`).
+        only: register only the entries of these names (``train_net --eval-only`` passes
+            DATASETS.TEST, so evaluating needs no training data); None = all. Every entry is
+            still checked for its form.
 
     Returns:
         the names registered now (entries registered before with the same files are skipped).
@@ -141,6 +144,8 @@ def register_datasets_from_config(cfg) -> List[str]:
     for entry in cfg.DATASETS.get("CUSTOM", []):
         fields = ("name", "json_file", "image_root") + (("format",) if len(entry) == 4 else ())
         _check_entry(entry, "DATASETS.CUSTOM", fields)
+        if only is not None and entry[0] not in only:
+            continue
         name, json_file, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
         fmt = entry[3] if len(entry) == 4 else "coco"
         if fmt not in _CUSTOM_FORMATS:
@@ -163,15 +168,18 @@ def register_datasets_from_config(cfg) -> List[str]:
         else:
             register_custom_coco(name, json_file, image_root)
         registered.append(name)
-    return registered + _register_captions_from_config(cfg, root) + _register_pseudo_labels_from_config(cfg)
+    return (registered + _register_captions_from_config(cfg, root, only)
+            + _register_pseudo_labels_from_config(cfg, only))
 
 
-def _register_captions_from_config(cfg, root: str) -> List[str]:
+def _register_captions_from_config(cfg, root: str, only) -> List[str]:
     from .captions import register_caption_collection
 
     registered = []
     for entry in cfg.DATASETS.get("CAPTIONS", []):
         _check_entry(entry, "DATASETS.CAPTIONS", ("name", "collection_file", "image_root"))
+        if only is not None and entry[0] not in only:
+            continue
         name, path, image_root = entry[0], _resolve(entry[1], root), _resolve(entry[2], root)
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
@@ -187,10 +195,12 @@ def _register_captions_from_config(cfg, root: str) -> List[str]:
     return registered
 
 
-def _register_pseudo_labels_from_config(cfg) -> List[str]:
+def _register_pseudo_labels_from_config(cfg, only) -> List[str]:
     registered = []
     for entry in cfg.DATASETS.get("PSEUDO_LABELS", []):
         _check_entry(entry, "DATASETS.PSEUDO_LABELS", ("name", "output_dir"))
+        if only is not None and entry[0] not in only:
+            continue
         name, output_dir = entry[0], os.path.abspath(os.path.expanduser(entry[1]))
         if name in DatasetCatalog.list():
             known = MetadataCatalog.get(name).get("pseudo_label_dir")
