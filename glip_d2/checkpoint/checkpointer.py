@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 from typing import Dict, Tuple
+from urllib.parse import parse_qs
 
 import numpy as np
 import torch
@@ -104,15 +105,25 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Dict:
         }
         return ckpt
     if path.endswith(".safetensors"):
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         try:
-            return {"model": load_file(path)}
+            sd = load_file(path)
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
         except Exception as e:  # safetensors raises its own SafetensorError
             raise RuntimeError(
                 f"Could not read {path} as safetensors ({type(e).__name__}: {e}); the file is "
                 "corrupt or truncated."
             ) from e
+        ckpt = {"model": sd}
+        # Written by `python -m glip_d2.checkpoint.convert` from a .pkl / .pth that had them.
+        if "__author__" in meta:
+            ckpt["__author__"] = meta["__author__"]
+        if "matching_heuristics" in meta:
+            ckpt["matching_heuristics"] = meta["matching_heuristics"] == "True"
+        return ckpt
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
@@ -195,26 +206,38 @@ def _is_full_glip(sd) -> bool:
     return any(k.startswith(("head.tower.", "head.scorer.")) for k in sd)
 
 
-def check_variant(model: nn.Module, converted: Dict[str, torch.Tensor]) -> None:
-    """Raise a clear error when a checkpoint of another GLIP variant meets this config.
+# Optional sub-modules of the grounding head and the options that add them. A checkpoint and a
+# config that differ in these only are the same GLIP variant with another head read-out.
+_HEAD_OPTIONS = (
+    ("head.cls_tower.", "MODEL.ATSS.NUM_CLS_CONVS"),
+    ("head.region_context.", "MODEL.ATSS.REGION_CONTEXT_CONVS"),
+    ("head.region_pool.", "MODEL.ATSS.REGION_POOL / REGION_POOL_HIDDEN / REGION_POOL_CHANNELS"),
+    ("head.scorer.proj_region.", "MODEL.ATSS.REGION_PROJECTION"),
+)
 
-    A checkpoint with a grounding head ("head.tower.*" keys) must match the model's shapes and
-    its Swin / fusion-tower structure exactly; without the check Detectron2 would skip every
-    mismatching tensor with a warning and run a partly random model. Checkpoints without a
-    head (e.g. backbone-only initialisations) are not checked.
 
-    Raises:
-        ValueError: naming the variant of the checkpoint and of the config.
-    """
-    if not _is_full_glip(converted):
-        return
-    model = unwrap_model(model)
-    own = model.state_dict()
-    problems = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in converted.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
+def _is_head_option(key: str) -> bool:
+    """A grounding-head tensor outside the fusion tower (whose depth and fusion define the
+    variant): box / centerness / scorer read-outs and the optional head modules."""
+    return key.startswith("head.") and not key.startswith("head.tower.")
+
+
+def _head_module(key: str) -> str:
+    """The head module of ``key`` and, for an optional one, the option that adds it, e.g.
+    "head.region_pool (MODEL.ATSS.REGION_POOL / ...)" for "head.region_pool.read.weight"."""
+    for prefix, option in _HEAD_OPTIONS:
+        if key.startswith(prefix):
+            return f"{prefix[:-1]} ({option})"
+    return key.rsplit(".", 1)[0]
+
+
+def _head_modules(keys) -> str:
+    return ", ".join(sorted({_head_module(k) for k in keys}))
+
+
+def _variant_differences(own, converted) -> Dict[str, list]:
+    """Keys on one side only ("only_ckpt", "only_model"; backbone and head tensors, buffers a
+    model rebuilds left out) and keys on both sides with another shape ("shape")."""
 
     def structural(keys):
         return {
@@ -223,22 +246,107 @@ def check_variant(model: nn.Module, converted: Dict[str, torch.Tensor]) -> None:
             if k.startswith(("backbone.", "head.")) and not k.endswith(_REBUILT_BUFFERS)
         }
 
-    only_ckpt = sorted(structural(converted) - set(own))
-    only_model = sorted(structural(own) - set(converted))
-    if only_ckpt:
-        problems.append(f"{len(only_ckpt)} checkpoint tensors the model lacks, e.g. {only_ckpt[0]}")
-    if only_model:
-        problems.append(
-            f"{len(only_model)} model tensors the checkpoint lacks, e.g. {only_model[0]}"
-        )
-    if problems:
-        raise ValueError(
-            f"The checkpoint is {describe_variant(converted)}, but the config builds "
-            f"{describe_variant(own)}. Use the config that matches the checkpoint "
+    return {
+        "shape": sorted(
+            k
+            for k, v in converted.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        ),
+        "only_ckpt": sorted(structural(converted) - set(own)),
+        "only_model": sorted(structural(own) - set(converted)),
+    }
+
+
+def check_variant(
+    model: nn.Module, converted: Dict[str, torch.Tensor], partial_init_ok: bool = False
+) -> None:
+    """Raise a clear error when a checkpoint of another GLIP variant meets this config.
+
+    A checkpoint with a grounding head ("head.tower.*" keys) must match the model's shapes and
+    its Swin / fusion-tower structure exactly; without the check Detectron2 would skip every
+    mismatching tensor with a warning and run a partly random model. Checkpoints without a
+    head (e.g. backbone-only initialisations) are not checked.
+
+    With ``partial_init_ok`` (fine-tuning), head tensors outside the fusion tower may differ:
+    a config that adds or removes a head option (``MODEL.ATSS.NUM_CLS_CONVS``,
+    ``REGION_CONTEXT_CONVS``, ``REGION_POOL``, ``REGION_PROJECTION``) takes the rest of the
+    checkpoint, and the head modules it does not provide start from their initialisation
+    (logged). The backbone, the fusion tower and every other shape must still match.
+
+    Raises:
+        ValueError: naming the variant of the checkpoint and of the config (or, when both read
+            the same, saying so) and the tensors that differ.
+    """
+    if not _is_full_glip(converted):
+        return
+    model = unwrap_model(model)
+    own = model.state_dict()
+    diff = _variant_differences(own, converted)
+    if partial_init_ok:
+        tolerated = {name: [k for k in keys if _is_head_option(k)] for name, keys in diff.items()}
+        diff = {name: [k for k in keys if not _is_head_option(k)] for name, keys in diff.items()}
+    if any(diff.values()):
+        problems = []
+        if diff["shape"]:
+            problems.append(
+                f"{len(diff['shape'])} tensors with another shape: "
+                + ", ".join(
+                    f"{k} (checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)})"
+                    for k in diff["shape"][:4]
+                )
+                + (", ..." if len(diff["shape"]) > 4 else "")
+            )
+        if diff["only_ckpt"]:
+            problems.append(
+                f"{len(diff['only_ckpt'])} checkpoint tensors the model lacks "
+                f"({_examples(diff['only_ckpt'])})"
+            )
+        if diff["only_model"]:
+            problems.append(
+                f"{len(diff['only_model'])} model tensors the checkpoint lacks "
+                f"({_examples(diff['only_model'])})"
+            )
+        ckpt_variant, own_variant = describe_variant(converted), describe_variant(own)
+        if ckpt_variant != own_variant:
+            what = f"The checkpoint is {ckpt_variant}, but the config builds {own_variant}."
+        else:
+            what = (
+                f"The checkpoint and the model the config builds are both {ckpt_variant}, but "
+                "their layers differ."
+            )
+        differing = [k for keys in diff.values() for k in keys]
+        advice = (
+            "Use the config that matches the checkpoint "
             "(configs/glip_swin_t.yaml for GLIP-T (B/C), glip_A_swin_t.yaml for GLIP-T (A), "
-            "glip_swin_l.yaml for GLIP-L, or the config the checkpoint was trained with). "
-            "Details: " + "; ".join(problems[:5])
+            "glip_swin_l.yaml for GLIP-L, or the config the checkpoint was trained with)."
         )
+        if all(_is_head_option(k) for k in differing):
+            what = (
+                f"The checkpoint and the model the config builds are both {ckpt_variant} "
+                f"(same backbone and fusion tower), but their grounding heads differ in "
+                f"{_head_modules(differing)}."
+            )
+            advice = (
+                "Use the config the checkpoint was trained with (the same MODEL.ATSS head "
+                "options), or, to fine-tune the checkpoint into this head, load it as a "
+                "training initialisation (train_net.py training; "
+                "GLIPCheckpointer(partial_init_ok=True)): the differing head modules then start "
+                "from their initialisation."
+            )
+        raise ValueError(f"{what} {advice} Details: " + "; ".join(problems))
+    if partial_init_ok and any(tolerated.values()):
+        fresh = sorted(set(tolerated["only_model"]) | set(tolerated["shape"]))
+        if fresh:
+            logger.warning(
+                f"Fine-tuning into another grounding head: {_head_modules(fresh)} "
+                f"start from their initialisation ({len(fresh)} tensors the checkpoint lacks or "
+                f"has with another shape: {_examples(fresh)})."
+            )
+        if tolerated["only_ckpt"]:
+            logger.warning(
+                f"Checkpoint head modules this config does not build are dropped: "
+                f"{_head_modules(tolerated['only_ckpt'])} ({_examples(tolerated['only_ckpt'])})."
+            )
 
 
 def _numel(shape) -> int:
@@ -326,12 +434,17 @@ class GLIPCheckpointer(DetectionCheckpointer):
     unpickler that builds numpy arrays and plain containers only (`glip_d2/safe_pickle.py`).
     A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`), and
     so does a checkpoint that provides too little of the model (:func:`check_coverage`).
+    As with Detectron2's checkpointer, a path ending with ``?matching_heuristics=True`` matches
+    the checkpoint's names to the model's by suffix (e.g. backbone weights saved without the
+    "backbone." prefix); any other query is an error.
     Checkpoints are written atomically (temporary file + rename), so a failed write (a full disk)
     leaves no partial file and `last_checkpoint` names only complete files.
 
     Args (beyond Detectron2's):
         partial_init_ok: accept a checkpoint that initialises a part of the model only (ImageNet
-            backbone weights for training); inference entry points leave it False.
+            backbone weights for training, or a GLIP checkpoint fine-tuned into a config with
+            other head options: see :func:`check_variant`); inference entry points leave it
+            False.
         min_fraction: see :func:`check_coverage`.
     """
 
@@ -355,29 +468,67 @@ class GLIPCheckpointer(DetectionCheckpointer):
             return super().load(path, *args, **kwargs)
         finally:
             self._loading = None
+            # Detectron2 resets it on success only; a refused file must not block the next load.
+            self._parsed_url_during_load = None
+
+    def _matching_heuristics_query(self) -> bool:
+        """Whether ``MODEL.WEIGHTS`` ends with ``?matching_heuristics=True``, as Detectron2's
+        checkpointer reads it (``load`` strips the query from the file name and keeps it in
+        ``_parsed_url_during_load``). Any other query is an error, as in Detectron2.
+
+        Raises:
+            ValueError: for another query, or a value other than True / False.
+        """
+        parsed = getattr(self, "_parsed_url_during_load", None)
+        if parsed is None or not parsed.query:
+            return False
+        queries = parse_qs(parsed.query, keep_blank_values=True)
+        values = queries.pop("matching_heuristics", None)
+        usage = (
+            "The only query a checkpoint path takes is '?matching_heuristics=True' (match the "
+            "checkpoint's names to the model's by suffix, as Detectron2 does)."
+        )
+        if queries:
+            raise ValueError(
+                f"Unsupported query {', '.join(sorted(queries))} in the checkpoint path "
+                f"{parsed.geturl()!r}. {usage} Remove the rest of the query (or rename a file "
+                "whose name contains '?')."
+            )
+        if values is None:
+            return False
+        if len(values) != 1 or values[0].lower() not in ("true", "false"):
+            raise ValueError(
+                f"matching_heuristics={'&'.join(values)!r} in the checkpoint path "
+                f"{parsed.geturl()!r} is not True or False. {usage}"
+            )
+        return values[0].lower() == "true"
 
     def _load_file(self, filename):
+        heuristics = self._matching_heuristics_query()  # a bad query fails before the read
         if filename.endswith(".pkl"):
             # Detectron2 would pickle.load the file (running any code in it); read it safely.
-            return read_pkl_checkpoint(filename)
-        ckpt = read_checkpoint(filename)
-        sd, report = to_glip_d2_state_dict(ckpt["model"])
-        for key, reason in report["ignored"]:
-            logger.info(f"Official key ignored: {key} ({reason})")
-        if report["unmapped"]:
-            logger.warning(
-                "Official keys with no glip_d2 counterpart: " + ", ".join(report["unmapped"])
-            )
-        check_variant(self.model, sd)
-        if report["source"] == "official":
-            return {"model": sd, "__author__": "glip_official", "matching_heuristics": False}
-        ckpt["model"] = sd
-        ckpt.setdefault("matching_heuristics", False)
+            ckpt = read_pkl_checkpoint(filename)
+        else:
+            ckpt = read_checkpoint(filename)
+            sd, report = to_glip_d2_state_dict(ckpt["model"])
+            for key, reason in report["ignored"]:
+                logger.info(f"Official key ignored: {key} ({reason})")
+            if report["unmapped"]:
+                logger.warning(
+                    "Official keys with no glip_d2 counterpart: " + ", ".join(report["unmapped"])
+                )
+            if report["source"] == "official":
+                ckpt = {"model": sd, "__author__": "glip_official", "matching_heuristics": False}
+            else:
+                ckpt["model"] = sd
+                ckpt.setdefault("matching_heuristics", False)
+        if heuristics:  # as in Detectron2, the query turns name matching on, never off
+            ckpt["matching_heuristics"] = True
         return ckpt
 
     def _load_model(self, checkpoint):
         if checkpoint.get("matching_heuristics", False):
-            # Name matching first (as Detectron2 does), so coverage is judged on the result.
+            # Name matching first (as Detectron2 does), so the checks see the model's names.
             self._convert_ndarray_to_tensor(checkpoint["model"])
             checkpoint["model"] = align_and_update_state_dicts(
                 self.model.state_dict(),
@@ -388,6 +539,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
         sd = checkpoint["model"]
         prefix = "module." if sd and all(str(k).startswith("module.") for k in sd) else ""
         view = {k[len(prefix):]: v for k, v in sd.items()}
+        check_variant(self.model, view, partial_init_ok=self.partial_init_ok)
         stats = check_coverage(
             self.model,
             view,

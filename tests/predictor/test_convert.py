@@ -241,6 +241,21 @@ def test_glip_l_checkpoint_with_glip_t_config_names_both(skeletons):
     )
 
 
+def test_fine_tuning_does_not_loosen_the_variant_check(skeletons):
+    """partial_init_ok (train_net.py) lets head options differ, not the backbone or the tower."""
+    large, _ = convert_official_state_dict(to_official(skeletons["glip_swin_l"].state_dict()))
+    with pytest.raises(ValueError, match=r"checkpoint is GLIP-L .*config builds GLIP-T \(B/C\)"):
+        check_variant(skeletons["glip_swin_t"], large, partial_init_ok=True)
+    with pytest.raises(ValueError, match=r"GLIP-T \(A\).*GLIP-T \(B/C\).*model tensors the chec"):
+        check_variant(
+            skeletons["glip_swin_t"], skeletons["glip_A_swin_t"].state_dict(), partial_init_ok=True
+        )
+    with pytest.raises(ValueError, match=r"GLIP-T \(B/C\).*GLIP-T \(A\).*checkpoint tensors the"):
+        check_variant(
+            skeletons["glip_A_swin_t"], skeletons["glip_swin_t"].state_dict(), partial_init_ok=True
+        )
+
+
 # ------------------------------------------------------------------ files (a tiny real model)
 class Custom:
     """Not a tensor: weights_only=True must refuse it."""
