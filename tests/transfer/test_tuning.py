@@ -51,10 +51,15 @@ def test_frozen_backbones_stay_in_eval_mode_with_full_tuning():
     cfg = _cfg("full", lang_frozen=True)
     cfg.MODEL.GLIP.FREEZE_BACKBONE = True
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.2
+    cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = False  # the official behaviour
     torch.manual_seed(0)
     model = build_model(cfg).train()
     assert not model.language_backbone.training and not model.backbone.training
     assert model.head.training
+    cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = True  # the demo's: text dropout stays on
+    assert build_model(cfg).train().language_backbone.training
+    cfg.MODEL.GLIP.TUNING = "linear"  # a transfer mode: frozen modules in eval mode regardless
+    assert not build_model(cfg).train().language_backbone.training
     ids = torch.tensor([[101, 2417, 4418, 102]])
     a = model.language_backbone(ids, torch.ones_like(ids))["hidden"]
     b = model.language_backbone(ids, torch.ones_like(ids))["hidden"]

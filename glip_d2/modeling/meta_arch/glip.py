@@ -118,6 +118,7 @@ class GLIP(PromptingMixin, nn.Module):
         inference_dtype: str = "float32",
         compile_mode: str = "",
         tuning: str = "full",
+        text_dropout_when_frozen: bool = False,
         mlm_head: Optional[nn.Module] = None,
         mlm_weight: float = 0.0,
         mlm_probability: float = 0.15,
@@ -181,6 +182,9 @@ class GLIP(PromptingMixin, nn.Module):
         if tuning == "prompt":
             self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
         self._frozen_modules = apply_tuning(self, tuning)
+        if text_dropout_when_frozen and tuning == "full":  # LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN
+            self._frozen_modules = [m for m in self._frozen_modules if m != "language_backbone"
+                                    and not m.startswith("language_backbone.")]
 
     @classmethod
     def from_config(cls, cfg):
@@ -221,6 +225,7 @@ class GLIP(PromptingMixin, nn.Module):
             inference_dtype=cfg.MODEL.GLIP.INFERENCE_DTYPE,
             compile_mode=cfg.MODEL.GLIP.COMPILE,
             tuning=cfg.MODEL.GLIP.TUNING,
+            text_dropout_when_frozen=lb.DROPOUT_WHEN_FROZEN,
             mlm_head=mlm_head,
             mlm_weight=losses.MLM_WEIGHT,
             mlm_probability=losses.MLM_PROBABILITY,
