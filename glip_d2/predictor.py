@@ -159,13 +159,17 @@ class GLIPPredictor:
     Attributes:
         model: the GLIP meta-architecture.
         cfg: a frozen clone of the config.
+        weights_used: "ema" (the checkpoint's weight average), "model" (its raw weights) or
+            "random" (no MODEL.WEIGHTS).
     """
 
     def __init__(self, cfg, *, input_format: str = "BGR", confidence_threshold: float = 0.0):
         """
         Args:
             cfg: a glip_d2 config (``add_glip_config``); ``MODEL.WEIGHTS`` is loaded with
-                :class:`~glip_d2.checkpoint.GLIPCheckpointer` (empty = random weights, warned).
+                :class:`~glip_d2.checkpoint.GLIPCheckpointer` (empty = random weights, warned);
+                with ``TEST.USE_EMA`` (the default) a checkpoint's "ema" entry replaces its
+                raw weights, as ``train_net.py --eval-only`` evaluates it (logged).
             input_format: channel order of the 3/4-channel numpy arrays you will pass, "BGR"
                 (OpenCV, Detectron2's ``read_image`` default) or "RGB"; PIL images are always RGB.
             confidence_threshold: default minimum score of returned detections.
@@ -193,8 +197,10 @@ class GLIPPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if weights:
-            GLIPCheckpointer(self.model).load(weights)
+            checkpoint = GLIPCheckpointer(self.model).load(weights)
+            self.weights_used = _use_ema_weights(self.model, checkpoint, self.cfg, weights)
         else:
+            self.weights_used = "random"
             logger.warning(
                 "MODEL.WEIGHTS is empty: GLIPPredictor runs a randomly initialised model."
             )
@@ -481,6 +487,20 @@ class GLIPPredictor:
             [labels[c] for c in inst.pred_classes.tolist()],
             inst.scores.tolist(),
         )
+
+
+def _use_ema_weights(model, checkpoint: Dict, cfg, weights: str) -> str:
+    """Evaluate what ``train_net.py --eval-only`` evaluates: the checkpoint's "ema" entry when
+    TEST.USE_EMA (and the checkpoint has one), else its raw weights. Returns "ema" or "model"."""
+    from .engine import load_ema_for_eval
+
+    if cfg.TEST.USE_EMA and load_ema_for_eval(model, checkpoint):
+        logger.info(f"GLIPPredictor: the EMA weights of {weights} (TEST.USE_EMA).")
+        return "ema"
+    if checkpoint and checkpoint.get("ema"):
+        logger.info(f"GLIPPredictor: the raw weights of {weights}; TEST.USE_EMA is off, its EMA "
+                    "weights are not used.")
+    return "model"
 
 
 def _check_vocabulary_container(vocabulary) -> None:

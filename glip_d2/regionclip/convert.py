@@ -4,7 +4,10 @@
         --student output/regionclip/model_final.pth --output regionclip_init.pth [KEY VALUE ...]
 
 writes the mapped weights as a Detectron2 checkpoint ({"model": ...}) for the detector's
-MODEL.WEIGHTS, and prints what was loaded, skipped for shape and left unmapped.
+MODEL.WEIGHTS, and prints what was loaded, skipped for shape and left unmapped. The student's
+weights are chosen as ``train_net.py --eval-only`` chooses them: its "ema" entry (a pretraining
+run with SOLVER.EMA_DECAY > 0 saves one) when the detector config's TEST.USE_EMA is on (the
+default; pass ``TEST.USE_EMA False`` for the raw weights), else its "model" entry.
 """
 
 import argparse
@@ -19,6 +22,7 @@ __all__ = [
     "STUDENT_TO_DETECTOR",
     "regionclip_to_detector_state_dict",
     "init_detector_from_regionclip",
+    "student_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,8 +36,9 @@ STUDENT_TO_DETECTOR: List[Tuple[str, str]] = [
     ("region_proj.", "roi_heads.box_predictor.region_proj."),
     ("region_proj.", "roi_heads.box_predictor.{stage}.region_proj."),
 ]
-# Student keys that have no detector counterpart on purpose.
-_IGNORED = ("teacher.",)
+# Student keys that have no detector counterpart on purpose: the CLIP teacher, and the RPN's
+# frozen backbone copy (the detector takes the pretrained `backbone.`).
+_IGNORED = ("teacher.", "rpn_backbone.")
 
 
 def regionclip_to_detector_state_dict(
@@ -94,6 +99,27 @@ def init_detector_from_regionclip(
     return report
 
 
+def student_weights(checkpoint: Dict, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The student state dict of a RegionCLIP pretraining checkpoint and which entry it is.
+
+    The rule of ``train_net.py --eval-only`` (:func:`glip_d2.engine.load_ema_for_eval`): the
+    "ema" entry when `use_ema` (TEST.USE_EMA) and the checkpoint has one, else "model"; a bare
+    state dict is taken as it is.
+
+    Returns:
+        (state dict, "ema" or "model").
+    """
+    from ..engine.ema import _own_keys  # EMA weights saved with a DDP prefix by old versions
+
+    if "model" not in checkpoint:
+        return checkpoint, "model"
+    if use_ema and checkpoint.get("ema"):
+        return _own_keys(checkpoint["ema"]), "ema"
+    if checkpoint.get("ema"):
+        logger.info("TEST.USE_EMA is off: the student's raw weights, not its EMA, are converted.")
+    return checkpoint["model"], "model"
+
+
 def main(argv=None) -> Dict[str, List[str]]:
     """Command-line entry point (see the module docstring); returns the mapping report."""
     from detectron2.config import get_cfg
@@ -113,7 +139,7 @@ def main(argv=None) -> Dict[str, List[str]]:
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(args.opts))
     detector = build_model(cfg)
     checkpoint = torch.load(args.student, map_location="cpu", weights_only=True)
-    student_sd = checkpoint.get("model", checkpoint)
+    student_sd, used = student_weights(checkpoint, cfg.TEST.USE_EMA)
     sd, report = regionclip_to_detector_state_dict(student_sd, detector)
     if not sd:
         raise SystemExit(
@@ -122,7 +148,8 @@ def main(argv=None) -> Dict[str, List[str]]:
         )
     torch.save({"model": sd, "__author__": "glip_d2.regionclip.convert"}, args.output)
     print(
-        f"{args.output}: {len(report['loaded'])} tensors loaded, "
+        f"{args.output} (the student's {'EMA' if used == 'ema' else 'raw'} weights): "
+        f"{len(report['loaded'])} tensors loaded, "
         f"{len(report['shape_mismatch'])} skipped for shape {report['shape_mismatch'][:5]}, "
         f"{len(report['unmapped'])} unmapped {report['unmapped'][:5]}"
     )

@@ -3,7 +3,9 @@
 The student is the visual half of `LanguageAwareRCNN` (backbone + box pooler + box head) plus a
 projection into the CLIP teacher's embedding space. For each image the (frozen, ideally
 pretrained) RPN proposes regions; the frozen CLIP teacher embeds each region and every concept
-of the pool; a region's pseudo label is its best concept. The student learns with
+of the pool; a region's pseudo label is its best concept. The RPN reads a frozen copy of the
+backbone (``rpn_backbone``), not the student's, which the region losses train: its proposals stay
+those of the detector it comes from, as RegionCLIP's offline RPN. The student learns with
 
 * a contrastive region-concept loss: cross-entropy over the pool, the pseudo concept positive;
 * distillation: KL from the teacher's region-concept distribution to the student's;
@@ -15,6 +17,7 @@ After pretraining, `init_detector_from_regionclip` copies backbone, box head and
 a language-aware R-CNN.
 """
 
+import copy
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -68,6 +71,14 @@ class RegionCLIPPretrainer(nn.Module):
     "loss_image_text" when `image_text_weight` > 0 and every input has a "caption"; inference returns
     instances whose `pred_classes` index `concepts` (zero-shot region classification of the
     proposals by the student).
+
+    The RPN's backbone ``rpn_backbone`` is a frozen copy of ``backbone`` (in eval mode, no
+    gradient), kept in the state dict under its own prefix, so a resumed run proposes as the
+    run it resumes. A checkpoint without it (``MODEL.WEIGHTS``: the detector whose RPN is
+    trained) gives it that checkpoint's backbone, the one the RPN was trained on (a load hook
+    copies ``backbone.*`` to ``rpn_backbone.*``). Caffe2-format ``.pkl`` weights, loaded by name
+    matching, cannot tell the two copies apart (Detectron2 refuses the ambiguity); give
+    a checkpoint in the model's own names, e.g. a Detectron2 detector's.
     """
 
     @configurable
@@ -102,6 +113,13 @@ class RegionCLIPPretrainer(nn.Module):
         if proposal_generator is not None:
             for p in proposal_generator.parameters():
                 p.requires_grad_(False)
+            # The RPN's own backbone: proposals from the trained `backbone` would drift with it.
+            self.rpn_backbone = copy.deepcopy(backbone)
+            for p in self.rpn_backbone.parameters():
+                p.requires_grad_(False)
+            self._register_load_state_dict_pre_hook(self._rpn_backbone_from_backbone)
+        else:
+            self.rpn_backbone = None
         self.box_in_features = list(box_in_features)
         self.box_pooler = box_pooler
         self.box_head = box_head
@@ -178,7 +196,19 @@ class RegionCLIPPretrainer(nn.Module):
         super().train(mode)
         if self.proposal_generator is not None:
             self.proposal_generator.eval()  # frozen: proposals as at test time
+            self.rpn_backbone.eval()
         return self
+
+    @staticmethod
+    def _rpn_backbone_from_backbone(state_dict, prefix, *args):
+        """Load hook: a checkpoint without ``rpn_backbone.*`` (a detector's) gives the RPN's
+        backbone its ``backbone.*`` weights, those its RPN was trained on; one with them (a
+        RegionCLIP checkpoint being resumed) keeps its frozen copy."""
+        own, source = prefix + "rpn_backbone.", prefix + "backbone."
+        if any(k.startswith(own) for k in state_dict):
+            return
+        for key in [k for k in state_dict if k.startswith(source)]:
+            state_dict[own + key[len(source):]] = state_dict[key]
 
     def region_embeddings(
         self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]
@@ -197,7 +227,8 @@ class RegionCLIPPretrainer(nn.Module):
         features = self.backbone(normed.tensor)
         if self.proposal_generator is not None:
             with torch.no_grad():
-                proposals, _ = self.proposal_generator(normed, features, None)
+                rpn_features = self.rpn_backbone(normed.tensor)
+                proposals, _ = self.proposal_generator(normed, rpn_features, None)
         else:
             proposals = [x["proposals"].to(self.device) for x in batched_inputs]
         # RPN outputs are sorted by objectness; precomputed ones are taken in their order.

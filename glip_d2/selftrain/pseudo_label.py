@@ -16,6 +16,11 @@ grounding dataset for the student with `register_pseudo_labels(name, dir)`
 (`glip_d2.data.datasets.pseudo_labels`) or the config key `DATASETS.PSEUDO_LABELS`
 ([[name, output_dir], ...]).
 
+The teacher runs the weights ``train_net.py --eval-only`` evaluates (the checkpoint's "ema" entry
+when TEST.USE_EMA, else its raw weights; which ones is recorded with the run's settings), with its
+own test thresholds (ROI_HEADS.SCORE_THRESH_TEST, ATSS.INFERENCE_TH) lowered to what
+--score-thresh needs.
+
 `python -m glip_d2.pseudo_label` runs this module (a thin entry at the package's top).
 """
 
@@ -23,7 +28,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -38,7 +43,15 @@ from ..data.datasets.caption_collection import (
 from .parts import FORMATS, PartStore
 from .teacher import GroundingTeacher
 
-__all__ = ["run_pseudo_labelling", "register_pseudo_labels", "build_teacher", "main", "parse_args"]
+__all__ = [
+    "run_pseudo_labelling",
+    "register_pseudo_labels",
+    "build_teacher",
+    "load_teacher_weights",
+    "lower_test_thresholds",
+    "main",
+    "parse_args",
+]
 
 logger = logging.getLogger("glip_d2.pseudo_label")
 
@@ -83,6 +96,7 @@ def run_pseudo_labelling(
             teacher_score_thresh=teacher.score_thresh,
             max_boxes_per_phrase=teacher.max_boxes_per_phrase,
             nlp_backend=teacher.nlp_backend,
+            teacher_weights=teacher.weights,
         )
     )
     store.clean_stale(shard)
@@ -140,10 +154,68 @@ def warn_on_weakest_token_scores(cfg) -> bool:
     return bool(weakest)
 
 
-def build_teacher(args) -> GroundingTeacher:
-    """The teacher model from --config-file, --weights and the KEY VALUE overrides."""
-    from ..checkpoint import GLIPCheckpointer
+def lower_test_thresholds(cfg, score_thresh: float) -> Dict[str, Tuple[float, float]]:
+    """Lower the model's own test thresholds (in place, before the model is built) so that
+    every box scoring above `score_thresh` reaches the teacher's selection; they apply first,
+    and a --score-thresh below them would silently keep nothing more. Never raises them.
 
+    ``ROI_HEADS.SCORE_THRESH_TEST`` (two-stage) filters the score the teacher reads; GLIP's
+    ``ATSS.INFERENCE_TH`` filters the label probability p before the score sqrt(p x
+    centerness) <= sqrt(p), so a score of s needs p >= s^2.
+
+    Returns:
+        {key: (old, new)} of the thresholds changed (logged).
+    """
+    roi, atss = cfg.MODEL.ROI_HEADS, cfg.MODEL.ATSS
+    targets = {  # name: (config node, key, the highest value that lets score_thresh through)
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": (roi, "SCORE_THRESH_TEST", score_thresh),
+        "MODEL.ATSS.INFERENCE_TH": (atss, "INFERENCE_TH", score_thresh**2),
+    }
+    changed = {}
+    for name, (node, key, target) in targets.items():
+        if target < node[key]:
+            changed[name] = (node[key], target)
+            node[key] = target
+    if changed:
+        logger.info(
+            f"--score-thresh {score_thresh}: the teacher's own test thresholds lowered so they "
+            "keep every box it could select: "
+            + ", ".join(f"{k} {old} -> {new:g}" for k, (old, new) in changed.items())
+            + f" (the per-image caps stay: TEST.DETECTIONS_PER_IMAGE "
+            f"{cfg.TEST.DETECTIONS_PER_IMAGE}, MODEL.ATSS.DETECTIONS_PER_IMG "
+            f"{cfg.MODEL.ATSS.DETECTIONS_PER_IMG})."
+        )
+    return changed
+
+
+def load_teacher_weights(model, cfg) -> str:
+    """Load MODEL.WEIGHTS into the teacher as ``train_net.py --eval-only`` evaluates it: the
+    checkpoint's "ema" entry when TEST.USE_EMA and it has one, else its raw weights.
+
+    Returns:
+        "ema", "model" (the raw weights) or "random" (no MODEL.WEIGHTS), for the run's settings.
+    """
+    from ..checkpoint import GLIPCheckpointer
+    from ..engine import load_ema_for_eval
+
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning("No --weights / MODEL.WEIGHTS: the teacher is randomly initialised.")
+        return "random"
+    checkpoint = GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    used = "ema" if cfg.TEST.USE_EMA and load_ema_for_eval(model, checkpoint) else "model"
+    logger.info(
+        f"Teacher: the {'EMA' if used == 'ema' else 'raw'} weights of {cfg.MODEL.WEIGHTS} "
+        f"(TEST.USE_EMA {cfg.TEST.USE_EMA}"
+        + (", the checkpoint has an EMA" if checkpoint and checkpoint.get("ema") else "")
+        + ")."
+    )
+    return used
+
+
+def build_teacher(args) -> GroundingTeacher:
+    """The teacher model from --config-file, --weights and the KEY VALUE overrides; its test
+    thresholds lowered to --score-thresh (:func:`lower_test_thresholds`), its weights chosen
+    as ``train_net.py --eval-only`` does (:func:`load_teacher_weights`)."""
     cfg = get_cfg()
     add_glip_config(cfg)
     add_two_stage_config(cfg)
@@ -151,13 +223,11 @@ def build_teacher(args) -> GroundingTeacher:
     cfg.merge_from_list(args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
+    lower_test_thresholds(cfg, args.score_thresh)
     cfg.freeze()
     warn_on_weakest_token_scores(cfg)
     model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("No --weights / MODEL.WEIGHTS: the teacher is randomly initialised.")
+    weights = load_teacher_weights(model, cfg)
     return GroundingTeacher(
         model,
         min_size=cfg.INPUT.MIN_SIZE_TEST,
@@ -166,6 +236,7 @@ def build_teacher(args) -> GroundingTeacher:
         score_thresh=args.score_thresh,
         max_boxes_per_phrase=args.max_boxes_per_phrase,
         nlp_backend=args.nlp,
+        weights=weights,
     )
 
 

@@ -28,6 +28,13 @@ class GroundingTeacher:
         score_thresh: keep boxes whose phrase score is at least this.
         max_boxes_per_phrase: at most this many boxes per phrase, best first (<= 0: no limit).
         nlp_backend: noun-phrase extractor of `glip_d2.nlp` ("auto", "spacy", "simple").
+        weights: which weights the model holds ("ema": the checkpoint's weight average,
+            "model": its raw weights, "random"; None: not said), recorded in the run's settings
+            so that a resume with other weights is refused.
+
+    The model's own test threshold (``ROI_HEADS.SCORE_THRESH_TEST``, ``ATSS.INFERENCE_TH``)
+    applies first: `score_thresh` below it keeps nothing more (warned here; ``build_teacher``
+    lowers it).
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class GroundingTeacher:
         score_thresh: float = 0.5,
         max_boxes_per_phrase: int = 3,
         nlp_backend: str = "auto",
+        weights: Optional[str] = None,
     ):
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
@@ -47,6 +55,8 @@ class GroundingTeacher:
         self.score_thresh = score_thresh
         self.max_boxes_per_phrase = max_boxes_per_phrase
         self.nlp_backend = nlp_backend
+        self.weights = weights
+        _warn_on_higher_model_thresholds(self.model, score_thresh)
 
     def phrases(self, caption: str) -> Tuple[List[Tuple[str, Tuple[int, int]]], int]:
         """Noun phrases of the caption that fit the model's token budget, and how many did not."""
@@ -124,3 +134,27 @@ class GroundingTeacher:
                     }
                 )
         return result
+
+
+def _warn_on_higher_model_thresholds(model: nn.Module, score_thresh: float) -> List[str]:
+    """Warn (and return the config keys) when the model's own test threshold drops boxes the
+    teacher's `score_thresh` would keep: the two-stage ROI heads' score threshold, or GLIP's
+    label-probability threshold p (its score is sqrt(p x centerness), so a score s needs
+    p >= s^2)."""
+    higher = []
+    head = getattr(model, "head", None)
+    if score_thresh**2 < getattr(head, "test_args", {}).get("score_thresh", 0.0):
+        higher.append("MODEL.ATSS.INFERENCE_TH")
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if isinstance(predictor, nn.ModuleList):  # cascade: the last stage scores the boxes
+        predictor = predictor[-1]
+    if score_thresh < getattr(predictor, "test_score_thresh", 0.0):
+        higher.append("MODEL.ROI_HEADS.SCORE_THRESH_TEST")
+    if higher:
+        logger.warning(
+            f"Teacher score_thresh {score_thresh} is below the model's own "
+            f"{' and '.join(higher)} (compared with score_thresh^2 for ATSS.INFERENCE_TH): the "
+            "model drops those boxes before the teacher sees them. Build the model with the "
+            "threshold lowered (glip_d2.pseudo_label.build_teacher does)."
+        )
+    return higher

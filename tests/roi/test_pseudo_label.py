@@ -322,3 +322,86 @@ def test_pseudo_label_warns_when_the_teacher_scores_phrases_by_their_weakest_tok
         with caplog.at_level("WARNING", logger="glip_d2"):
             assert warn_on_weakest_token_scores(c)
         assert f"MODEL.{key}.SCORE_AGG MEAN" in caplog.text
+
+
+def _ema_checkpoint(collection, path):
+    """The collection's teacher with an EMA entry that differs from its raw weights."""
+    raw = torch.load(collection["weights"], weights_only=True)["model"]
+    ema = {k: v + 0.5 if v.is_floating_point() else v.clone() for k, v in raw.items()}
+    torch.save({"model": raw, "ema": ema}, path)
+    return raw, ema
+
+
+def test_pseudo_label_teacher_runs_the_weights_eval_only_evaluates(collection, tmp_path):
+    """With TEST.USE_EMA the teacher is the checkpoint's EMA, as `train_net.py --eval-only`
+    evaluates it (build_teacher read the raw weights only); without, the raw weights."""
+    from glip_d2.pseudo_label import build_teacher, parse_args
+
+    ckpt = tmp_path / "ema.pth"
+    raw, ema = _ema_checkpoint(collection, ckpt)
+    key = "head.scorer.bias0"
+    for use_ema, weights, expected in (("True", "ema", ema), ("False", "model", raw)):
+        argv = _argv(collection, tmp_path / "out", "--weights", str(ckpt), "TEST.USE_EMA", use_ema)
+        teacher = build_teacher(parse_args(argv))
+        assert torch.equal(teacher.model.state_dict()[key], expected[key])
+        assert teacher.weights == weights
+
+
+def test_pseudo_label_refuses_to_resume_with_other_teacher_weights(collection, tmp_path):
+    """run.json records which weights the teacher ran: a rerun whose checkpoint now has an EMA
+    (same arguments, so the other settings agree) would label with another model."""
+    jsonl = tmp_path / "one.jsonl"
+    with open(collection["jsonl"]) as f:
+        jsonl.write_text(f.readline())
+    ckpt, out = tmp_path / "teacher.pth", tmp_path / "out"
+    raw = torch.load(collection["weights"], weights_only=True)["model"]
+    torch.save({"model": raw}, ckpt)
+    argv = _argv(dict(collection, jsonl=str(jsonl)), out, "--weights", str(ckpt),
+                 "TEST.USE_EMA", "True")
+    assert main(argv)["images"] == 1
+    with open(out / "run.json") as f:
+        assert json.load(f)["teacher_weights"] == "model"
+    _ema_checkpoint(collection, ckpt)
+    with pytest.raises(ValueError, match="other settings.*teacher_weights"):
+        main(argv)
+
+
+def test_pseudo_label_lowers_the_teachers_own_score_threshold(collection, tmp_path, caplog):
+    """--score-thresh below ROI_HEADS.SCORE_THRESH_TEST (ATSS.INFERENCE_TH) kept nothing more:
+    the model dropped the boxes first. build_teacher lowers the model's thresholds."""
+    import glip_d2.modeling.meta_arch.language_rcnn  # noqa: F401
+    from glip_d2.pseudo_label import build_teacher, parse_args
+    from tests.roi.roi_helpers import two_stage_cfg
+
+    cfg = two_stage_cfg("focal")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05  # an untrained model scores below it
+    cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = 128
+    config = tmp_path / "two_stage.yaml"
+    config.write_text(cfg.dump())
+    argv = ["--config-file", str(config), "--input", collection["jsonl"], "--output-dir",
+            str(tmp_path / "out"), "--score-thresh", "0.0", "--max-boxes-per-phrase", "0",
+            "--nlp", "simple"]
+    torch.manual_seed(0)
+    teacher = build_teacher(parse_args(argv))
+    assert teacher.model.roi_heads.box_predictor.test_score_thresh == 0.0
+    record = read_caption_collection(collection["jsonl"])[0]
+    scores = [b["score"] for b in teacher(record, collection["image_root"])["boxes"]]
+    assert scores and min(scores) < 0.05
+
+    # a teacher built around a model with the higher threshold says so
+    from glip_d2.selftrain import GroundingTeacher
+
+    with caplog.at_level("WARNING", logger="glip_d2"):
+        GroundingTeacher(build_model(cfg), score_thresh=0.0, nlp_backend="simple")
+    assert "MODEL.ROI_HEADS.SCORE_THRESH_TEST" in caplog.text
+
+    # GLIP filters the label probability p, its score is sqrt(p x centerness): p >= s^2
+    from glip_d2.selftrain.pseudo_label import lower_test_thresholds
+
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.05
+    changed = lower_test_thresholds(cfg, 0.2)
+    assert list(changed) == ["MODEL.ATSS.INFERENCE_TH"]
+    assert changed["MODEL.ATSS.INFERENCE_TH"] == pytest.approx((0.05, 0.04))
+    assert cfg.MODEL.ATSS.INFERENCE_TH == pytest.approx(0.04)
+    assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.05  # never raised
+    assert lower_test_thresholds(cfg, 0.5) == {}  # 0.25 and 0.5: above both, nothing to lower

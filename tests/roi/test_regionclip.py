@@ -367,3 +367,99 @@ def test_regionclip_pretraining_from_the_shipped_config_and_convert_cli(clip_dir
         detector.state_dict()["backbone.bottom_up.res2.0.conv1.weight"],
         student.state_dict()["backbone.bottom_up.res2.0.conv1.weight"],
     )
+
+
+def _rpn_student_cfg(clip_dir, tmp_path):
+    """A RegionCLIP student whose proposals come from its (frozen) RPN."""
+    cfg = _pretrain_cfg(clip_dir, tmp_path)
+    cfg.MODEL.LOAD_PROPOSALS = False
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    return cfg
+
+
+def test_regionclip_rpn_proposals_do_not_drift_with_the_trained_backbone(clip_dir, tmp_path):
+    """The frozen RPN read the student's backbone, which the region losses train, so its
+    proposals moved with every step; it reads its own frozen copy of the backbone."""
+    import glip_d2.regionclip  # noqa: F401
+
+    torch.manual_seed(0)
+    student = build_model(_rpn_student_cfg(clip_dir, tmp_path)).train()
+    inputs = batch(SimpleNamespace(tokenizer=load_tokenizer("minilm"), max_query_len=256))
+
+    def proposals():
+        with torch.no_grad():
+            return student._regions(inputs)[3]
+
+    before = proposals()
+    backbone = {k: v.clone() for k, v in student.backbone.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=2e-3)
+    with EventStorage():
+        for _ in range(3):
+            losses = student(inputs)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+    moved = [k for k, v in student.backbone.state_dict().items() if not torch.equal(v, backbone[k])]
+    assert moved  # the student's backbone trains
+    after = proposals()
+    assert all(len(b) > 0 and torch.equal(b, a) for b, a in zip(before, after))
+    assert student.rpn_backbone is not student.backbone and not student.rpn_backbone.training
+    assert not any(p.requires_grad for p in student.rpn_backbone.parameters())
+    assert all(p.grad is None for p in student.rpn_backbone.parameters())
+
+
+def test_regionclip_rpn_backbone_takes_the_loaded_detectors_backbone(clip_dir, tmp_path):
+    """MODEL.WEIGHTS (a detector with a trained RPN) has no rpn_backbone.* keys: the RPN's copy
+    gets the detector's backbone, not the random one it was copied from; a RegionCLIP
+    checkpoint (resume) keeps its own copy."""
+    import glip_d2.regionclip  # noqa: F401
+    from glip_d2.checkpoint import GLIPCheckpointer
+
+    torch.manual_seed(0)
+    student = build_model(_rpn_student_cfg(clip_dir, tmp_path))
+    own = student.state_dict()
+    detector = {
+        k: v + 0.25 if k.startswith("backbone.") and v.is_floating_point() else v
+        for k, v in own.items()
+        if not k.startswith(("rpn_backbone.", "teacher."))
+    }
+    path = tmp_path / "detector.pth"
+    torch.save({"model": detector}, path)
+    GLIPCheckpointer(student, partial_init_ok=True).load(str(path))  # as train_net loads it
+    sd = student.state_dict()
+    keys = [k for k in detector if k.startswith("backbone.") and detector[k].is_floating_point()]
+    assert keys
+    for k in keys:
+        assert torch.equal(sd["rpn_backbone." + k[len("backbone."):]], detector[k]), k
+
+    resumed = {k: v + 1.0 if k.startswith("backbone.") and v.is_floating_point() else v
+               for k, v in sd.items()}
+    student.load_state_dict(resumed)
+    sd = student.state_dict()
+    for k in keys:
+        assert torch.equal(sd["rpn_backbone." + k[len("backbone."):]], detector[k]), k
+        assert torch.equal(sd[k], resumed[k])
+
+
+def test_regionclip_convert_takes_the_students_ema_as_eval_only(tmp_path, capsys):
+    """A pretraining run with SOLVER.EMA_DECAY > 0 saves an "ema" entry; convert read only
+    "model". With TEST.USE_EMA (the default) it converts the EMA, as --eval-only evaluates."""
+    from glip_d2.regionclip.convert import main as convert_main
+
+    cfg = two_stage_cfg()
+    config = tmp_path / "detector.yaml"
+    config.write_text(cfg.dump())
+    torch.manual_seed(0)
+    raw = {k: v for k, v in build_model(cfg).state_dict().items() if k.startswith("backbone.")}
+    ema = {k: v + 0.5 if v.is_floating_point() else v for k, v in raw.items()}
+    student = tmp_path / "student.pth"
+    torch.save({"model": raw, "ema": ema, "iteration": 9}, student)
+    key = next(k for k, v in raw.items() if v.is_floating_point())
+    for opts, expected, words in (([], ema, "EMA"), (["TEST.USE_EMA", "False"], raw, "raw")):
+        out = tmp_path / f"init_{words}.pth"
+        report = convert_main(["--detector-config", str(config), "--student", str(student),
+                               "--output", str(out), *opts])
+        assert key in report["loaded"]
+        converted = torch.load(out, weights_only=True)["model"]
+        assert torch.equal(converted[key], expected[key])
+        assert f"the student's {words} weights" in capsys.readouterr().out

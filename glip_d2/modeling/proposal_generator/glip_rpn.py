@@ -6,8 +6,13 @@ token outputs) reads the prompt the language-aware R-CNN encodes for its ROI hea
 with GLIP's ATSS losses on the image's caption, and proposes the boxes whose best token
 (among the prompt's names at test time) scores highest, through Detectron2's
 ``find_top_rpn_proposals`` (per-level top-k, NMS, ``RPN.POST_NMS_TOPK_*``).
+
+Anchors sit at the strides of the features the generator reads (``MODEL.RPN.IN_FEATURES``, e.g.
+P2-P6 at 4..64 in the R50-FPN configs), not at ``MODEL.ATSS.ANCHOR_STRIDES``, which are written
+for GLIP's P3-P7 (see :func:`anchor_layout`).
 """
-from typing import Dict, List, Optional
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +27,59 @@ from ..heads import GLIPATSSHead
 from ..heads import box_coder
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 
-__all__ = ["GLIPATSSProposalGenerator"]
+__all__ = ["GLIPATSSProposalGenerator", "anchor_layout"]
+
+logger = logging.getLogger(__name__)
+
+# The config defaults of MODEL.ATSS.ANCHOR_STRIDES / ANCHOR_SIZES (glip_d2/config/glip.py): GLIP's
+# P3-P7, anchors 8 strides wide (ATSS's octave base scale). A config that keeps them has not
+# chosen a layout, so the generator takes the strides from its features and keeps the 8.
+_DEFAULT_ATSS_STRIDES = [8, 16, 32, 64, 128]
+_DEFAULT_ATSS_SIZES = [64, 128, 256, 512, 1024]
+_ATSS_ANCHOR_SCALE = 8
+# The head's loss names -> the generator's (Detectron2 RPN style, apart from the ROI heads');
+# any other head loss "loss_x" is reported as "loss_rpn_x".
+_LOSS_NAMES = {"loss_cls": "loss_rpn_cls", "loss_box_reg": "loss_rpn_loc",
+               "loss_centerness": "loss_rpn_centerness"}
+
+
+def anchor_layout(
+    in_features: Sequence[str], feature_strides: Sequence[int], atss_strides: Sequence[int],
+    atss_sizes: Sequence[float],
+) -> Tuple[List[int], List[float]]:
+    """(strides, sizes) of the generator's anchors, one per feature it reads.
+
+    The strides are always the features' own (``input_shape[f].stride``): anchors at any other
+    stride sit at the wrong place (at 8..128 on P2-P6, every anchor at twice its position).
+    ``MODEL.ATSS.ANCHOR_STRIDES`` left at its default does not constrain them; set to anything
+    else it must equal them. ``MODEL.ATSS.ANCHOR_SIZES`` left at its default (with default
+    strides) becomes ATSS's 8 x stride of each feature (64..1024 on P3-P7, as before; 32..512 on
+    P2-P6); set, it is used as written (input pixels).
+
+    Raises:
+        ValueError: ANCHOR_STRIDES set to strides that are not the features'.
+    """
+    strides, atss_strides = [int(s) for s in feature_strides], [int(s) for s in atss_strides]
+    if atss_strides != strides and atss_strides != _DEFAULT_ATSS_STRIDES:
+        raise ValueError(
+            f"MODEL.ATSS.ANCHOR_STRIDES {atss_strides} disagree with the strides {strides} of "
+            f"MODEL.RPN.IN_FEATURES {list(in_features)}, which GLIPATSSProposalGenerator reads: "
+            f"its anchors would sit at the wrong places. Set MODEL.ATSS.ANCHOR_STRIDES to "
+            f"{strides} (and ANCHOR_SIZES to e.g. {[_ATSS_ANCHOR_SCALE * s for s in strides]}, "
+            f"{_ATSS_ANCHOR_SCALE} strides as in ATSS), or leave both at their defaults to take "
+            "them from the features."
+        )
+    if atss_strides != strides and list(atss_sizes) == _DEFAULT_ATSS_SIZES:
+        sizes = [_ATSS_ANCHOR_SCALE * s for s in strides]
+    else:
+        sizes = list(atss_sizes)
+    if atss_strides != strides:
+        logger.info(
+            f"GLIPATSSProposalGenerator: anchors at the strides {strides} of "
+            f"{list(in_features)}, sizes {sizes} (MODEL.ATSS.ANCHOR_STRIDES {atss_strides} are "
+            "GLIP's P3-P7 default)."
+        )
+    return strides, sizes
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
@@ -35,7 +92,11 @@ class GLIPATSSProposalGenerator(nn.Module):
     test time). Proposals carry ``proposal_boxes`` and ``objectness_logits`` (the logit of
     sqrt(best token probability x centerness), GLIP's detection score with MAX aggregation).
     Losses are the head's, renamed ``loss_rpn_cls`` (token focal loss), ``loss_rpn_loc`` (GIoU)
-    and ``loss_rpn_centerness`` so they do not collide with the ROI heads'.
+    and ``loss_rpn_centerness`` so they do not collide with the ROI heads'; the optional ones
+    are ``loss_rpn_token_softmax`` (``ATSS.TOKEN_SOFTMAX_LOSS_WEIGHT``), ``loss_rpn_phrase``
+    (``ATSS.PHRASE_LOSS_WEIGHT``; the two-stage model passes no mapper ``phrase_map``, so the
+    phrases are those of the image's boxes, the head's fallback) and ``loss_rpn_contrastive``
+    (``GLIP.LOSSES.CONTRASTIVE_WEIGHT``).
     """
 
     takes_text = True  # LanguageAwareRCNN passes the prompt as `text=`
@@ -85,6 +146,10 @@ class GLIPATSSProposalGenerator(nn.Module):
             )
         head_args = GLIPATSSHead.from_config(cfg, language_dim=cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM)
         head_args["num_levels"] = len(in_features)
+        head_args["anchor_strides"], head_args["anchor_sizes"] = anchor_layout(
+            in_features, [input_shape[f].stride for f in in_features],
+            cfg.MODEL.ATSS.ANCHOR_STRIDES, cfg.MODEL.ATSS.ANCHOR_SIZES,
+        )
         return {
             "head": GLIPATSSHead(**head_args),
             "in_features": in_features,
@@ -138,17 +203,18 @@ class GLIPATSSProposalGenerator(nn.Module):
                 raise ValueError("Training GLIPATSSProposalGenerator needs gt_instances and "
                                  "text.gt_positive_maps.")
             raw = self.head.losses(out, [x.gt_boxes.tensor for x in gt_instances], text.gt_positive_maps)
-            names = {"loss_cls": "loss_rpn_cls", "loss_box_reg": "loss_rpn_loc",
-                     "loss_centerness": "loss_rpn_centerness"}
-            losses = {names[k]: v * self.loss_weight for k, v in raw.items()}
+            losses = {_rpn_loss_name(k): v * self.loss_weight for k, v in raw.items()}
         proposals = self._proposals(out, token_filter, index, images.image_sizes)
         return proposals, losses
 
     @torch.no_grad()
     def _proposals(self, out: Dict, token_filter: torch.Tensor, owner: torch.Tensor, image_sizes):
         """Per image: the pairs' boxes and objectness, per level, through find_top_rpn_proposals.
-        Proposals are fixed inputs of the ROI heads (no gradient), as in Detectron2's RPN."""
-        num_images = len(image_sizes)
+        Proposals are fixed inputs of the ROI heads (no gradient), as in Detectron2's RPN.
+
+        Images may have different numbers of rows (a grounding caption is one prompt, a
+        vocabulary several chunks), so each image goes through find_top_rpn_proposals alone: its
+        proposals are those it gets in a batch of its own."""
         boxes_per_level, logits_per_level = [], []
         for reg, ctr, logits, anchors in zip(
             out["box_regression"], out["centerness"], out["token_logits"], out["anchors"]
@@ -161,22 +227,27 @@ class GLIPATSSProposalGenerator(nn.Module):
             token_logit = logits.float().masked_fill(~token_filter[:, None, :], float("-inf"))
             prob = token_logit.max(dim=-1)[0].sigmoid()  # (n, HW)
             score = (prob * ctr.flatten(1).float().sigmoid()).sqrt().clamp(1e-6, 1 - 1e-6)
-            obj = torch.logit(score)
-            # Concatenate the rows (prompt chunks) of each image along the anchor axis.
-            boxes_per_level.append(
-                torch.stack([boxes[owner == i].reshape(-1, 4) for i in range(num_images)])
-            )
-            logits_per_level.append(torch.stack([obj[owner == i].reshape(-1) for i in range(num_images)]))
-        return find_top_rpn_proposals(
-            boxes_per_level,
-            logits_per_level,
-            image_sizes,
-            self.nms_thresh,
-            self.pre_nms_topk[self.training],
-            self.post_nms_topk[self.training],
-            self.min_box_size,
-            self.training,
-        )
+            boxes_per_level.append(boxes)
+            logits_per_level.append(torch.logit(score))
+        proposals = []
+        for i, size in enumerate(image_sizes):
+            rows = owner == i  # the image's prompt chunks, concatenated along the anchor axis
+            proposals.extend(find_top_rpn_proposals(
+                [b[rows].reshape(1, -1, 4) for b in boxes_per_level],
+                [o[rows].reshape(1, -1) for o in logits_per_level],
+                [size],
+                self.nms_thresh,
+                self.pre_nms_topk[self.training],
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+            ))
+        return proposals
+
+
+def _rpn_loss_name(name: str) -> str:
+    """The generator's name of a head loss: see _LOSS_NAMES; "loss_x" -> "loss_rpn_x"."""
+    return _LOSS_NAMES.get(name, name.replace("loss_", "loss_rpn_", 1))
 
 
 def _stack_prompts(prompts: List[EncodedPrompt]):
