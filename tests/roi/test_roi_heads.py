@@ -182,6 +182,14 @@ def test_roi_two_stage_glip_with_deep_fusion_runs_rpn_per_chunk():
         and inst.pred_classes.max() < 4
         and (inst.scores[:-1] >= inst.scores[1:]).all()
     )
+    # a negative TEST.DETECTIONS_PER_IMAGE keeps every merged detection (Detectron2's meaning)
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.test_topk_per_image = 10**6
+        unlimited = model([{"image": x["image"]}])[0]["instances"]
+        predictor.test_topk_per_image = -1
+        negative = model([{"image": x["image"]}])[0]["instances"]
+    assert len(negative) == len(unlimited) > 0 and torch.equal(negative.scores, unlimited.scores)
 
 
 @pytest.mark.parametrize(

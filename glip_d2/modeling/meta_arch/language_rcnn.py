@@ -268,5 +268,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         predictor = predictor[-1] if isinstance(predictor, nn.ModuleList) else predictor
         keep = batched_nms(
             merged.pred_boxes.tensor, merged.scores, merged.pred_classes, predictor.test_nms_thresh
-        )[: predictor.test_topk_per_image]
+        )
+        if predictor.test_topk_per_image >= 0:  # Detectron2: a negative TEST.DETECTIONS_PER_IMAGE keeps all
+            keep = keep[: predictor.test_topk_per_image]
         return merged[keep]
