@@ -156,7 +156,9 @@ def check_setup(cfg, args):
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     if not args.eval_only:
         check_training_device(cfg)
-    elif not cfg.MODEL.WEIGHTS and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+    elif not cfg.MODEL.WEIGHTS and not (
+        args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    ):
         # Detectron2 would evaluate the random initialisation here, with one log line
         raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS to a checkpoint (or pass --resume "
                          "with a training checkpoint in OUTPUT_DIR); the config names none, so the "

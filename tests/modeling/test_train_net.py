@@ -103,3 +103,23 @@ def test_a_fixed_vocabulary_must_be_the_test_datasets_classes(names):
     grounding = names("fixed_vocab_grounding")
     MetadataCatalog.get(grounding).set(evaluator_type="refcoco")
     check_fixed_vocabulary(["anything"], grounding)  # captions carry their own phrases
+
+
+def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path):
+    """GLIP-L's SOLVER.WEIGHT_DECAY_SCHEDULE through train_net: the decay of every group drops by
+    GAMMA once, at 0.667 of the LR step, and the checkpoint holds the dropped value."""
+    from tests.reliability.test_exact_resume import train_cfg
+
+    cfg_file = train_cfg(tmp_path, tmp_path / "out")
+    cfg = train_net.setup(train_net.argument_parser().parse_args(
+        ["--config-file", cfg_file, "SOLVER.MAX_ITER", "5", "SOLVER.STEPS", "(6,)",
+         "SOLVER.WEIGHT_DECAY_SCHEDULE", "True", "SOLVER.WEIGHT_DECAY", "0.01"]))
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = sorted({g["weight_decay"] for g in trainer.optimizer.param_groups})
+    trainer.train()  # 6 x 0.667 = 4.002: the drop follows the 5th iteration
+    after = sorted({g["weight_decay"] for g in trainer.optimizer.param_groups})
+    assert 0.01 in before and after == pytest.approx([d * 0.1 for d in before])
+    final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)
+    saved = final["trainer"]["_trainer"]["optimizer"]["param_groups"]
+    assert sorted({g["weight_decay"] for g in saved}) == pytest.approx(after)
