@@ -22,6 +22,18 @@ def train_net():
     return module
 
 
+@pytest.fixture
+def resume_dataset():
+    """The training set of tests.reliability.test_exact_resume.train_cfg, registered under a fixed
+    name by the config: removed after each test, so the next one registers its own files."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    yield
+    if "resume_shapes_train" in DatasetCatalog.list():
+        DatasetCatalog.remove("resume_shapes_train")
+        MetadataCatalog.remove("resume_shapes_train")
+
+
 def _net():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
@@ -56,7 +68,8 @@ def test_trainer_test_loader_uses_test_ims_per_batch(train_net, monkeypatch):
     assert seen == {"name": "shapes_val", "batch_size": 8}
 
 
-def test_ema_starts_at_the_loaded_weights_and_checkpoints_hold_the_last_steps_ema(train_net, tmp_path):
+def test_ema_starts_at_the_loaded_weights_and_checkpoints_hold_the_last_steps_ema(train_net, tmp_path,
+                                                                                resume_dataset):
     """The EMA is (re)started after MODEL.WEIGHTS is loaded, not at the random init, and updates
     before the checkpointer, so model_final.pth holds the EMA of the final weights."""
     from detectron2.modeling import build_model
@@ -105,7 +118,7 @@ def test_a_fixed_vocabulary_must_be_the_test_datasets_classes(names):
     check_fixed_vocabulary(["anything"], grounding)  # captions carry their own phrases
 
 
-def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path):
+def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset):
     """GLIP-L's SOLVER.WEIGHT_DECAY_SCHEDULE through train_net: the decay of every group drops by
     GAMMA once, at 0.667 of the LR step, and the checkpoint holds the dropped value."""
     from tests.reliability.test_exact_resume import train_cfg
