@@ -27,7 +27,7 @@ from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
                             build_glip_writers, check_datasets_present, check_fixed_vocabulary,
                             check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
-                            load_ema_for_eval, log_main_group_lr, set_test_vocabulary)
+                            load_eval_weights, log_main_group_lr, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -173,8 +173,7 @@ def main(args):
         checkpoint = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        if cfg.TEST.USE_EMA:
-            load_ema_for_eval(model, checkpoint)
+        load_eval_weights(model, checkpoint, cfg.TEST.USE_EMA)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

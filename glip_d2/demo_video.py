@@ -34,7 +34,7 @@ def video_output_error(output: str, video: str) -> Optional[str]:
     """Why the annotated video cannot be written as ``output`` says (None: it can), checked
     before any frame is read: an existing file where a folder is meant, a folder where a video
     file is meant, or the input video itself."""
-    from .demo import _file_id
+    from .demo import _overwritten_input
 
     kinds = "a folder (created if missing) or a .mp4 / .avi / .mkv file"
     if _names_a_video(output):
@@ -43,7 +43,7 @@ def video_output_error(output: str, video: str) -> Optional[str]:
     elif os.path.exists(output) and not os.path.isdir(output):
         return f"--output {output!r} is an existing file and not a video name; give {kinds}"
     path = _planned_path(output, video)
-    if _file_id(path) is not None and _file_id(path) == _file_id(video):
+    if _overwritten_input([video], [path]):
         return (
             f"--output {output!r} would overwrite the input video {video!r}; write the annotated "
             "video to another file or folder"

@@ -492,9 +492,9 @@ class GLIPPredictor:
 def _use_ema_weights(model, checkpoint: Dict, cfg, weights: str) -> str:
     """Evaluate what ``train_net.py --eval-only`` evaluates: the checkpoint's "ema" entry when
     TEST.USE_EMA (and the checkpoint has one), else its raw weights. Returns "ema" or "model"."""
-    from .engine import load_ema_for_eval
+    from .engine import load_eval_weights
 
-    if cfg.TEST.USE_EMA and load_ema_for_eval(model, checkpoint):
+    if load_eval_weights(model, checkpoint, cfg.TEST.USE_EMA) == "ema":
         logger.info(f"GLIPPredictor: the EMA weights of {weights} (TEST.USE_EMA).")
         return "ema"
     if checkpoint and checkpoint.get("ema"):

@@ -1,7 +1,7 @@
 from .datasets_check import check_datasets_present
 from .ddp import create_glip_ddp_model
 from .device_check import check_training_device
-from .ema import EMAHook, ModelEMA, ema_weights, load_ema_for_eval
+from .ema import EMAHook, ModelEMA, ema_weights, load_ema_for_eval, load_eval_weights
 from .evaluation import build_glip_evaluator, check_fixed_vocabulary, fast_coco_eval_available, set_test_vocabulary
 from .hooks import MainGroupLRScheduler, log_main_group_lr
 from .optimizer import build_glip_optimizer, param_groups

@@ -130,3 +130,15 @@ def load_ema_for_eval(model: nn.Module, checkpoint: dict) -> bool:
         return False
     unwrap_model(model).load_state_dict(_own_keys(state))
     return True
+
+
+def load_eval_weights(model: nn.Module, checkpoint: dict, use_ema: bool) -> str:
+    """Put into `model`, which holds the checkpoint's raw weights, what ``train_net.py
+    --eval-only`` evaluates: the checkpoint's "ema" entry when `use_ema` (TEST.USE_EMA) and it
+    has one. The predictor and the pseudo-label teacher use the same rule.
+
+    Returns:
+        "ema" or "model" (the raw weights stay).
+    """
+    return "ema" if use_ema and load_ema_for_eval(model, checkpoint) else "model"
+

@@ -196,13 +196,13 @@ def load_teacher_weights(model, cfg) -> str:
         "ema", "model" (the raw weights) or "random" (no MODEL.WEIGHTS), for the run's settings.
     """
     from ..checkpoint import GLIPCheckpointer
-    from ..engine import load_ema_for_eval
+    from ..engine import load_eval_weights
 
     if not cfg.MODEL.WEIGHTS:
         logger.warning("No --weights / MODEL.WEIGHTS: the teacher is randomly initialised.")
         return "random"
     checkpoint = GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    used = "ema" if cfg.TEST.USE_EMA and load_ema_for_eval(model, checkpoint) else "model"
+    used = load_eval_weights(model, checkpoint, cfg.TEST.USE_EMA)
     logger.info(
         f"Teacher: the {'EMA' if used == 'ema' else 'raw'} weights of {cfg.MODEL.WEIGHTS} "
         f"(TEST.USE_EMA {cfg.TEST.USE_EMA}"
