@@ -49,8 +49,14 @@ def test_benchmark_config_is_glip_t_plus_the_protocol(name):
 
 def test_protocol_fits_a_two_stage_model_and_sets_only_evaluation_keys():
     base = _cfg("two_stage/faster_rcnn_R_50_FPN_glip")
+    base.MODEL.ROI_HEADS.SCORE_THRESH_TEST, base.MODEL.ATSS.INFERENCE_TH = 0.5, 0.3  # a model's own
     cfg = model_zoo.apply_protocol(base.clone(), "lvis_minival")
     assert cfg.DATASETS.TEST == ("lvis_v1_minival",)
+    # the benchmark's score thresholds, not the model config's: Detectron2's LVIS value for
+    # two-stage models, the official 0.05 for one-stage GLIP
+    assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.0001 and cfg.MODEL.ATSS.INFERENCE_TH == 0.05
+    coco = model_zoo.apply_protocol(base.clone(), "coco")
+    assert coco.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.05 and coco.MODEL.ATSS.INFERENCE_TH == 0.05
     assert cfg.MODEL.GLIP.TEST_CHUNK_SIZE == 40
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ATSS.DETECTIONS_PER_IMG == 300
     with open(model_zoo.get_protocol_file("lvis_minival")) as f:
