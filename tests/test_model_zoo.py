@@ -131,9 +131,38 @@ def test_download_with_good_checksum_then_cached(server, cache, monkeypatch):
     with open(path, "rb") as f:
         assert f.read() == PAYLOAD
     assert model_zoo.sha256_of(path) == sha
-    assert sorted(os.listdir(cache)) == ["test_model.pth"]  # no temporary file left
+    # no temporary file left; the digest is recorded beside the file, as sha256sum writes it
+    assert sorted(os.listdir(cache)) == ["test_model.pth", "test_model.pth.sha256"]
+    assert (cache / "test_model.pth.sha256").read_text() == f"{sha}  test_model.pth\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     _add_model(monkeypatch, server + "gone.pth", sha)  # a second call reads the cache only
+    monkeypatch.setattr(sys.modules["glip_d2.model_zoo.download"], "sha256_of", None)  # and does not hash again
     assert model_zoo.get_checkpoint("test_model") == path
+
+
+def test_cached_file_is_checked_against_the_pinned_digest_once(cache, monkeypatch):
+    """A file put in the cache by hand (or damaged there) is hashed on first use: a wrong one is
+    an error that keeps the file; a right one is recorded and not hashed again."""
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    _add_model(monkeypatch, "", sha)
+    cache.mkdir()
+    (cache / "test_model.pth").write_bytes(PAYLOAD[:-1] + b"?")
+    with pytest.raises(ValueError, match="test_model.pth has sha256 .* but " + sha + ".*Delete it"):
+        model_zoo.get_checkpoint("test_model")
+    assert sorted(os.listdir(cache)) == ["test_model.pth"]
+    (cache / "test_model.pth").write_bytes(PAYLOAD)
+    assert model_zoo.get_checkpoint("test_model") == str(cache / "test_model.pth")
+    calls = []
+    monkeypatch.setattr(sys.modules["glip_d2.model_zoo.download"], "sha256_of",
+                        lambda p: calls.append(p) or sha)
+    model_zoo.get_checkpoint("test_model")
+    assert calls == []  # the record stands for the hash
+    record = cache / "test_model.pth.sha256"
+    os.utime(record, ns=(1, 1))  # the file is now newer than its record: hashed again
+    model_zoo.get_checkpoint("test_model")
+    assert calls == [str(cache / "test_model.pth")]
 
 
 def test_download_with_bad_checksum_leaves_nothing(server, cache, monkeypatch):
@@ -149,11 +178,13 @@ def test_download_is_checked_against_the_digest_the_hub_declares(server, cache, 
     _add_model(monkeypatch, server + f"hub/{sha}/abc123/weights.pth", None)
     with caplog.at_level("INFO", logger="glip_d2.model_zoo"):
         path = model_zoo.get_checkpoint("test_model")
-    assert model_zoo.sha256_of(path) == sha and sorted(os.listdir(cache)) == ["test_model.pth"]
+    assert model_zoo.sha256_of(path) == sha
+    assert sorted(os.listdir(cache)) == ["test_model.pth", "test_model.pth.sha256"]
     assert f"(hub commit abc123): sha256 {sha}, as the server declared" in caplog.text
     assert "without a known checksum" not in caplog.text
 
     os.remove(path)
+    os.remove(path + ".sha256")
     wrong = hashlib.sha256(b"another file").hexdigest()
     _add_model(monkeypatch, server + f"hub/{wrong}/abc123/weights.pth", None)
     with pytest.raises(ValueError, match=f"has sha256 {sha}, the server declared {wrong}"):

@@ -18,7 +18,7 @@ import os
 from typing import List
 
 from .catalog import MODELS, OFFICIAL_URL_ROOT, ModelZooEntry
-from .download import cache_dir, download, sha256_of
+from .download import cache_dir, download, sha256_of, verify_cached
 from .protocols import apply_protocol, get_protocol_file, list_protocols
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "list_configs",
     "list_protocols",
     "sha256_of",
+    "verify_cached",
 ]
 
 _PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -104,15 +105,19 @@ def get_checkpoint_url(name: str) -> str:
 def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
     """Local path of a zoo model's checkpoint: from the cache, or downloaded into it.
 
+    A cached file is checked against the table's digest, when one is pinned, the first time
+    it is used (:func:`verify_cached`).
+
     Raises:
         FileNotFoundError: if the file is not cached and cannot be downloaded (no URL, or
             ``download_if_missing=False``), saying where to put it.
+        ValueError: if a cached file's sha256 is not the pinned one.
         RuntimeError / ValueError: from :func:`download` (unreachable URL, wrong checksum).
     """
     entry = _entry(name)
     path = os.path.join(cache_dir(), entry.file_name)
     if os.path.isfile(path):
-        return path
+        return verify_cached(path, entry.sha256) if entry.sha256 else path
     if not entry.url or not download_if_missing:
         how = f"download {entry.url} and put it" if entry.url else "put it"
         raise FileNotFoundError(

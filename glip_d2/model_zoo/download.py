@@ -11,7 +11,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-__all__ = ["cache_dir", "download", "sha256_of"]
+__all__ = ["cache_dir", "download", "sha256_of", "verify_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,51 @@ def sha256_of(path: str) -> str:
     return h.hexdigest()
 
 
+def _record_path(path: str) -> str:
+    return path + ".sha256"
+
+
+def _write_record(path: str, digest: str) -> None:
+    """``<path>.sha256`` in ``sha256sum`` format: the digest the file had when it was verified."""
+    with open(_record_path(path), "w") as f:
+        f.write(f"{digest}  {os.path.basename(path)}\n")
+
+
+def _recorded(path: str) -> Optional[str]:
+    """The digest recorded for ``path``, if the record is not older than the file."""
+    record = _record_path(path)
+    try:
+        if os.stat(record).st_mtime_ns < os.stat(path).st_mtime_ns:
+            return None  # the file changed after it was verified
+        with open(record) as f:
+            digest = f.read().split(maxsplit=1)[0].lower()
+    except (OSError, IndexError):
+        return None
+    return digest if _SHA256.fullmatch(digest) else None
+
+
+def verify_cached(path: str, sha256: str) -> str:
+    """Check a cached file against a pinned digest, hashing it only once.
+
+    The first check hashes the file and writes ``<path>.sha256`` (``sha256sum -c`` reads it);
+    later checks trust that record while the file is not newer than it.
+
+    Raises:
+        ValueError: if the file's sha256 is not ``sha256`` (the file is kept: it may be the user's).
+    """
+    expected = sha256.lower()
+    if _recorded(path) == expected:
+        return path
+    digest = sha256_of(path)
+    if digest != expected:
+        raise ValueError(
+            f"The cached checkpoint {path} has sha256 {digest}, but {expected} is expected: it is "
+            "corrupt or another file. Delete it to download it again, or put the right file there."
+        )
+    _write_record(path, digest)
+    return path
+
+
 class NotACheckpointError(RuntimeError):
     """The server answered with a text page (a proxy's or a login page, an error page) instead
     of the file."""
@@ -81,7 +126,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
 
     The bytes go to a temporary file beside ``path`` that is renamed only when complete and
     equal to the expected digest; on any failure it is removed, so a partial or corrupt
-    download never sits at ``path``. The expected digest is ``sha256`` and also, when the server
+    download never sits at ``path``. The digest is recorded in ``<path>.sha256``. The expected digest is ``sha256`` and also, when the server
     declares one, the sha256 it names for the file: the Hugging Face hub sends an LFS file's
     sha256 as ``X-Linked-Etag`` (huggingface_hub checks its cache against the same header), so
     a hub download is verified even where no digest is pinned.
@@ -149,7 +194,12 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
                            f"{digest}.")
         elif sha256 is None:
             logger.info(f"Downloaded {url}{origin}: sha256 {digest}, as the server declared.")
+        # mkstemp made the file private (0600); give it the mode any new file gets (umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        _write_record(path, digest)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
