@@ -306,33 +306,9 @@ def check_variant(
                 f"{len(diff['only_model'])} model tensors the checkpoint lacks "
                 f"({_examples(diff['only_model'])})"
             )
-        ckpt_variant, own_variant = describe_variant(converted), describe_variant(own)
-        if ckpt_variant != own_variant:
-            what = f"The checkpoint is {ckpt_variant}, but the config builds {own_variant}."
-        else:
-            what = (
-                f"The checkpoint and the model the config builds are both {ckpt_variant}, but "
-                "their layers differ."
-            )
         differing = [k for keys in diff.values() for k in keys]
-        advice = (
-            "Use the config that matches the checkpoint "
-            "(configs/glip_swin_t.yaml for GLIP-T (B/C), glip_A_swin_t.yaml for GLIP-T (A), "
-            "glip_swin_l.yaml for GLIP-L, or the config the checkpoint was trained with)."
-        )
-        if all(_is_head_option(k) for k in differing):
-            what = (
-                f"The checkpoint and the model the config builds are both {ckpt_variant} "
-                f"(same backbone and fusion tower), but their grounding heads differ in "
-                f"{_head_modules(differing)}."
-            )
-            advice = (
-                "Use the config the checkpoint was trained with (the same MODEL.ATSS head "
-                "options), or, to fine-tune the checkpoint into this head, load it as a "
-                "training initialisation (train_net.py training; "
-                "GLIPCheckpointer(partial_init_ok=True)): the differing head modules then start "
-                "from their initialisation."
-            )
+        variants = describe_variant(converted), describe_variant(own)
+        what, advice = _variant_mismatch(*variants, differing)
         raise ValueError(f"{what} {advice} Details: " + "; ".join(problems))
     if partial_init_ok and any(tolerated.values()):
         fresh = sorted(set(tolerated["only_model"]) | set(tolerated["shape"]))
@@ -347,6 +323,33 @@ def check_variant(
                 f"Checkpoint head modules this config does not build are dropped: "
                 f"{_head_modules(tolerated['only_ckpt'])} ({_examples(tolerated['only_ckpt'])})."
             )
+
+
+def _variant_mismatch(ckpt_variant: str, own_variant: str, differing) -> Tuple[str, str]:
+    """What differs between a checkpoint and the model, and what to do about it."""
+    if all(_is_head_option(k) for k in differing):
+        return (
+            f"The checkpoint and the model the config builds are both {ckpt_variant} "
+            f"(same backbone and fusion tower), but their grounding heads differ in "
+            f"{_head_modules(differing)}.",
+            "Use the config the checkpoint was trained with (the same MODEL.ATSS head "
+            "options), or, to fine-tune the checkpoint into this head, load it as a "
+            "training initialisation (train_net.py training; "
+            "GLIPCheckpointer(partial_init_ok=True)): the differing head modules then start "
+            "from their initialisation.",
+        )
+    if ckpt_variant != own_variant:
+        what = f"The checkpoint is {ckpt_variant}, but the config builds {own_variant}."
+    else:
+        what = (
+            f"The checkpoint and the model the config builds are both {ckpt_variant}, but "
+            "their layers differ."
+        )
+    return what, (
+        "Use the config that matches the checkpoint "
+        "(configs/glip_swin_t.yaml for GLIP-T (B/C), glip_A_swin_t.yaml for GLIP-T (A), "
+        "glip_swin_l.yaml for GLIP-L, or the config the checkpoint was trained with)."
+    )
 
 
 def _numel(shape) -> int:
