@@ -27,7 +27,8 @@ from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
                             build_glip_writers, check_datasets_present, check_fixed_vocabulary,
                             check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
-                            load_eval_weights, log_main_group_lr, set_test_vocabulary)
+                            keep_fractional_steps, load_eval_weights, log_main_group_lr, resolve_schedule,
+                            set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -39,10 +40,12 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # no default_setup ran
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = keep_fractional_steps(cfg.SOLVER.STEPS, DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size()))
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # SOLVER.MAX_EPOCH and fractional SOLVER.STEPS become iterations, now the data is known
+        cfg = resolve_schedule(cfg, lambda: len(data_loader.dataset))
         model = create_glip_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

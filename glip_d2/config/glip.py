@@ -305,6 +305,10 @@ def add_glip_config(cfg):
     # BIAS_LR_FACTOR x LR with WEIGHT_DECAY_BIAS, everything else WEIGHT_DECAY; Base-GLIP.yaml) or
     # "no_decay_1d" (no weight decay on 1-d tensors and position / embedding tables; the demos).
     _C.SOLVER.PARAM_GROUPS = "no_decay_1d"
+    # Training length in epochs over DATASETS.TRAIN (official GLIP's MAX_EPOCH): > 0 sets
+    # MAX_ITER = MAX_EPOCH * images // IMS_PER_BATCH once the data is loaded; 0 = MAX_ITER.
+    # Independently, a SOLVER.STEPS value in (0, 1) is that fraction of MAX_ITER (official).
+    _C.SOLVER.MAX_EPOCH = 0
     # Multiply the weight decay by SOLVER.GAMMA at WEIGHT_DECAY_SCHEDULE_RATIO of each LR step
     # (official GLIP-L: True, 0.667).
     _C.SOLVER.WEIGHT_DECAY_SCHEDULE = False

@@ -6,5 +6,6 @@ from .evaluation import build_glip_evaluator, check_fixed_vocabulary, fast_coco_
 from .hooks import MainGroupLRScheduler, log_main_group_lr
 from .optimizer import build_glip_optimizer, param_groups
 from .resume import ExactResumeHook, enable_exact_resume, get_rng_state, set_rng_state
+from .schedule import keep_fractional_steps, resolve_schedule
 from .weight_decay import WeightDecaySchedule
 from .writers import build_glip_writers, tensorboard_available

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from glip_d2 import add_glip_config
-from glip_d2.engine import MainGroupLRScheduler, build_glip_optimizer, log_main_group_lr
+from glip_d2.engine import MainGroupLRScheduler, build_glip_optimizer, log_main_group_lr, resolve_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -192,7 +192,13 @@ def test_glip_configs_build_the_official_groups_and_demos_keep_theirs():
     glip_l.merge_from_file(os.path.join(ROOT, "configs", "glip_swin_l.yaml"))
     s = glip_l.SOLVER
     assert (s.WEIGHT_DECAY, s.WEIGHT_DECAY_SCHEDULE, s.MAX_ITER, s.STEPS, s.AMP.ENABLED, s.EMA_DECAY) == (
-        0.01, True, 1000000, (670000, 890000), False, 0.0)
+        0.01, True, 1000000, (0.67, 0.89), False, 0.0)
+    assert resolve_schedule(glip_l, 0).SOLVER.STEPS == (670000, 890000)  # what the trainer runs
+    # official GLIP-T: 30 epochs at batch 64, steps at 0.67 / 0.89 of the run
+    s = glip_t.SOLVER
+    assert (s.MAX_EPOCH, s.STEPS, s.IMS_PER_BATCH) == (30, (0.67, 0.89), 64)
+    resolved = resolve_schedule(glip_t, 1_000_000).SOLVER
+    assert (resolved.MAX_ITER, resolved.STEPS) == (468750, (314062, 417188))
     cfg.SOLVER.PARAM_GROUPS = "nonsense"
     with pytest.raises(ValueError, match="SOLVER.PARAM_GROUPS must be one of"):
         build_glip_optimizer(cfg, model)

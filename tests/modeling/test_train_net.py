@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.engine.hooks import CallbackHook
 from torch import nn
 
 from glip_d2 import add_glip_config
@@ -136,3 +137,25 @@ def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path, resume_d
     final = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)
     saved = final["trainer"]["_trainer"]["optimizer"]["param_groups"]
     assert sorted({g["weight_decay"] for g in saved}) == pytest.approx(after)
+
+
+def test_epoch_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset):
+    """SOLVER.MAX_EPOCH and a fractional step through train_net: 1 epoch of the 10 training
+    images at batch 2 is 5 iterations; the LR step at 0.6 of them falls at iteration 3."""
+    from tests.reliability.test_exact_resume import train_cfg
+
+    cfg_file = train_cfg(tmp_path, tmp_path / "out")
+    cfg = train_net.setup(train_net.argument_parser().parse_args(
+        ["--config-file", cfg_file, "SOLVER.MAX_ITER", "1000", "SOLVER.MAX_EPOCH", "1",
+         "SOLVER.STEPS", "(0.6,)", "SOLVER.WARMUP_ITERS", "0"]))
+    trainer = train_net.Trainer(cfg)
+    assert trainer.max_iter == 5 and trainer.cfg.SOLVER.MAX_ITER == 5
+    assert trainer.cfg.SOLVER.STEPS == (3,)
+    trainer.resume_or_load(resume=False)
+    lrs = []
+    group = trainer.optimizer.param_groups[0]
+    trainer.register_hooks([CallbackHook(after_step=lambda t: lrs.append(group["lr"] / group["initial_lr"]))])
+    trainer.train()
+    # the LR after each step's scheduler update: the drop by GAMMA from iteration 3 on
+    assert trainer.iter == 5 and lrs == pytest.approx([1, 1, 0.1, 0.1, 0.1], rel=1e-6)
+    assert (tmp_path / "out" / "model_final.pth").is_file()

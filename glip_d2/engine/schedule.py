@@ -1,0 +1,82 @@
+"""Training length in epochs and LR steps as fractions of it, as official GLIP's solver reads
+them (``SOLVER.MAX_EPOCH``; ``SOLVER.STEPS (0.67, 0.89)``), resolved into Detectron2's
+iteration counts once the training set is loaded."""
+import logging
+from typing import Sequence
+
+__all__ = ["keep_fractional_steps", "resolve_schedule"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_fraction(step) -> bool:
+    return 0 < step < 1
+
+
+def resolve_schedule(cfg, num_images: int):
+    """``cfg`` with ``SOLVER.MAX_ITER`` and ``SOLVER.STEPS`` in iterations.
+
+    - ``SOLVER.MAX_EPOCH`` > 0: ``MAX_ITER = MAX_EPOCH * num_images // IMS_PER_BATCH`` (official
+      GLIP's formula, over the concatenated training sets after filtering).
+    - A step in (0, 1) is that fraction of ``MAX_ITER``, rounded (official GLIP); other steps
+      are iterations, as in Detectron2.
+
+    Args:
+        cfg: the training config (left unchanged).
+        num_images: training images (records) the loader draws from, or a function that
+            returns it (called only when ``MAX_EPOCH`` > 0).
+
+    Returns:
+        ``cfg`` itself when nothing needs resolving, else a resolved clone (frozen if ``cfg`` was).
+
+    Raises:
+        ValueError: if ``MAX_EPOCH`` epochs of ``num_images`` images are not one batch, or a
+            resolved step lies beyond ``MAX_ITER``.
+    """
+    solver = cfg.SOLVER
+    epochs = solver.get("MAX_EPOCH", 0)
+    if epochs <= 0 and not any(_is_fraction(s) for s in solver.STEPS):
+        return cfg
+    max_iter = solver.MAX_ITER
+    if epochs > 0:
+        num_images = num_images() if callable(num_images) else num_images
+        max_iter = int(epochs * num_images // solver.IMS_PER_BATCH)
+        if max_iter < 1:
+            raise ValueError(
+                f"SOLVER.MAX_EPOCH {epochs} of {num_images} training images is less than one batch "
+                f"of SOLVER.IMS_PER_BATCH {solver.IMS_PER_BATCH}: raise MAX_EPOCH or set "
+                "SOLVER.MAX_ITER instead (MAX_EPOCH 0)."
+            )
+    steps = tuple(int(round(s * max_iter)) if _is_fraction(s) else int(s) for s in solver.STEPS)
+    late = [s for s in steps if s > max_iter]
+    if late and epochs > 0:  # Detectron2 drops such steps with a warning; an epoch run ends first
+        raise ValueError(
+            f"SOLVER.STEPS {tuple(solver.STEPS)} has iterations {late} beyond the {max_iter} "
+            f"iterations of SOLVER.MAX_EPOCH {epochs} ({num_images} images, batch "
+            f"{solver.IMS_PER_BATCH}): give the steps as fractions of the run, e.g. (0.67, 0.89)."
+        )
+    frozen = cfg.is_frozen()
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = max_iter, steps
+    if frozen:
+        cfg.freeze()
+    length = f" ({epochs} epochs of {num_images} images at batch {solver.IMS_PER_BATCH})"
+    logger.info(f"Schedule: {max_iter} iterations{length if epochs > 0 else ''}, LR steps at {steps}.")
+    return cfg
+
+
+def keep_fractional_steps(steps: Sequence, scaled_cfg):
+    """Undo Detectron2's ``auto_scale_workers`` on fractional steps: it divides every step by the
+    batch scale and rounds, which turns 0.67 into 0 or 1. A fraction of the run does not
+    change with the batch size, so it is put back (on ``scaled_cfg``, in place)."""
+    if not any(_is_fraction(s) for s in steps) or tuple(scaled_cfg.SOLVER.STEPS) == tuple(steps):
+        return scaled_cfg
+    frozen = scaled_cfg.is_frozen()
+    scaled_cfg.defrost()
+    scaled_cfg.SOLVER.STEPS = tuple(
+        s if _is_fraction(s) else new for s, new in zip(steps, scaled_cfg.SOLVER.STEPS)
+    )
+    if frozen:
+        scaled_cfg.freeze()
+    return scaled_cfg

@@ -1,0 +1,55 @@
+"""SOLVER.MAX_EPOCH and fractional SOLVER.STEPS (official GLIP's solver), resolved into
+iterations by glip_d2.engine.resolve_schedule and the train_net Trainer."""
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer
+
+from glip_d2 import add_glip_config
+from glip_d2.engine import keep_fractional_steps, resolve_schedule
+
+
+def _cfg(**solver):
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    for k, v in solver.items():
+        cfg.SOLVER[k] = v
+    return cfg
+
+
+def test_epochs_and_fractional_steps_become_iterations():
+    # official GLIP-T: 30 epochs at batch 64, LR steps at 0.67 and 0.89 of the run
+    cfg = _cfg(MAX_EPOCH=30, IMS_PER_BATCH=64, STEPS=(0.67, 0.89), MAX_ITER=7)
+    cfg.freeze()
+    out = resolve_schedule(cfg, 1000)
+    assert out.SOLVER.MAX_ITER == 30 * 1000 // 64 == 468
+    assert out.SOLVER.STEPS == (314, 417)  # round(0.67 * 468), round(0.89 * 468)
+    assert out.is_frozen() and cfg.SOLVER.MAX_ITER == 7  # a resolved copy; the input unchanged
+
+
+def test_fractions_without_epochs_and_mixed_steps():
+    out = resolve_schedule(_cfg(MAX_ITER=1000, STEPS=(0.5, 900)), lambda: pytest.fail("not needed"))
+    assert out.SOLVER.MAX_ITER == 1000 and out.SOLVER.STEPS == (500, 900)
+
+
+def test_iteration_schedules_are_left_as_they_are():
+    cfg = _cfg(MAX_ITER=300000, STEPS=(201000, 267000))
+    assert resolve_schedule(cfg, lambda: pytest.fail("the data size is not needed")) is cfg
+
+
+def test_bad_epoch_schedules_are_clear_errors():
+    with pytest.raises(ValueError, match="MAX_EPOCH 1 of 3 training images is less than one batch of SOLVER.IMS_PER_BATCH 4"):
+        resolve_schedule(_cfg(MAX_EPOCH=1, IMS_PER_BATCH=4, STEPS=()), 3)
+    # steps in iterations past the end of an epoch-length run would silently never apply
+    with pytest.raises(ValueError, match=r"iterations \[1194\] beyond the 1000 iterations.*\(0.67, 0.89\)"):
+        resolve_schedule(_cfg(MAX_EPOCH=10, IMS_PER_BATCH=4, STEPS=(896, 1194)), 400)
+
+
+def test_auto_scaling_keeps_fractional_steps():
+    """Detectron2's auto_scale_workers divides steps by the batch scale and rounds (0.67 -> 0);
+    a fraction of the run is kept, iteration steps are scaled."""
+    cfg = _cfg(REFERENCE_WORLD_SIZE=1, IMS_PER_BATCH=4, MAX_ITER=1000, STEPS=(0.67, 800))
+    scaled = keep_fractional_steps(cfg.SOLVER.STEPS, DefaultTrainer.auto_scale_workers(cfg, 2))
+    assert scaled.SOLVER.IMS_PER_BATCH == 8 and scaled.SOLVER.MAX_ITER == 500
+    assert scaled.SOLVER.STEPS == (0.67, 400)
+    assert resolve_schedule(scaled, 0).SOLVER.STEPS == (335, 400)
