@@ -309,6 +309,10 @@ def add_glip_config(cfg):
     # MAX_ITER = MAX_EPOCH * images // IMS_PER_BATCH once the data is loaded; 0 = MAX_ITER.
     # Independently, a SOLVER.STEPS value in (0, 1) is that fraction of MAX_ITER (official).
     _C.SOLVER.MAX_EPOCH = 0
+    # With MAX_EPOCH: > 0 sets CHECKPOINT_PERIOD to that many epochs (official key; 0 = off).
+    _C.SOLVER.CHECKPOINT_PER_EPOCH = 0.0
+    # With MAX_EPOCH: > 0 sets TEST.EVAL_PERIOD to that many epochs (0 = off).
+    _C.TEST.EVAL_PER_EPOCH = 0.0
     # Multiply the weight decay by SOLVER.GAMMA at WEIGHT_DECAY_SCHEDULE_RATIO of each LR step
     # (official GLIP-L: True, 0.667).
     _C.SOLVER.WEIGHT_DECAY_SCHEDULE = False

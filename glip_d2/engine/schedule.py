@@ -20,6 +20,8 @@ def resolve_schedule(cfg, num_images: int):
       GLIP's formula, over the concatenated training sets after filtering).
     - A step in (0, 1) is that fraction of ``MAX_ITER``, rounded (official GLIP); other steps
       are iterations, as in Detectron2.
+    - With ``MAX_EPOCH``, ``SOLVER.CHECKPOINT_PER_EPOCH`` / ``TEST.EVAL_PER_EPOCH`` > 0 set
+      ``CHECKPOINT_PERIOD`` / ``EVAL_PERIOD`` to that many epochs' iterations.
 
     Args:
         cfg: the training config (left unchanged).
@@ -30,23 +32,30 @@ def resolve_schedule(cfg, num_images: int):
         ``cfg`` itself when nothing needs resolving, else a resolved clone (frozen if ``cfg`` was).
 
     Raises:
-        ValueError: if ``MAX_EPOCH`` epochs of ``num_images`` images are not one batch, or a
-            resolved step lies beyond ``MAX_ITER``.
+        ValueError: if ``MAX_EPOCH`` epochs of ``num_images`` images are not one batch, a
+            resolved step lies beyond ``MAX_ITER``, or a per-epoch period is set without
+            ``MAX_EPOCH``.
     """
     solver = cfg.SOLVER
     epochs = solver.get("MAX_EPOCH", 0)
-    if epochs <= 0 and not any(_is_fraction(s) for s in solver.STEPS):
-        return cfg
+    periods = {  # config key: (epochs, the period in iterations it sets)
+        "SOLVER.CHECKPOINT_PER_EPOCH": (solver.get("CHECKPOINT_PER_EPOCH", 0),
+                                        "SOLVER.CHECKPOINT_PERIOD"),
+        "TEST.EVAL_PER_EPOCH": (cfg.TEST.get("EVAL_PER_EPOCH", 0), "TEST.EVAL_PERIOD"),
+    }
+    periods = {k: v for k, v in periods.items() if v[0] > 0}
+    if epochs <= 0:
+        if periods:
+            raise ValueError(
+                f"{' and '.join(periods)} need SOLVER.MAX_EPOCH > 0 (an epoch-length run); with "
+                "SOLVER.MAX_ITER use SOLVER.CHECKPOINT_PERIOD and TEST.EVAL_PERIOD in iterations."
+            )
+        if not any(_is_fraction(s) for s in solver.STEPS):
+            return cfg
     max_iter = solver.MAX_ITER
     if epochs > 0:
         num_images = num_images() if callable(num_images) else num_images
-        max_iter = int(epochs * num_images // solver.IMS_PER_BATCH)
-        if max_iter < 1:
-            raise ValueError(
-                f"SOLVER.MAX_EPOCH {epochs} of {num_images} training images is less than one batch "
-                f"of SOLVER.IMS_PER_BATCH {solver.IMS_PER_BATCH}: raise MAX_EPOCH or set "
-                "SOLVER.MAX_ITER instead (MAX_EPOCH 0)."
-            )
+        max_iter = _epoch_iterations(epochs, num_images, solver.IMS_PER_BATCH)
     steps = tuple(int(round(s * max_iter)) if _is_fraction(s) else int(s) for s in solver.STEPS)
     late = [s for s in steps if s > max_iter]
     if late and epochs > 0:  # Detectron2 drops such steps with a warning; an epoch run ends first
@@ -59,11 +68,30 @@ def resolve_schedule(cfg, num_images: int):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = max_iter, steps
+    for value, period in periods.values():  # official CHECKPOINT_PER_EPOCH: epochs' iterations
+        node, key = period.split(".")
+        cfg[node][key] = max(int(max_iter / epochs * value), 1)
     if frozen:
         cfg.freeze()
     length = f" ({epochs} epochs of {num_images} images at batch {solver.IMS_PER_BATCH})"
-    logger.info(f"Schedule: {max_iter} iterations{length if epochs > 0 else ''}, LR steps at {steps}.")
+    logger.info(
+        f"Schedule: {max_iter} iterations{length if epochs > 0 else ''}, LR steps at {steps}, "
+        f"checkpoint period {cfg.SOLVER.CHECKPOINT_PERIOD}, evaluation period "
+        f"{cfg.TEST.EVAL_PERIOD} (0 = at the end only)."
+    )
     return cfg
+
+
+def _epoch_iterations(epochs, num_images: int, batch: int) -> int:
+    """Official GLIP's ``MAX_EPOCH * len(dataset) // IMS_PER_BATCH``."""
+    max_iter = int(epochs * num_images // batch)
+    if max_iter < 1:
+        raise ValueError(
+            f"SOLVER.MAX_EPOCH {epochs} of {num_images} training images is less than one batch "
+            f"of SOLVER.IMS_PER_BATCH {batch}: raise MAX_EPOCH or set SOLVER.MAX_ITER instead "
+            "(MAX_EPOCH 0)."
+        )
+    return max_iter
 
 
 def keep_fractional_steps(steps: Sequence, scaled_cfg):

@@ -53,3 +53,19 @@ def test_auto_scaling_keeps_fractional_steps():
     assert scaled.SOLVER.IMS_PER_BATCH == 8 and scaled.SOLVER.MAX_ITER == 500
     assert scaled.SOLVER.STEPS == (0.67, 400)
     assert resolve_schedule(scaled, 0).SOLVER.STEPS == (335, 400)
+
+
+def test_checkpoint_and_evaluation_periods_in_epochs():
+    """Official SOLVER.CHECKPOINT_PER_EPOCH (and TEST.EVAL_PER_EPOCH): an ODinW run of 12 epochs
+    over 448 images at batch 4 checkpoints and evaluates once per epoch, 112 iterations."""
+    cfg = _cfg(MAX_EPOCH=12, IMS_PER_BATCH=4, STEPS=(0.67, 0.89), CHECKPOINT_PER_EPOCH=1.0)
+    cfg.TEST.EVAL_PER_EPOCH = 0.5
+    out = resolve_schedule(cfg, 448)
+    assert (out.SOLVER.MAX_ITER, out.SOLVER.STEPS) == (1344, (900, 1196))
+    assert (out.SOLVER.CHECKPOINT_PERIOD, out.TEST.EVAL_PERIOD) == (112, 56)
+    tiny = resolve_schedule(_cfg(MAX_EPOCH=12, IMS_PER_BATCH=4, STEPS=(), CHECKPOINT_PER_EPOCH=0.01), 8)
+    assert tiny.SOLVER.CHECKPOINT_PERIOD == 1  # never 0 (which Detectron2 reads as "never")
+    with pytest.raises(ValueError, match="TEST.EVAL_PER_EPOCH need SOLVER.MAX_EPOCH > 0"):
+        bad = _cfg(MAX_ITER=100, STEPS=())
+        bad.TEST.EVAL_PER_EPOCH = 1.0
+        resolve_schedule(bad, 448)

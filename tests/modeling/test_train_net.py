@@ -140,14 +140,15 @@ def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path, resume_d
 
 
 def test_epoch_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset):
-    """SOLVER.MAX_EPOCH and a fractional step through train_net: 1 epoch of the 10 training
-    images at batch 2 is 5 iterations; the LR step at 0.6 of them falls at iteration 3."""
+    """SOLVER.MAX_EPOCH, a fractional step and CHECKPOINT_PER_EPOCH through train_net: 1 epoch of
+    the 10 training images at batch 2 is 5 iterations; the LR step at 0.6 of them falls at
+    iteration 3."""
     from tests.reliability.test_exact_resume import train_cfg
 
     cfg_file = train_cfg(tmp_path, tmp_path / "out")
     cfg = train_net.setup(train_net.argument_parser().parse_args(
         ["--config-file", cfg_file, "SOLVER.MAX_ITER", "1000", "SOLVER.MAX_EPOCH", "1",
-         "SOLVER.STEPS", "(0.6,)", "SOLVER.WARMUP_ITERS", "0"]))
+         "SOLVER.STEPS", "(0.6,)", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PER_EPOCH", "0.4"]))
     trainer = train_net.Trainer(cfg)
     assert trainer.max_iter == 5 and trainer.cfg.SOLVER.MAX_ITER == 5
     assert trainer.cfg.SOLVER.STEPS == (3,)
@@ -158,4 +159,6 @@ def test_epoch_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset)
     trainer.train()
     # the LR after each step's scheduler update: the drop by GAMMA from iteration 3 on
     assert trainer.iter == 5 and lrs == pytest.approx([1, 1, 0.1, 0.1, 0.1], rel=1e-6)
-    assert (tmp_path / "out" / "model_final.pth").is_file()
+    # 0.4 epochs = 2 iterations between checkpoints
+    assert sorted(p.name for p in (tmp_path / "out").glob("model_*.pth")) == [
+        "model_0000001.pth", "model_0000003.pth", "model_final.pth"]
