@@ -77,6 +77,7 @@ def _base_cfg(args):
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
     cfg.DATASETS.TRAIN = (args.train_dataset,)
+    cfg.DATASETS.TRAIN_RATIOS = ()  # the model's own training mix; one dataset is drawn here
     cfg.DATASETS.TEST = (args.test_dataset,)
     cfg.SOLVER.IMS_PER_BATCH = args.batch_size
     cfg.TEST.EVAL_PERIOD = 0
@@ -92,15 +93,18 @@ def _test_subset(name: str, n: int) -> str:
         return name
     sub = f"{name}@first{n}"
     if sub not in DatasetCatalog.list():
+        # a dataset registered from a COCO json records its thing_classes and id map when it is
+        # first loaded: load it before its metadata is copied
+        DatasetCatalog.get(name)
         DatasetCatalog.register(sub, lambda: DatasetCatalog.get(name)[:n])
         meta = {k: v for k, v in MetadataCatalog.get(name).as_dict().items()
                 if k not in ("name", "json_file")}
-        MetadataCatalog.get(sub).set(**meta)
+        MetadataCatalog.get(sub).set(**{**meta, "subset_of": meta.get("subset_of", name)})
     return sub
 
 
 def _evaluate(cfg, model, output_dir: str) -> Dict[str, float]:
-    from detectron2.data import build_detection_test_loader
+    from detectron2.data import MetadataCatalog, build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
 
     from .data import GroundingDatasetMapper
@@ -109,7 +113,10 @@ def _evaluate(cfg, model, output_dir: str) -> Dict[str, float]:
 
     name = cfg.DATASETS.TEST[0]
     if not len(cfg.MODEL.GLIP.VOCABULARY):
-        set_test_vocabulary(model, name, class_descriptions_from_config(cfg).get(name))
+        # a --max-test-images view is described like the dataset it is a view of
+        descriptions = class_descriptions_from_config(cfg)
+        source = MetadataCatalog.get(name).get("subset_of", name)
+        set_test_vocabulary(model, name, descriptions.get(name, descriptions.get(source)))
     loader = build_detection_test_loader(
         cfg, name, mapper=GroundingDatasetMapper(cfg, is_train=False)
     )
@@ -135,6 +142,8 @@ def run_one(cfg, mode: Optional[str], shots: int, seed: int, iters: int, output_
     """
     from detectron2.modeling import build_model
     from detectron2.solver import build_lr_scheduler
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
 
     from .checkpoint import GLIPCheckpointer
     from .data import GroundingDatasetMapper, build_grounding_train_loader
@@ -152,7 +161,9 @@ def run_one(cfg, mode: Optional[str], shots: int, seed: int, iters: int, output_
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(iters // 10, 1))
     cfg.freeze()
     os.makedirs(output_dir, exist_ok=True)
-    torch.manual_seed(seed)
+    # every RNG, as train_net's default_setup does with SEED: numpy's draws the training
+    # sampler's order (TrainingSampler without a seed), so torch alone left runs unrepeatable
+    seed_all_rng(seed)
     model = build_model(cfg)
     _load(model, cfg.MODEL.WEIGHTS)
     record = {"mode": mode or "zero-shot", "shots": shots, "seed": seed, "iters": 0,
@@ -166,17 +177,21 @@ def run_one(cfg, mode: Optional[str], shots: int, seed: int, iters: int, output_
         record["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         model.train()
         start = time.perf_counter()
-        for it, batch in zip(range(iters), loader):
-            losses = model(batch)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{mode} k={shots} seed={seed}: loss {loss.item()} at iteration {it}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if it % 10 == 0 or it == iters - 1:
-                logger.info(f"{mode} k={shots} seed={seed} iter {it + 1}/{iters} loss {loss.item():.3f}")
+        # losses that log to Detectron2's event storage (the mask head's mask_rcnn_loss, the
+        # two-stage RoI heads) need one, as in Detectron2's trainers
+        with EventStorage(0) as storage:
+            for it, batch in zip(range(iters), loader):
+                storage.iter = it
+                losses = model(batch)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{mode} k={shots} seed={seed}: loss {loss.item()} at iteration {it}")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if it % 10 == 0 or it == iters - 1:
+                    logger.info(f"{mode} k={shots} seed={seed} iter {it + 1}/{iters} loss {loss.item():.3f}")
         record["train_seconds"] = time.perf_counter() - start
         record["iters"] = iters
         if save_checkpoint:
