@@ -10,7 +10,6 @@ Detectron2's ``DefaultPredictor``.
 import logging
 import os
 import re
-from collections.abc import Mapping, Set
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -23,6 +22,7 @@ from .checkpoint import GLIPCheckpointer
 from .device import resolve_device
 from .nlp import find_noun_phrases
 from .text import ClassDescription, check_text, count_tokens, entry_name, span_to_token_range, tokenize
+from .text.chunking import check_vocabulary_container
 from .vocabularies import get_vocabulary
 
 __all__ = ["GLIPPredictor", "locate_phrases", "to_rgb_uint8"]
@@ -383,7 +383,7 @@ class GLIPPredictor:
             if chunk_size == 0:
                 chunk_size = _BUILTIN_CHUNK_SIZES.get(vocab.name, 0)
         else:
-            _check_vocabulary_container(vocabulary)
+            check_vocabulary_container(vocabulary)  # a mapping or a set would be misread
             prompt_names = list(vocabulary)
             if not prompt_names:
                 raise ValueError("The vocabulary is empty; give at least one name.")
@@ -501,22 +501,6 @@ def _use_ema_weights(model, checkpoint: Dict, cfg, weights: str) -> str:
         logger.info(f"GLIPPredictor: the raw weights of {weights}; TEST.USE_EMA is off, its EMA "
                     "weights are not used.")
     return "model"
-
-
-def _check_vocabulary_container(vocabulary) -> None:
-    """``list()`` would read a mapping as its keys and a set in arbitrary order (while
-    ``pred_classes`` index the vocabulary): refuse both."""
-    if isinstance(vocabulary, Mapping):
-        raise ValueError(
-            f"The vocabulary is a mapping ({type(vocabulary).__name__}), which would be read as "
-            "its keys; pass a list of names or of {prefix, name, suffix} descriptions, e.g. "
-            "vocabulary=[{'prefix': 'a ', 'name': 'cat', 'suffix': ''}] for one description."
-        )
-    if isinstance(vocabulary, Set):
-        raise ValueError(
-            f"The vocabulary is a {type(vocabulary).__name__}, whose order is arbitrary while "
-            "pred_classes index the vocabulary; pass an ordered list, e.g. sorted(names)."
-        )
 
 
 def _load_if_path(image):

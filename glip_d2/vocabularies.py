@@ -96,9 +96,15 @@ def get_vocabulary(name: str) -> Vocabulary:
     """The builtin vocabulary called ``name`` ("coco" or "lvis", case-insensitive).
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name, or one that is not a string.
     """
-    key = name.strip().lower() if isinstance(name, str) else name
+    if not isinstance(name, str):
+        raise ValueError(
+            f"get_vocabulary expects a builtin vocabulary name (str), one of "
+            f"{builtin_vocabularies()}; got a {type(name).__name__} ({name!r}). A list of your own "
+            "names is a vocabulary already: pass it as the vocabulary itself."
+        )
+    key = name.strip().lower()
     if key not in _BUILTIN:
         raise ValueError(
             f"Unknown vocabulary {name!r}; builtin ones are {builtin_vocabularies()}, or pass a "

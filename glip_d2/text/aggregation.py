@@ -58,16 +58,25 @@ def aggregate_token_scores(
             f"{num_tokens}; their spans were cut off or never mapped. Keep every label's tokens "
             "inside the scored tokens."
         )
-    if mode in ("mean", "geo_mean"):
+    if mode == "mean":
         weights = mask.to(token_scores.dtype).t()  # (T, L)
         divisor = counts.clamp(min=1).to(token_scores.dtype)
-        if mode == "mean":
-            return token_scores @ weights / divisor  # an empty label: 0 / 1
-        logs = token_scores.clamp(min=1e-12).log()
-        return ((logs @ weights) / divisor).exp().masked_fill(empty, 0.0)
+        return token_scores @ weights / divisor  # an empty label: 0 / 1
+    if mode == "geo_mean":
+        return _geometric_mean(token_scores, mask, counts).masked_fill(empty, 0.0)
     gathered = token_scores[..., _label_token_index(mask)]  # (..., L, K)
     extreme = gathered.amax(dim=-1) if mode == "max" else gathered.amin(dim=-1)
     return extreme.masked_fill(empty, 0.0)
+
+
+def _geometric_mean(token_scores: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor):
+    """exp(mean log score) per label, in at least float32: the 1e-12 clamp is 0 in float16, and
+    the log of a 0 score (-inf) times a 0 weight would make every label's score NaN."""
+    dtype = torch.promote_types(token_scores.dtype, torch.float32)
+    logs = token_scores.to(dtype).clamp(min=1e-12).log()
+    weights = mask.to(dtype).t()  # (T, L)
+    divisor = counts.clamp(min=1).to(dtype)
+    return ((logs @ weights) / divisor).exp().to(token_scores.dtype)
 
 
 def _label_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,14 @@ one forward pass of the fusion head per group.
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import AbstractSet, List, Mapping, Sequence, Tuple
 
 from .descriptions import ClassDescription, as_description, entry_name
 from .prompt import build_detection_prompt, clean_name
 from .positive_map import span_to_token_range
 from .tokenization import check_text, count_tokens, tokenize
 
-__all__ = ["PromptChunk", "chunk_vocabulary"]
+__all__ = ["PromptChunk", "check_vocabulary_container", "chunk_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,35 @@ class PromptChunk:
     label_ids: List[int] = field(default_factory=list)
 
 
+def check_vocabulary_container(names) -> None:
+    """Refuse what ``list()`` would silently misread as a vocabulary: a string (its letters), a
+    mapping (its keys) or a set (an arbitrary order, while label ids index the vocabulary).
+
+    Raises:
+        TypeError: for a string.
+        ValueError: for a mapping or a set.
+    """
+    if isinstance(names, str):
+        raise TypeError(
+            f"A vocabulary is a sequence of names, got the single string {names!r}; wrap it in a "
+            "list."
+        )
+    if isinstance(names, Mapping):
+        raise ValueError(
+            f"The vocabulary is a mapping ({type(names).__name__}), which would be read as its "
+            "keys; pass a list of names or of {prefix, name, suffix} descriptions."
+        )
+    if isinstance(names, AbstractSet):
+        raise ValueError(
+            f"The vocabulary is a {type(names).__name__}, whose order is arbitrary while label "
+            "ids index the vocabulary; pass an ordered list, e.g. sorted(names)."
+        )
+
+
 def _check_names(names: Sequence, strict_duplicates: bool) -> List:
     """Validated entries with cleaned names: plain names stay strings, descriptions become
     :class:`ClassDescription` (their prefix and suffix untouched)."""
-    if isinstance(names, str):
-        raise TypeError(f"chunk_vocabulary expects a sequence of names, got the string {names!r}.")
+    check_vocabulary_container(names)
     if len(names) == 0:
         raise ValueError("chunk_vocabulary got an empty vocabulary; pass at least one name.")
     cleaned, plain = [], []
@@ -55,7 +79,12 @@ def _check_names(names: Sequence, strict_duplicates: bool) -> List:
             check_text(name, f"Vocabulary name #{i}")
         if description is not None:
             check_text(description.prefix + description.suffix, f"The description of #{i}")
-        if not isinstance(name, str) or not clean_name(name):
+        if not isinstance(name, str):
+            raise ValueError(
+                f"Vocabulary name #{i} ({entry!r}) is a {type(name).__name__}, not a str; give "
+                "every class a name (str) or a {prefix, name, suffix} description."
+            )
+        if not clean_name(name):
             raise ValueError(
                 f"Vocabulary name #{i} ({entry!r}) is empty after clean_name; give every class "
                 "a non-empty name."
@@ -119,8 +148,10 @@ def chunk_vocabulary(
         Chunks in vocabulary order; each name appears in exactly one chunk.
 
     Raises:
-        ValueError: on an empty vocabulary, an empty name or one that yields no token, a
-            repeated name, a name longer than the token budget, or a negative ``chunk_size``.
+        ValueError: on an empty vocabulary, a mapping or set instead of a sequence, a name that
+            is not a str, is empty or yields no token, a repeated name, a name longer than the
+            token budget, or a negative ``chunk_size``.
+        TypeError: if ``names`` is a single string.
     """
     if chunk_size < 0:
         raise ValueError(f"chunk_size must be >= 0 (0 = as many as fit), got {chunk_size}.")

@@ -79,7 +79,7 @@ def entry_name(entry: VocabularyEntry) -> str:
     return entry if isinstance(entry, str) else as_description(entry).name
 
 
-def load_descriptions(source: Union[str, Sequence, Mapping]) -> Union[List, Dict]:
+def load_descriptions(source: Union[str, "os.PathLike", Sequence, Mapping]) -> Union[List, Dict]:
     """Read class descriptions from a JSON or YAML file, or from inline JSON text.
 
     The content is either a list (one entry per class, in label order: a name or a
@@ -90,12 +90,14 @@ def load_descriptions(source: Union[str, Sequence, Mapping]) -> Union[List, Dict
     Raises:
         ValueError: if the file cannot be parsed or holds neither a list nor a mapping.
     """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if isinstance(source, (list, tuple, Mapping)):
         data = source
     elif isinstance(source, str) and os.path.isfile(source):
         with open(source, encoding="utf-8") as f:
             text = f.read()
-        if source.endswith((".yaml", ".yml")):
+        if source.lower().endswith((".yaml", ".yml")):
             import yaml
 
             try:
@@ -120,18 +122,25 @@ def load_descriptions(source: Union[str, Sequence, Mapping]) -> Union[List, Dict
     if isinstance(data, (list, tuple)):
         return [d if isinstance(d, str) else as_description(d, i).to_dict() for i, d in enumerate(data)]
     if isinstance(data, Mapping):
-        out = {}
-        for name, d in data.items():
-            if isinstance(d, str):
-                d = {"suffix": d}
-            if not isinstance(d, Mapping):
-                raise ValueError(f"The description of {name!r} must be a dict or a string, got {d!r}.")
-            out[str(name)] = as_description({"name": str(name), **d}).to_dict()
-        return out
+        return {str(name): _keyed_description(name, d).to_dict() for name, d in data.items()}
     raise ValueError(
         f"Class descriptions must be a list (one per class) or a mapping name -> description, "
         f"got {type(data).__name__}."
     )
+
+
+def _keyed_description(name, description) -> ClassDescription:
+    """The description of class ``name`` in a mapping: a dict (its name defaults to ``name``),
+    a string (the suffix) or a :class:`ClassDescription`."""
+    if isinstance(description, ClassDescription):
+        return description
+    if isinstance(description, str):
+        description = {"suffix": description}
+    if not isinstance(description, Mapping):
+        raise ValueError(
+            f"The description of {name!r} must be a dict or a string, got {description!r}."
+        )
+    return as_description({"name": str(name), **description})
 
 
 def apply_descriptions(
@@ -143,7 +152,9 @@ def apply_descriptions(
         class_names: the dataset's names in label order (``thing_classes``).
         descriptions: a list with one entry per class (by position; its name may rename the
             class in the prompt, like the official CAPTION_PROMPT), or a mapping class name ->
-            description (classes without one keep their plain name), or None.
+            description (classes without one keep their plain name; a description is read as
+            by :func:`load_descriptions`: a string is the suffix, a dict without "name" keeps
+            the class name), or None.
 
     Raises:
         ValueError: if a list's length differs from the number of classes, or a mapping names a
@@ -159,7 +170,7 @@ def apply_descriptions(
                 f"({list(class_names)[:10]}...); key them by the dataset's thing_classes."
             )
         return [
-            as_description(descriptions[n]) if n in descriptions else n for n in class_names
+            _keyed_description(n, descriptions[n]) if n in descriptions else n for n in class_names
         ]
     if len(descriptions) != len(class_names):
         raise ValueError(

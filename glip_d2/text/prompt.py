@@ -24,7 +24,8 @@ def clean_name(name: str) -> str:
     (``"bow_(weapon)"`` -> ``"bow"``) and underscores become spaces. Two small additions, both
     invisible to an uncased BERT tokenizer (token ids are unchanged): runs of whitespace are
     collapsed and stripped (the official code can leave a trailing space), and the result is
-    lower-cased.
+    lower-cased character by character, as BERT's normaliser does (``str.lower`` would turn a
+    word-final "Σ" into "ς", a different token than the "σ" BERT reads).
 
     Args:
         name: a category name, e.g. ``"traffic_light"`` or ``"Pan_(for_cooking)"``.
@@ -39,7 +40,12 @@ def clean_name(name: str) -> str:
         raise TypeError(f"clean_name expects a str, got {type(name).__name__} ({name!r}).")
     name = _PARENTHESES.sub("", name)
     name = name.replace("_", " ")
-    return _WHITESPACE.sub(" ", name).strip().lower()
+    return _lower_each_char(_WHITESPACE.sub(" ", name).strip())
+
+
+def _lower_each_char(text: str) -> str:
+    """Lower-case without context rules (the Greek final sigma), like Rust's per-char lowercase."""
+    return "".join(char.lower() for char in text)
 
 
 def build_detection_prompt(

@@ -64,8 +64,8 @@ def build_training_prompt(
         ``[start, end)`` character span.
 
     Raises:
-        ValueError: if ``category_names`` is empty, a positive id is not in it, or a name is
-            empty after :func:`clean_name`.
+        ValueError: if ``category_names`` is empty, a positive id is not in it, a name is
+            empty after :func:`clean_name`, or no chosen name fits ``max_len`` tokens.
     """
     if not category_names:
         raise ValueError("build_training_prompt got no category names; pass thing_classes.")
@@ -124,7 +124,20 @@ def _fit_token_budget(
     # and drop from the lowest priority in case a separator glues names together.
     while len(kept) > 1 and _caption_tokens(kept, category_names, tokenizer, separator) > max_len:
         kept.pop()
+    if not kept:
+        _raise_nothing_fits(candidates, category_names, tokenizer, max_len)
     return kept
+
+
+def _raise_nothing_fits(candidates: List[int], category_names, tokenizer, max_len: int) -> None:
+    first = candidates[0]
+    tokens = _name_tokens(tokenizer, _entry_text(category_names[first]))
+    raise ValueError(
+        f"No category name fits max_len={max_len} tokens ([CLS] and [SEP] included): category "
+        f"{first} ({category_names[first]!r}) alone is {tokens} tokens, and none of the "
+        f"{len(candidates) - 1} other chosen categories fits either. Shorten the names or raise "
+        "MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN."
+    )
 
 
 def _entry_text(entry) -> str:

@@ -29,3 +29,8 @@ def test_unknown_vocabulary_lists_the_builtin_ones():
     assert builtin_vocabularies() == ["coco", "lvis"]
     with pytest.raises(ValueError, match=r"'objects365'.*\['coco', 'lvis'\]"):
         get_vocabulary("objects365")
+
+
+def test_a_non_string_vocabulary_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"a builtin vocabulary name \(str\).*got a list"):
+        get_vocabulary(["cat", "dog"])

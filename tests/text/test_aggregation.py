@@ -81,3 +81,14 @@ def test_empty_label_zero_scores_every_mode_zero():
         assert out[0, 0] > 0.3, mode
     with pytest.raises(ValueError, match="empty_label must be"):
         aggregate_token_scores(scores, positive_map, empty_label="skip")
+
+
+def test_geometric_mean_in_float16_is_not_poisoned_by_a_zero_score():
+    # A token score of 0 (a float16 sigmoid underflows for logits below about -17) must not turn
+    # the geometric mean of every other label into NaN.
+    scores = torch.tensor([[0.0, 0.5, 0.9, 0.8]], dtype=torch.float16)
+    positive_map = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    got = aggregate_token_scores(scores, positive_map, "geo_mean")
+    assert got.dtype == torch.float16
+    expected = aggregate_token_scores(scores.float(), positive_map, "geo_mean")
+    torch.testing.assert_close(got.float(), expected, atol=1e-3, rtol=1e-3)

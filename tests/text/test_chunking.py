@@ -92,3 +92,18 @@ def test_names_equal_after_cleaning(tokenizer, caplog):
     assert "'bow': ['bow_(weapon)', 'bow_(decorative_ribbons)']" in caplog.text
     with pytest.raises(ValueError, match="same prompt text after clean_name.*'bow'"):
         chunk_vocabulary(names, tokenizer, strict_duplicates=True)
+
+
+@pytest.mark.parametrize("entry, kind", [(5, "int"), (b"cat", "bytes"), (None, "NoneType")])
+def test_a_non_string_name_is_named_as_such_not_as_empty(entry, kind):
+    with pytest.raises(ValueError, match=rf"Vocabulary name #1 \({entry!r}\) is a {kind}, not a str"):
+        chunk_vocabulary(["cat", entry])
+
+
+def test_unordered_or_keyed_containers_are_refused():
+    # list() of a set has an arbitrary order and of a dict its keys, while label ids index the
+    # vocabulary: both would silently mislabel detections.
+    with pytest.raises(ValueError, match="set, whose order is arbitrary"):
+        chunk_vocabulary({"cat", "dog"})
+    with pytest.raises(ValueError, match="mapping"):
+        chunk_vocabulary({"cat": "a pet", "dog": "a pet"})

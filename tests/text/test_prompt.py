@@ -47,3 +47,16 @@ def test_detection_prompt_errors():
         build_detection_prompt(["cat", "(misc)"])
     with pytest.raises(TypeError, match="wrap it in a list"):
         build_detection_prompt("cat")
+
+
+def test_clean_name_keeps_token_ids_for_greek_final_sigma():
+    # Official GLIP does not lower-case; clean_name does, which must leave an uncased BERT's ids
+    # unchanged. str.lower() turns a word-final capital sigma into "ς" (a different token than
+    # the "σ" BERT's own lower-casing gives), so the lower-casing must be per character.
+    from glip_d2.text import load_tokenizer
+
+    tokenizer = load_tokenizer("bert-base-uncased")
+    for name in ["ΟΔΟΣ", "ΜΥΣ", "ΣΟΦΟΣ ΚΑΙ"]:
+        assert clean_name(name) == name.translate({ord("Σ"): "σ"}).lower()
+        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        assert tokenizer(clean_name(name), add_special_tokens=False)["input_ids"] == ids

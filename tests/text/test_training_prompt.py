@@ -76,3 +76,9 @@ def test_empty_image_still_gets_a_prompt_and_errors():
         build_training_prompt({}, [], rng=random.Random(0))
     with pytest.raises(ValueError, match=r"Category 1 \('\(x\)'\) has an empty name"):
         build_training_prompt({0: "a", 1: "(x)"}, [1], rng=random.Random(0))
+
+
+def test_no_name_fitting_the_token_budget_is_a_clear_error(tokenizer):
+    names = {0: " ".join(["word"] * 30), 1: " ".join(["thing"] * 40)}
+    with pytest.raises(ValueError, match=r"No category name fits max_len=16 tokens.*category 0 .* 30 tokens"):
+        build_training_prompt(names, [0], rng=random.Random(0), tokenizer=tokenizer, max_len=16)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ...data.class_descriptions import class_descriptions_from_config
 from ...text import apply_descriptions, chunk_vocabulary, create_positive_map, tokenize
+from ...text.chunking import check_vocabulary_container
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class PromptingMixin:
             chunk_size: names per prompt; None = ``test_chunk_size`` (MODEL.GLIP.TEST_CHUNK_SIZE),
                 0 = as many as fit the token limit.
         """
+        check_vocabulary_container(names)  # list() would misread a str, a mapping or a set
         names = list(names)
         if chunk_size is None:
             chunk_size = self.test_chunk_size
