@@ -148,3 +148,20 @@ def test_prompt_tuning_learns_only_the_offset_and_the_saved_prompt_needs_no_text
         zero.prompt_tuning.offset.zero_()
         base = zero([image])[0]["instances"]
     assert not torch.equal(base.scores[:10], got.scores[:10])
+
+
+def test_a_prompt_tuned_model_warns_once_when_another_prompt_bypasses_the_tuned_one(caplog):
+    torch.manual_seed(0)
+    model = build_model(_cfg("prompt"))
+    model.train()
+    x = _step_input(model)
+    model([x])  # stores the tuned prompt P0
+    model.eval()
+    image = {"image": x["image"], "height": 160, "width": 192}
+    with caplog.at_level("WARNING", logger="glip_d2"), torch.no_grad():
+        model([image])  # the tuned prompt: no warning
+        assert "not the tuned one" not in caplog.text
+        model.set_vocabulary(["red circle", "blue square"])
+        model([image])
+        model([image])
+    assert caplog.text.count("is not the tuned one") == 1 and "zero-shot scores" in caplog.text

@@ -118,7 +118,21 @@ class PromptingMixin:
                 return tok, self._tuned_prompt_for_training(captions, ids, mask)
             if tuned.matches(ids):
                 return tok, tuned.features(len(captions))
+            self._warn_untuned_prompt(captions[0])
         return tok, self.language_backbone(ids, mask)
+
+    def _warn_untuned_prompt(self, caption: str) -> None:
+        """Once per model: a prompt-tuned model meets another prompt, which the text encoder
+        encodes; its scores are the zero-shot model's, not what was tuned."""
+        if not self.prompt_tuning.initialized or getattr(self, "_warned_untuned_prompt", False):
+            return
+        self._warned_untuned_prompt = True
+        logger.warning(
+            f"Prompt tuning: the prompt {caption[:80]!r} is not the tuned one, so the text encoder "
+            "encodes it and the learned prompt is not used (zero-shot scores). Evaluate with the "
+            "training dataset's class names, in the same order and with the same "
+            "DATASETS.CLASS_DESCRIPTIONS, in one prompt (MODEL.GLIP.TEST_CHUNK_SIZE 0)."
+        )
 
     def _tuned_prompt_for_training(self, captions, ids, mask):
         tuned = self.prompt_tuning
