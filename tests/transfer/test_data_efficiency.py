@@ -19,7 +19,9 @@ def test_summary_and_table():
     assert "| prompt | 100 | 35.0 ± 5.0 | 5 |" in table and "| zero-shot | 0 | 10.0 |" in table
 
 
-def test_end_to_end_tiny(tmp_path, names):
+def tiny_shapes_cfg(names, tmp_path):
+    """A tiny GLIP config with 4 training images of novel shapes and 2 test images, registered
+    under fresh names (DATASETS.TRAIN / TEST); returns (cfg, train name, test name)."""
     root = str(tmp_path / "data")
     train, test = names("de_train"), names("de_test")
     register_shapes_split(train, "train_novel", root, num_images=4, image_size=128)
@@ -33,6 +35,12 @@ def test_end_to_end_tiny(tmp_path, names):
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.DATASETS.CHECK_RECORDS = "none"
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
+    return cfg, train, test
+
+
+def test_end_to_end_tiny(tmp_path, names):
+    cfg, train, test = tiny_shapes_cfg(names, tmp_path)
     config = tmp_path / "tiny.yaml"
     config.write_text(cfg.dump())
     out = tmp_path / "out"

@@ -10,26 +10,13 @@ from glip_d2 import data_efficiency
 from glip_d2.data import register_shapes_split
 from glip_d2.data.shapes import NOVEL_CLASSES
 from tests.helpers import tiny_cfg
+from tests.transfer.test_data_efficiency import tiny_shapes_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(names, tmp_path):
-    root = str(tmp_path / "data")
-    train, test = names("rv_de_train"), names("rv_de_test")
-    register_shapes_split(train, "train_novel", root, num_images=4, image_size=128)
-    register_shapes_split(test, "val_novel", root, num_images=2, image_size=128,
-                          vocabulary=NOVEL_CLASSES)
-    cfg = tiny_cfg()
-    cfg.MODEL.GLIP.VOCABULARY = []
-    cfg.MODEL.DYHEAD.NUM_CONVS = 1
-    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.DATASETS.CHECK_RECORDS = "none"
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
-    return cfg
+    return tiny_shapes_cfg(names, tmp_path)[0]
 
 
 def test_the_same_run_twice_gives_the_same_model(tmp_path, names):
