@@ -302,6 +302,8 @@ class GLIPATSSHead(nn.Module):
                 ctr[pos_mask].float(), ctr_t, reduction="sum"
             ) / num_pos_avg
         else:
+            # the other workers all-reduce their centerness sums: join with 0 (as official)
+            _reduce_sum(ctr.new_zeros(1, dtype=torch.float32))
             loss_reg = box_reg.sum() * 0.0
             loss_ctr = ctr.sum() * 0.0
         raw = dict(loss_cls=loss_cls, loss_box_reg=loss_reg, loss_centerness=loss_ctr)
