@@ -139,9 +139,10 @@ def add_glip_config(cfg):
     _C.MODEL.LANGUAGE_BACKBONE.PAD_MAX = True
     # Freeze the text encoder.
     _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False
-    # With FREEZE and MODEL.GLIP.TUNING "full": keep the frozen encoder's dropout on while the
-    # rest trains (text-side augmentation; the shapes demo's novel AP is 5.0 higher with it).
-    # False = the official eval mode of frozen modules; transfer modes always use eval mode.
+    # With FREEZE (and MODEL.GLIP.TUNING "full" in one-stage GLIP): keep the frozen encoder's
+    # dropout on while the rest trains (text-side augmentation; the shapes demo's novel AP is 5.0
+    # higher with it). False = the official eval mode of frozen modules, in one-stage GLIP and
+    # the two-stage LanguageAwareRCNN; transfer modes always use eval mode.
     _C.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = False
     # Use the mean of the last N hidden layers as token features (official N_LAYERS = 1).
     _C.MODEL.LANGUAGE_BACKBONE.N_LAYERS = 1

@@ -266,3 +266,24 @@ def test_roi_shipped_configs_build(name):
     model = build_model(cfg)
     assert model.roi_heads.mask_on == cfg.MODEL.MASK_ON
     assert (model.fusion is not None) == cfg.MODEL.LANGUAGE_ROI_HEADS.DEEP_FUSION
+
+
+def test_roi_frozen_text_encoder_trains_in_eval_mode_unless_dropout_is_kept():
+    """LANGUAGE_BACKBONE.FREEZE: the text encoder stays in eval mode (no dropout) while the rest
+    trains, as one-stage GLIP's frozen modules; DROPOUT_WHEN_FROZEN keeps it in train mode (the
+    two-stage demo's measured setting); a trained encoder follows the model."""
+    cfg = two_stage_cfg()
+    assert cfg.MODEL.LANGUAGE_BACKBONE.FREEZE and cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN
+    cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = False  # the default
+    model = build_model(cfg).train()
+    assert model.training and model.roi_heads.training and not model.language_backbone.training
+    assert not any(m.training for m in model.language_backbone.modules())
+    text = model.language_backbone
+    ids = torch.tensor([[101, 2417, 4418, 102]])
+    out = [text(ids, torch.ones_like(ids))["hidden"] for _ in range(2)]
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)  # no dropout
+    cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = True
+    assert build_model(cfg).train().language_backbone.training
+    cfg.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN, cfg.MODEL.LANGUAGE_BACKBONE.FREEZE = False, False
+    assert build_model(cfg).train().language_backbone.training
+    assert not build_model(cfg).eval().language_backbone.training

@@ -60,6 +60,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         fusion: Optional[nn.Module] = None,
         fusion_in_features: Sequence[str] = (),
         use_fused_text: bool = True,
+        text_dropout_when_frozen: bool = False,
         **kwargs,
     ):
         """
@@ -73,6 +74,8 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             fusion: optional fusion tower run on `fusion_in_features` before RPN / ROI heads.
             fusion_in_features: backbone outputs the tower fuses.
             use_fused_text: with fusion, score with the tower's text features.
+            text_dropout_when_frozen: keep a frozen text encoder in train mode (its dropout on)
+                while the rest trains (LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN); False = eval mode.
             kwargs: `GeneralizedRCNN` arguments.
         """
         super().__init__(**kwargs)
@@ -85,7 +88,20 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         self.fusion = fusion
         self.fusion_in_features = list(fusion_in_features)
         self.use_fused_text = use_fused_text
+        self.text_dropout_when_frozen = text_dropout_when_frozen
         self._init_prompting(vocabulary)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """A frozen text encoder (LANGUAGE_BACKBONE.FREEZE) stays in eval mode, without dropout,
+        as one-stage GLIP's frozen modules, unless ``text_dropout_when_frozen``."""
+        super().train(mode)
+        text = getattr(self, "language_backbone", None)  # None while GeneralizedRCNN is built
+        params = list(text.parameters()) if text is not None else []
+        frozen = bool(params) and not any(p.requires_grad for p in params)
+        if mode and frozen and not self.text_dropout_when_frozen:
+            text.eval()
+        return self
 
     @classmethod
     def from_config(cls, cfg):
@@ -130,6 +146,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             fusion=fusion,
             fusion_in_features=fusion_in,
             use_fused_text=fc.USE_FUSED_FEATURES_DOT_PRODUCT,
+            text_dropout_when_frozen=lb.DROPOUT_WHEN_FROZEN,
         )
         return ret
 
