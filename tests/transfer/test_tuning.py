@@ -165,3 +165,18 @@ def test_a_prompt_tuned_model_warns_once_when_another_prompt_bypasses_the_tuned_
         model([image])
         model([image])
     assert caplog.text.count("is not the tuned one") == 1 and "zero-shot scores" in caplog.text
+
+
+def test_prompt_tuning_of_a_model_with_the_mlm_loss_trains_the_prompt():
+    """GLIPv2's MLM masks the text, which would bypass the one tuned prompt (and left no loss
+    with a gradient): under prompt tuning it is off and the offset trains."""
+    torch.manual_seed(0)
+    cfg = _cfg("prompt")
+    cfg.MODEL.GLIP.LOSSES.MLM_WEIGHT = 1.0
+    model = build_model(cfg).train()
+    assert model.mlm_head is not None  # kept, so GLIPv2 checkpoints still load
+    x = _step_input(model)
+    losses = model([x])
+    assert "loss_mlm" not in losses
+    sum(losses.values()).backward()
+    assert model.prompt_tuning.offset.grad.abs().sum() > 0

@@ -181,6 +181,8 @@ class GLIP(PromptingMixin, nn.Module):
         self.prompt_tuning = None
         if tuning == "prompt":
             self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
+            if mlm_head is not None:  # its masked prompts would bypass the one tuned prompt
+                logger.info("Prompt tuning: the MLM loss is off (MLM_WEIGHT is ignored).")
         self._frozen_modules = apply_tuning(self, tuning)
         if text_dropout_when_frozen and tuning == "full":  # LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN
             self._frozen_modules = [m for m in self._frozen_modules if m != "language_backbone"
@@ -275,7 +277,8 @@ class GLIP(PromptingMixin, nn.Module):
         feats = self.extract_features(images)
         inst = [x["instances"].to(self.device) for x in batched_inputs]
         captions = [x["caption"] for x in batched_inputs]
-        if self.mlm_head is not None:
+        mlm = self.mlm_head is not None and self.prompt_tuning is None
+        if mlm:
             lang, mlm_labels = self.encode_masked_text(captions, [i.gt_positive_map for i in inst])
         else:
             _, lang = self.encode_text(captions)
@@ -284,7 +287,7 @@ class GLIP(PromptingMixin, nn.Module):
             out, [i.gt_boxes.tensor for i in inst], [i.gt_positive_map for i in inst],
             phrase_maps=[x.get("phrase_map") for x in batched_inputs],
         )
-        if self.mlm_head is not None:
+        if mlm:
             losses["loss_mlm"] = self.mlm_weight * self.mlm_head.loss(out["text"], mlm_labels)
         if self.mask_head is not None:
             # images without masks (e.g. referring expressions mixed in) do not train it
