@@ -36,3 +36,17 @@ def test_set_vocabulary_accepts_a_tuple_and_a_generator():
     assert model.vocabulary == ["cat", "dog"]
     model.set_vocabulary(n for n in ["cow", "pig"])
     assert [c.caption for c in model._chunks] == ["cow. pig"]
+
+
+def test_a_caption_without_phrase_spans_is_not_grounded_and_says_so(caplog):
+    """A hand-made input with a caption but no phrase spans is detected with the vocabulary; the
+    caption being ignored is said once, with what to pass instead."""
+    model = _Prompter()
+    model.set_vocabulary(["cat", "dog"])
+    with caplog.at_level("WARNING", logger="glip_d2"):
+        prompts, labels = model._prompts_for({"caption": "a cat on a mat"})
+        model._prompts_for({"caption": "a dog"})
+    assert [p[0] for p in prompts] == ["cat. dog"] and labels == 2
+    assert caplog.text.count("the caption is not used") == 1 and "phrase_spans" in caplog.text
+    grounded, n = model._prompts_for({"caption": "a cat", "phrase_spans": [[[2, 5]]]})
+    assert grounded == [("a cat", [[(2, 5)]], [0])] and n == 1

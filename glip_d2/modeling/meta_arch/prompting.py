@@ -183,5 +183,14 @@ class PromptingMixin:
                 "No vocabulary to detect: call model.set_vocabulary([...]), set MODEL.GLIP.VOCABULARY, "
                 "or give each input a 'caption' with 'phrase_spans'."
             )
+        if "caption" in x and not getattr(self, "_warned_caption_without_spans", False):
+            self._warned_caption_without_spans = True
+            logger.warning(
+                "An input has a 'caption' but no 'phrase_spans': the caption is not used, the "
+                "model detects its vocabulary. To ground the caption, give 'phrase_spans' (one "
+                "list of [start, end] character spans per phrase; [[[0, len(caption)]]] for the "
+                "whole caption), or use GLIPPredictor(image, caption=...), which finds the "
+                "phrases."
+            )
         prompts = [(c.caption, [[tuple(s)] for s in c.spans], list(c.label_ids)) for c in self._chunks]
         return prompts, len(self.vocabulary)
