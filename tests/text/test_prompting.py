@@ -50,3 +50,18 @@ def test_a_caption_without_phrase_spans_is_not_grounded_and_says_so(caplog):
     assert caplog.text.count("the caption is not used") == 1 and "phrase_spans" in caplog.text
     grounded, n = model._prompts_for({"caption": "a cat", "phrase_spans": [[[2, 5]]]})
     assert grounded == [("a cat", [[(2, 5)]], [0])] and n == 1
+
+
+def test_phrase_spans_in_any_array_form_and_bad_ones_are_clear_errors():
+    import numpy as np
+    import torch
+
+    from glip_d2.modeling.meta_arch.prompting import normalise_phrase_spans
+
+    expected = [[(0, 3), (8, 11)], [(4, 7), (12, 15)]]
+    for spans in (expected, np.array(expected), torch.tensor(expected)):
+        assert normalise_phrase_spans(spans) == expected
+    assert normalise_phrase_spans(np.array([[0, 3], [4, 7]])) == [[(0, 3)], [(4, 7)]]
+    for bad in ([[0, 3, 5]], [["a", "b"]], [5]):
+        with pytest.raises(ValueError, match=r"phrase_spans must be one \[start, end\]"):
+            normalise_phrase_spans(bad)

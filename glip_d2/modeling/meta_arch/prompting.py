@@ -29,14 +29,32 @@ def default_vocabulary(cfg) -> Optional[List]:
 
 
 def normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
-    """[[s, e], ...] (one span per phrase) or [[[s, e], ...], ...] -> spans per phrase."""
+    """[[s, e], ...] (one span per phrase) or [[[s, e], ...], ...] -> spans per phrase; lists,
+    tuples, numpy arrays or tensors.
+
+    Raises:
+        ValueError: for anything else, saying the expected shape.
+    """
+    spans = phrase_spans.tolist() if hasattr(phrase_spans, "tolist") else phrase_spans
     out = []
-    for s in phrase_spans:
-        if len(s) and isinstance(s[0], (list, tuple)):
-            out.append([tuple(int(v) for v in x) for x in s])
-        else:
-            out.append([tuple(int(v) for v in s)])
+    try:
+        for s in spans:
+            if len(s) and isinstance(s[0], (list, tuple)):
+                out.append([_span(x) for x in s])
+            else:
+                out.append([_span(s)])
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"phrase_spans must be one [start, end] character span per phrase, or a list of such "
+            f"spans per phrase ([[[start, end], ...], ...]); got {phrase_spans!r} ({e})."
+        ) from e
     return out
+
+
+def _span(span) -> Tuple[int, int]:
+    if len(span) != 2:
+        raise ValueError(f"a span has a start and an end, got {list(span)!r}")
+    return int(span[0]), int(span[1])
 
 
 def _clear_text_cache_after_load(module, incompatible_keys) -> None:
