@@ -307,3 +307,41 @@ def test_grounding_datasets_need_no_test_vocabulary(names):
         name = names(kind)
         MetadataCatalog.get(name).set(evaluator_type=kind)
         set_test_vocabulary(Model(), name)
+
+
+@pytest.mark.parametrize(
+    "segmentation, message",
+    [
+        # One flat polygon instead of a list of polygons: read as "no valid polygon", the whole
+        # annotation (box included) used to be dropped with only a warning.
+        ([10, 10, 40, 10, 40, 40], "is one flat list of coordinates; COCO polygons are a list"),
+        ({"counts": "abc"}, 'is not an RLE {"size": [height, width]'),
+        ([["10", 10, 40, 10, 40, 40]], "is neither a list of polygons"),
+        ("polygon", "is neither a list of polygons"),
+    ],
+)
+def test_coco_malformed_segmentation_is_named_not_dropped_with_its_box(
+    tmp_path, segmentation, message
+):
+    data = _json()
+    data["annotations"][1]["segmentation"] = segmentation
+    json_file = write_json(tmp_path / "segm.json", data)
+    with pytest.raises(DatasetFormatError) as error:
+        parse_detection_json(json_file)
+    assert str(error.value).startswith(f"{json_file}: annotation #1 (id 2): segmentation")
+    assert message in str(error.value)
+    # COCO's forms are kept: polygons and RLE (a short polygon is dropped, as Detectron2 does).
+    data["annotations"][1]["segmentation"] = [[10, 10, 40, 10, 40.5, 40]]
+    data["annotations"][2]["segmentation"] = {"size": [100, 100], "counts": [5, 10, 9985]}
+    parsed = parse_detection_json(write_json(tmp_path / "ok.json", data))
+    assert sorted(parsed["ann_segmentations"]) == [1, 2]
+
+
+def test_coco_image_without_file_name_is_named(tmp_path, names):
+    data = _json()
+    del data["images"][1]["file_name"]
+    data["images"][1]["coco_url"] = "http://images.cocodataset.org/val2017/b.jpg"
+    name = names("custom")
+    register_custom_coco(name, write_json(tmp_path / "url.json", data), str(tmp_path))
+    with pytest.raises(DatasetFormatError, match=r"url.json: image #1 \(id 2\) has no 'file_name'"):
+        DatasetCatalog.get(name)

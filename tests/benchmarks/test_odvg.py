@@ -192,9 +192,9 @@ def test_odvg_label_outside_the_label_map_is_rejected(tmp_path):
     jsonl = _write_lines(tmp_path / "d.jsonl", [OD_LINE])
     with pytest.raises(DatasetFormatError, match=r"labels \[1\] are not in the label map"):
         load_odvg_jsonl(jsonl, str(tmp_path), label_map_file=str(label_map))
-    (tmp_path / "gap.json").write_text(json.dumps({"0": "dog", "2": "cat"}))
-    with pytest.raises(DatasetFormatError, match="keys must be 0..K-1"):
-        read_label_map(str(tmp_path / "gap.json"))
+    (tmp_path / "neg.json").write_text(json.dumps({"0": "dog", "-2": "cat"}))
+    with pytest.raises(DatasetFormatError, match="keys must be distinct non-negative integers"):
+        read_label_map(str(tmp_path / "neg.json"))
 
 
 def test_odvg_od_key_is_read_like_detection(tmp_path):
@@ -203,3 +203,67 @@ def test_odvg_od_key_is_read_like_detection(tmp_path):
     (od,) = load_odvg_jsonl(_write_lines(tmp_path / "od.jsonl", [line]), str(tmp_path))
     (detection,) = load_odvg_jsonl(_write_lines(tmp_path / "det.jsonl", [OD_LINE]), str(tmp_path))
     assert od["annotations"] == detection["annotations"] and "caption" not in od
+
+
+def test_odvg_label_map_with_coco_category_ids_as_keys(tmp_path, names):
+    """Open-GroundingDino's coco2odvg keeps a COCO json's category ids as labels by default
+    (1-based, with gaps), and its dataset reads any label-map keys: each label keeps its name."""
+    label_map = tmp_path / "label_map.json"
+    label_map.write_text(json.dumps({"1": "person", "3": "car", "18": "dog"}))
+    line = {
+        **OD_LINE,
+        "detection": {
+            "instances": [
+                {"bbox": [1, 2, 11, 22], "label": 18, "category": "dog"},
+                {"bbox": [5, 5, 6, 9], "label": 1, "category": "person"},
+                {"bbox": [5, 5, 9, 9], "label": 3},
+            ]
+        },
+    }
+    name = names("odvg")
+    register_odvg(name, _write_lines(tmp_path / "d.jsonl", [line]), str(tmp_path), str(label_map))
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_classes == ["person", "car", "dog"]
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 3: 1, 18: 2}
+    (record,) = DatasetCatalog.get(name)
+    named = [meta.thing_classes[a["category_id"]] for a in record["annotations"]]
+    assert named == ["dog", "person", "car"]
+    # A 0..K-1 label map keeps category_id = label.
+    write_label_map(["dog", "cat"], str(label_map))
+    (record,) = load_odvg_jsonl(
+        _write_lines(tmp_path / "e.jsonl", [OD_LINE]), str(tmp_path), label_map_file=str(label_map)
+    )
+    assert [a["category_id"] for a in record["annotations"]] == [1, 0]
+
+
+def test_odvg_region_with_several_boxes_gives_one_box_each(tmp_path):
+    """mmdetection's goldg2odvg writes one region per phrase, its "bbox" a list of boxes."""
+    line = {
+        **VG_LINE,
+        "grounding": {
+            "caption": "two dogs chase a red ball",
+            "regions": [
+                {"bbox": [[0, 0, 10, 10], [12, 0, 20, 9]], "phrase": "two dogs",
+                 "tokens_positive": [[0, 8]]},
+                {"bbox": [10, 10, 20, 30], "phrase": ["red ball"], "tokens_positive": [[17, 25]]},
+                {"bbox": [[1, 1, 5, 5]], "phrase": "two dogs"},
+            ],
+        },
+    }
+    (record,) = load_odvg_jsonl(_write_lines(tmp_path / "vg.jsonl", [line]), str(tmp_path))
+    annos = record["annotations"]
+    assert [a["bbox"] for a in annos] == [
+        [0.0, 0.0, 10.0, 10.0], [12.0, 0.0, 20.0, 9.0], [10.0, 10.0, 20.0, 30.0], [1.0, 1.0, 5.0, 5.0]
+    ]
+    assert [a["tokens_positive"] for a in annos] == [[[0, 8]], [[0, 8]], [[17, 25]], [[0, 8]]]
+    assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in annos)
+    bad = {**line, "grounding": {**line["grounding"], "regions": [
+        {"bbox": [[0, 0, 10, 10], [12, 0, 2, 9]], "tokens_positive": [[0, 8]]}]}}
+    with pytest.raises(DatasetFormatError, match=r"bad.jsonl:1, region #0, box #1: bbox \[12"):
+        load_odvg_jsonl(_write_lines(tmp_path / "bad.jsonl", [bad]), str(tmp_path))
+
+
+def test_odvg_boolean_label_is_refused(tmp_path):
+    line = {**OD_LINE, "detection": {"instances": [{"bbox": [1, 1, 2, 2], "label": True}]}}
+    with pytest.raises(DatasetFormatError, match="label True is not a non-negative int"):
+        load_odvg_jsonl(_write_lines(tmp_path / "b.jsonl", [line]), str(tmp_path))

@@ -39,8 +39,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bump when the structure of cached objects or the validation of a parse changes, so old cache
-# files are ignored (2: stricter types, duplicate ids and "ignore" refused).
-_CACHE_VERSION = 2
+# files are ignored (2: stricter types, duplicate ids and "ignore" refused; 3: malformed
+# segmentations refused, ODVG multi-box regions and label maps with any integer keys).
+_CACHE_VERSION = 3
 # The only class (besides containers and numpy arrays) that parsed records hold.
 _CACHE_GLOBALS = (("detectron2.structures.boxes", "BoxMode"),)
 

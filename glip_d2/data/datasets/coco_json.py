@@ -189,7 +189,8 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
             annotations, unless the file name contains "minival", as in Detectron2), an
             annotation of an unknown image or category, a malformed or negative-size box, an
             id, category_id, height or width that is not an integer (floats, strings and
-            booleans are not converted), an iscrowd other than 0 / 1, or ``"ignore"`` set.
+            booleans are not converted), an iscrowd other than 0 / 1, ``"ignore"`` set, or a
+            segmentation that is neither a list of polygons nor an RLE.
     """
     with PathManager.open(json_file) as f:
         data = json.load(f)
@@ -236,6 +237,11 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
     if columns is None:
         _raise_first_bad_annotation(json_file, annos, image_index, categories)
     img_idx, boxes, cat_ids, iscrowd = columns
+    segmentations = {}
+    for i, anno in enumerate(annos):
+        if anno.get("segmentation"):
+            _check_segmentation(anno["segmentation"], lambda: _anno_where(json_file, i, anno))
+            segmentations[i] = anno["segmentation"]
     return {
         "categories": sorted(categories.items()),
         "image_ids": list(image_index),
@@ -249,8 +255,45 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
         "ann_category_ids": cat_ids,
         "ann_iscrowd": iscrowd,
         # Only the annotations that have one (box-only jsons such as Objects365 store nothing).
-        "ann_segmentations": {i: a["segmentation"] for i, a in enumerate(annos) if a.get("segmentation")},
+        "ann_segmentations": segmentations,
     }
+
+
+def _check_segmentation(segm, where: Callable[[], str]) -> None:
+    """A segmentation must be COCO's: a list of polygons (each a flat list of numbers) or an RLE
+    ``{"size": [h, w], "counts": ...}``. Anything else is refused rather than read: a single
+    flat polygon (``[x1, y1, x2, y2, ...]``, a common export mistake) would otherwise count as
+    "no valid polygon" and its annotation, box included, would be dropped."""
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        if (
+            isinstance(segm.get("counts"), (list, str))
+            and isinstance(size, list)
+            and len(size) == 2
+            and _types_are(size, {int})
+        ):
+            return
+        raise DatasetFormatError(
+            f"{where()}: segmentation {_short(segm)} is not an RLE "
+            '{"size": [height, width], "counts": [...] or "..."}; fix or remove it.'
+        )
+    if isinstance(segm, list) and _types_are(segm, {list}):
+        if _types_are(itertools.chain.from_iterable(segm), {int, float}):
+            return
+    elif isinstance(segm, list) and _types_are(segm, {int, float}):
+        raise DatasetFormatError(
+            f"{where()}: segmentation {_short(segm)} is one flat list of coordinates; COCO "
+            "polygons are a list of polygons: write it as [[x1, y1, x2, y2, ...]]."
+        )
+    raise DatasetFormatError(
+        f"{where()}: segmentation {_short(segm)} is neither a list of polygons (flat lists of "
+        'numbers) nor an RLE {"size": [height, width], "counts": ...}; fix or remove it.'
+    )
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def category_metadata(
@@ -317,7 +360,20 @@ def detection_dicts(
     segmentations = parsed.get("ann_segmentations") or {}
     order = order.tolist()
     extra = parsed["image_extra"]
-    join = file_name_fn or (lambda root, name, url: _join(root, name))
+    if file_name_fn is None:
+
+        def join(root, name, url):
+            if name is None:  # the parse lets coco_url stand in for LVIS-format jsons only
+                raise DatasetFormatError(
+                    f"{where}: image #{i} (id {image_id!r}) has no 'file_name' (only a "
+                    f"'coco_url' {url!r}); add its file name relative to the image root, or "
+                    "register the json as LVIS format (register_custom_lvis), which takes the "
+                    "path from coco_url."
+                )
+            return _join(root, name)
+
+    else:
+        join = file_name_fn
     dicts, dropped = [], 0
     for i, image_id in enumerate(parsed["image_ids"]):
         record = {

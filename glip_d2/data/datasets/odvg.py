@@ -10,9 +10,11 @@ One json object per line, one line per image::
                                 "tokens_positive": [[0, 5]]}]}}
 
 Boxes are absolute XYXY. Detection lines (``"od"`` is accepted for ``"detection"``) become
-detection dicts (``category_id`` = ``label``; the mapper builds prompts from the names);
-grounding lines become caption dicts with ``tokens_positive`` per box (from the region, else the
-first occurrence of ``phrase`` in the caption). The names come from the label map
+detection dicts (``category_id`` = ``label``, or with a label map whose keys are not 0..K-1, the
+label's rank among its keys; the mapper builds prompts from the names); grounding lines become
+caption dicts with ``tokens_positive`` per box (from the region, else the first occurrence of
+``phrase`` in the caption; a region whose ``bbox`` is a list of boxes, as mmdetection's
+``goldg2odvg`` writes, gives one box each). The names come from the label map
 (``{"0": "person", "1": "bicycle", ...}``) when given, else from the lines' ``category``
 fields. Files are read line by line (never as one json document) and the parse is cached.
 """
@@ -32,6 +34,7 @@ from ._utils import DatasetFormatError, cached_parse, check_box, check_new_name
 
 __all__ = [
     "read_label_map",
+    "read_label_map_ids",
     "write_label_map",
     "parse_odvg_jsonl",
     "load_odvg_jsonl",
@@ -42,8 +45,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def read_label_map(path: str) -> List[str]:
-    """Names from a label map json ``{"0": name, "1": name, ...}`` (keys 0..K-1)."""
+def read_label_map_ids(path: str) -> Dict[int, str]:
+    """``{label: name}`` from a label map json ``{"0": name, "1": name, ...}``, in label order.
+
+    The keys are the ``label`` values of the detection lines: any distinct non-negative
+    integers. Grounding DINO's converters write 0..K-1, but Open-GroundingDino's ``coco2odvg``
+    keeps a COCO json's category ids by default (1-based, with gaps: 1..90 for COCO), and its
+    dataset reads any keys; the dicts number the labels contiguously in key order.
+    """
     with PathManager.open(path) as f:
         mapping = json.load(f)
     try:
@@ -52,14 +61,21 @@ def read_label_map(path: str) -> List[str]:
         raise DatasetFormatError(
             f'{path} is not a label map {{"0": name, ...}} with integer keys.'
         ) from None
-    if [k for k, _ in labels] != list(range(len(labels))) or not all(
-        isinstance(v, str) and v for _, v in labels
-    ):
+    keys = [k for k, _ in labels]
+    if any(k < 0 for k in keys) or len(set(keys)) != len(keys):
         raise DatasetFormatError(
-            f"{path}: label map keys must be 0..K-1 (got {[k for k, _ in labels][:10]}...) and "
-            "values non-empty names."
+            f"{path}: label map keys must be distinct non-negative integers, got {keys[:10]}"
+            f"{'...' if len(keys) > 10 else ''}."
         )
-    return [v for _, v in labels]
+    if not all(isinstance(v, str) and v for _, v in labels):
+        raise DatasetFormatError(f"{path}: label map values must be non-empty names.")
+    return dict(labels)
+
+
+def read_label_map(path: str) -> List[str]:
+    """Names from a label map json ``{"0": name, "1": name, ...}``, in label order (the
+    contiguous category ids of the dicts; see :func:`read_label_map_ids`)."""
+    return list(read_label_map_ids(path).values())
 
 
 def write_label_map(thing_classes: Sequence[str], path: str) -> None:
@@ -88,8 +104,9 @@ def _parse_line(obj, where: str, names: Dict[int, str]) -> dict:
             raise DatasetFormatError(f"{where}: grounding record without a caption.")
         record["caption"] = caption
         record["annotations"] = [
-            _parse_region(region, caption, f"{where}, region #{i}")
+            anno
             for i, region in enumerate(body.get("regions") or [])
+            for anno in _parse_region(region, caption, f"{where}, region #{i}")
         ]
         return record
     if not isinstance(body, dict) or not isinstance(body.get("instances", []), list):
@@ -100,7 +117,7 @@ def _parse_line(obj, where: str, names: Dict[int, str]) -> dict:
         if not isinstance(inst, dict) or "bbox" not in inst or "label" not in inst:
             raise DatasetFormatError(f"{at} needs 'bbox' and 'label', got {inst!r}.")
         label = inst["label"]
-        if not isinstance(label, int) or label < 0:
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise DatasetFormatError(f"{at}: label {label!r} is not a non-negative int.")
         category = inst.get("category")
         if category is not None:
@@ -121,7 +138,9 @@ def _parse_line(obj, where: str, names: Dict[int, str]) -> dict:
     return record
 
 
-def _parse_region(region, caption: str, where: str) -> dict:
+def _parse_region(region, caption: str, where: str) -> List[dict]:
+    """One annotation per box of a region: ``bbox`` is one XYXY box, or (mmdetection's
+    ``goldg2odvg``, one region per phrase) a list of them, all grounded to the same spans."""
     if not isinstance(region, dict) or "bbox" not in region:
         raise DatasetFormatError(f"{where} needs a 'bbox', got {region!r}.")
     spans = region.get("tokens_positive")
@@ -138,13 +157,19 @@ def _parse_region(region, caption: str, where: str) -> dict:
         spans = [list(s) for s in validate_spans(caption, spans)]
     except ValueError as error:
         raise DatasetFormatError(f"{where}: {error}") from None
-    return {
-        "bbox": check_box(region["bbox"], where, fmt="xyxy"),
-        "bbox_mode": BoxMode.XYXY_ABS,
-        "category_id": 0,
-        "iscrowd": 0,
-        "tokens_positive": spans,
-    }
+    boxes = region["bbox"]
+    if not (isinstance(boxes, list) and boxes and all(isinstance(b, list) for b in boxes)):
+        boxes = [boxes]
+    return [
+        {
+            "bbox": check_box(box, where if len(boxes) == 1 else f"{where}, box #{k}", "xyxy"),
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": 0,
+            "iscrowd": 0,
+            "tokens_positive": [list(s) for s in spans],
+        }
+        for k, box in enumerate(boxes)
+    ]
 
 
 def parse_odvg_jsonl(jsonl_file: str) -> dict:
@@ -181,7 +206,7 @@ def _thing_classes(names: Dict[int, str], where: str) -> List[str]:
     if sorted(names) != list(range(len(names))):
         raise DatasetFormatError(
             f"{where}: the detection labels {sorted(names)[:10]}... are not 0..K-1; give a "
-            "label map."
+            'label map {"<label>": name, ...} with these labels as keys (label_map_file).'
         )
     return [names[k] for k in range(len(names))]
 
@@ -219,23 +244,28 @@ def load_odvg_jsonl(
     parsed = cached_parse(
         jsonl_file, "odvg", functools.partial(parse_odvg_jsonl, jsonl_file), check=_is_parse
     )
+    id_map = None  # label -> contiguous id, when the labels are not already 0..K-1
     if label_map_file:
-        classes = read_label_map(label_map_file)
-        unknown = sorted(k for k in parsed["names"] if k >= len(classes))
+        label_names = read_label_map_ids(label_map_file)
+        classes = list(label_names.values())
+        unknown = sorted(k for k in parsed["names"] if k not in label_names)
         if unknown:
             raise DatasetFormatError(
                 f"{jsonl_file}: labels {unknown[:10]} are not in the label map {label_map_file} "
                 f"({len(classes)} names)."
             )
+        if list(label_names) != list(range(len(label_names))):
+            id_map = {label: k for k, label in enumerate(label_names)}
     else:
         classes = _thing_classes(parsed["names"], jsonl_file)
     for record in parsed["records"]:
         if "caption" in record:
             continue
         for anno in record["annotations"]:
-            if anno["category_id"] >= len(classes):
+            label = anno["category_id"]
+            if (label not in id_map) if id_map is not None else label >= len(classes):
                 raise DatasetFormatError(
-                    f"{jsonl_file}:{record['image_id']}: label {anno['category_id']} has no name "
+                    f"{jsonl_file}:{record['image_id']}: label {label} has no name "
                     "(no label map entry and no 'category' field)."
                 )
     if dataset_name is not None and classes:
@@ -245,6 +275,10 @@ def load_odvg_jsonl(
     dicts = []
     for record in parsed["records"]:
         record = dict(record, file_name=os.path.join(image_root, record["file_name"]))
+        if id_map is not None and "caption" not in record:
+            record["annotations"] = [
+                dict(a, category_id=id_map[a["category_id"]]) for a in record["annotations"]
+            ]
         if dataset_name is not None:
             record["dataset_name"] = dataset_name
         dicts.append(record)
@@ -271,7 +305,11 @@ def register_odvg(
     check_new_name(name)
     meta = {"evaluator_type": "coco" if label_map_file else "grounding"}
     if label_map_file:
-        meta["thing_classes"] = read_label_map(label_map_file)
+        label_names = read_label_map_ids(label_map_file)
+        meta["thing_classes"] = list(label_names.values())
+        if list(label_names) != list(range(len(label_names))):
+            # The labels as the dataset's ids (COCOEvaluator writes results with them).
+            meta["thing_dataset_id_to_contiguous_id"] = {k: i for i, k in enumerate(label_names)}
         meta["label_map_file"] = label_map_file
     meta.update(metadata or {})
     DatasetCatalog.register(
