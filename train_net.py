@@ -27,8 +27,8 @@ from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
                             build_glip_writers, check_datasets_present, check_fixed_vocabulary,
                             check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
-                            keep_fractional_steps, load_eval_weights, log_main_group_lr, resolve_schedule,
-                            set_test_vocabulary)
+                            build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
+                            log_main_group_lr, match_lr_hook_state, resolve_schedule, set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -67,6 +67,10 @@ class Trainer(DefaultTrainer):
         if self.ema is not None:  # the average starts at MODEL.WEIGHTS, not at the random init
             self.ema.start_from(self.model)
 
+    def load_state_dict(self, state_dict):
+        # the LR scheduler's state of checkpoints that name its hook "LRScheduler" (Detectron2's)
+        super().load_state_dict(match_lr_hook_state(state_dict, self._hooks))
+
     def _test_with_ema(self, cfg, model, evaluators=None):
         with ema_weights(self.ema, model):
             return type(self).test(cfg, model, evaluators)
@@ -87,6 +91,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_glip_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_glip_lr_scheduler(cfg, optimizer)
 
     def build_writers(self):
         return build_glip_writers(self.cfg.OUTPUT_DIR, self.max_iter)

@@ -1,11 +1,11 @@
 """Training hooks: the LR logged for the main parameter group."""
 import math
-from typing import List
+from typing import Dict, List
 
 from detectron2.engine import hooks
 from detectron2.engine.train_loop import HookBase
 
-__all__ = ["MainGroupLRScheduler", "log_main_group_lr"]
+__all__ = ["MainGroupLRScheduler", "log_main_group_lr", "match_lr_hook_state"]
 
 
 class MainGroupLRScheduler(hooks.LRScheduler):
@@ -46,3 +46,26 @@ def log_main_group_lr(trainer_hooks: List[HookBase], base_lr: float) -> List[Hoo
             h = MainGroupLRScheduler(base_lr, h._optimizer, h._scheduler)
         out.append(h)
     return out
+
+
+_LR_HOOK_NAMES = ("LRScheduler", "MainGroupLRScheduler")
+
+
+def match_lr_hook_state(state_dict: Dict, trainer_hooks: List[HookBase]) -> Dict:
+    """A trainer ``state_dict`` whose LR-scheduler hook state is under the name of the trainer's
+    own LR hook.
+
+    Detectron2 saves and restores each hook's state under its class name: checkpoints of
+    Detectron2's trainer (and of glip_d2 before :class:`MainGroupLRScheduler`) hold the
+    scheduler under "LRScheduler", which a trainer with :class:`MainGroupLRScheduler` ignored
+    (with a warning), restarting the LR schedule at the resumed iteration; and the other way round.
+    """
+    saved = state_dict.get("hooks", {})
+    own = [type(h).__qualname__ for h in trainer_hooks if type(h).__qualname__ in _LR_HOOK_NAMES]
+    if not own or own[0] in saved:
+        return state_dict
+    other = next((n for n in _LR_HOOK_NAMES if n != own[0] and n in saved), None)
+    if other is None:
+        return state_dict
+    hooks_state = {(own[0] if k == other else k): v for k, v in saved.items()}
+    return dict(state_dict, hooks=hooks_state)

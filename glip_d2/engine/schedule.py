@@ -4,7 +4,9 @@ iteration counts once the training set is loaded."""
 import logging
 from typing import Sequence
 
-__all__ = ["keep_fractional_steps", "resolve_schedule"]
+from detectron2.solver import build_lr_scheduler
+
+__all__ = ["build_glip_lr_scheduler", "keep_fractional_steps", "resolve_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,8 @@ def resolve_schedule(cfg, num_images: int):
 
     Raises:
         ValueError: if ``MAX_EPOCH`` epochs of ``num_images`` images are not one batch, a
-            resolved step lies beyond ``MAX_ITER``, or a per-epoch period is set without
-            ``MAX_EPOCH``.
+            resolved step lies beyond ``MAX_ITER``, fractional steps round to iteration 0 or to
+            the same iteration, or a per-epoch period is set without ``MAX_EPOCH``.
     """
     solver = cfg.SOLVER
     epochs = solver.get("MAX_EPOCH", 0)
@@ -64,13 +66,23 @@ def resolve_schedule(cfg, num_images: int):
             f"iterations of SOLVER.MAX_EPOCH {epochs} ({num_images} images, batch "
             f"{solver.IMS_PER_BATCH}): give the steps as fractions of the run, e.g. (0.67, 0.89)."
         )
+    applied = [s for s in steps if s < max_iter]  # a step at MAX_ITER never applies
+    if any(_is_fraction(s) for s in solver.STEPS) and (
+        any(s < 1 for s in applied) or len(set(applied)) != len(applied)
+    ):  # Detectron2's MultiStepParamScheduler takes increasing steps > 0 only
+        raise ValueError(
+            f"SOLVER.STEPS {tuple(solver.STEPS)} round to iterations {steps} of the {max_iter} "
+            "iterations of the run: an LR step at iteration 0 or two steps at one iteration. Give "
+            "fractions further apart, fewer steps, or a longer run."
+        )
     frozen = cfg.is_frozen()
     cfg = cfg.clone()
     cfg.defrost()
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = max_iter, steps
-    for value, period in periods.values():  # official CHECKPOINT_PER_EPOCH: epochs' iterations
+    for value, period in periods.values():
+        # official trainer.py: len(data_loader) * CHECKPOINT_PER_EPOCH // MAX_EPOCH
         node, key = period.split(".")
-        cfg[node][key] = max(int(max_iter / epochs * value), 1)
+        cfg[node][key] = max(int(max_iter * value // epochs), 1)
     if frozen:
         cfg.freeze()
     length = f" ({epochs} epochs of {num_images} images at batch {solver.IMS_PER_BATCH})"
@@ -108,3 +120,21 @@ def keep_fractional_steps(steps: Sequence, scaled_cfg):
     if frozen:
         scaled_cfg.freeze()
     return scaled_cfg
+
+
+def build_glip_lr_scheduler(cfg, optimizer):
+    """Detectron2's ``build_lr_scheduler``, without ``SOLVER.STEPS`` equal to ``MAX_ITER``.
+
+    Such a step changes no LR (the last step, iteration ``MAX_ITER - 1``, runs before it), and
+    official GLIP's scheduler accepts it; Detectron2's ``MultiStepParamScheduler`` refuses it, so
+    a short epoch run whose 0.89 rounds to its last iteration stopped at the start. The step
+    stays in ``cfg.SOLVER.STEPS`` for ``SOLVER.WEIGHT_DECAY_SCHEDULE`` (official: milestones).
+    """
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and cfg.SOLVER.MAX_ITER in cfg.SOLVER.STEPS:
+        frozen = cfg.is_frozen()
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.STEPS = tuple(s for s in cfg.SOLVER.STEPS if s != cfg.SOLVER.MAX_ITER)
+        if frozen:
+            cfg.freeze()
+    return build_lr_scheduler(cfg, optimizer)

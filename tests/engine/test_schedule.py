@@ -69,3 +69,53 @@ def test_checkpoint_and_evaluation_periods_in_epochs():
         bad = _cfg(MAX_ITER=100, STEPS=())
         bad.TEST.EVAL_PER_EPOCH = 1.0
         resolve_schedule(bad, 448)
+
+
+def test_periods_in_epochs_use_the_official_integer_formula():
+    """Official trainer.py: checkpoint_period = len(data_loader) * CHECKPOINT_PER_EPOCH // MAX_EPOCH.
+    30 iterations over 22 epochs, every 11 epochs: 30 * 11 // 22 = 15 (30 / 22 * 11 is
+    14.999... in floating point, which truncated to 14)."""
+    cfg = _cfg(MAX_EPOCH=22, IMS_PER_BATCH=22, STEPS=(), CHECKPOINT_PER_EPOCH=11.0)
+    cfg.TEST.EVAL_PER_EPOCH = 11.0
+    out = resolve_schedule(cfg, 30)
+    assert out.SOLVER.MAX_ITER == 30
+    assert (out.SOLVER.CHECKPOINT_PERIOD, out.TEST.EVAL_PERIOD) == (15, 15)
+
+
+def _lrs(cfg, optimizer_steps):
+    """The LR of each step of the scheduler train_net's Trainer builds from ``cfg``."""
+    import torch
+
+    from tests.reliability.helpers import load_train_net
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = load_train_net().Trainer.build_lr_scheduler(cfg, optimizer)
+    out = []
+    for _ in range(optimizer_steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_short_epoch_runs_build_their_lr_schedule():
+    """A short MAX_EPOCH run (a few-shot set): 0.89 of 3 iterations rounds to 3 = MAX_ITER.
+    Official GLIP's WarmupMultiStepLR runs it (that step never applies); Detectron2's
+    MultiStepParamScheduler refused it ("Milestone must be smaller than total number of
+    updates"), and 2 steps in 2 iterations ("Total num_updates must be greater ...")."""
+    for images, want in ((6, [1, 1, 0.1]), (4, [1, 0.1]), (2, [1])):
+        cfg = _cfg(MAX_EPOCH=1, IMS_PER_BATCH=2, STEPS=(0.67, 0.89), WARMUP_ITERS=0)
+        out = resolve_schedule(cfg, images)
+        assert out.SOLVER.MAX_ITER == len(want)
+        assert _lrs(out, len(want)) == pytest.approx(want)
+    # other schedules as Detectron2 builds them: steps in iterations, warmup
+    cfg = _cfg(MAX_ITER=10, STEPS=(4, 8), WARMUP_ITERS=2, WARMUP_FACTOR=0.5)
+    assert _lrs(cfg, 10) == pytest.approx([0.5, 0.75, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_fractional_steps_that_round_together_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(0.5, 0.6\) round to iterations \(2, 2\) of the 4"):
+        resolve_schedule(_cfg(MAX_EPOCH=1, IMS_PER_BATCH=2, STEPS=(0.5, 0.6)), 8)
+    with pytest.raises(ValueError, match=r"round to iterations \(0, 3\) of the 4"):
+        resolve_schedule(_cfg(MAX_ITER=4, STEPS=(0.1, 0.8)), 0)

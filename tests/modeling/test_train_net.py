@@ -162,3 +162,30 @@ def test_epoch_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset)
     # 0.4 epochs = 2 iterations between checkpoints
     assert sorted(p.name for p in (tmp_path / "out").glob("model_*.pth")) == [
         "model_0000001.pth", "model_0000003.pth", "model_final.pth"]
+
+
+def test_resume_restores_the_lr_schedule_of_a_checkpoint_with_the_stock_hook_key(train_net, tmp_path,
+                                                                                 resume_dataset):
+    """Checkpoints written before the LR hook logged the main group (and Detectron2's own) keep
+    the scheduler under the hook name "LRScheduler": a resume restores it, instead of warning
+    and restarting the LR schedule (warmup again) at the resumed iteration."""
+    from tests.reliability.test_exact_resume import train_cfg
+
+    cfg_file = train_cfg(tmp_path, tmp_path / "out")
+    cfg = train_net.setup(train_net.argument_parser().parse_args(["--config-file", cfg_file]))
+    trainer = train_net.Trainer(cfg)
+    for _ in range(4):
+        trainer.scheduler.step()
+    state = trainer.state_dict()
+    hooks_state = state["hooks"]
+    assert "MainGroupLRScheduler" in hooks_state or "LRScheduler" in hooks_state
+    legacy = dict(state, hooks={("LRScheduler" if k == "MainGroupLRScheduler" else k): v
+                               for k, v in hooks_state.items()})
+    assert legacy["hooks"]["LRScheduler"]["last_epoch"] == 4
+    fresh = train_net.Trainer(cfg)
+    assert fresh.scheduler.last_epoch == 0
+    fresh.load_state_dict(legacy)
+    assert fresh.scheduler.last_epoch == 4
+    fresh2 = train_net.Trainer(cfg)
+    fresh2.load_state_dict(state)  # and the checkpoints this version writes
+    assert fresh2.scheduler.last_epoch == 4
