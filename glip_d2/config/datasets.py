@@ -42,10 +42,13 @@ def add_dataset_config(cfg):
     # the class's positive tokens. Used by training prompts and the test vocabulary.
     _C.DATASETS.CLASS_DESCRIPTIONS = []
     # k-shot training (ODinW protocol, glip_d2/data/few_shot.py): each detection dataset of
-    # DATASETS.TRAIN is cut to images that hold at least k instances of every category; 0 = off.
+    # DATASETS.TRAIN is cut to a k-shot subset of its images; 0 = off.
     _C.DATASETS.FEW_SHOT = 0
     # Seed of the few-shot draw (the same seed gives the same images; ODinW uses 0, 1, 2).
     _C.DATASETS.FEW_SHOT_SEED = 0
+    # What k counts: "official" (GLIP's: k images per category, seed 0 = dataset order) or
+    # "instances" (k annotated instances per category, always seeded; the shapes demo's tables).
+    _C.DATASETS.FEW_SHOT_MODE = "official"
 
     _C.TEST.BENCHMARK = CN()
     # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.

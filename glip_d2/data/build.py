@@ -31,7 +31,7 @@ def load_checked_train_dicts(cfg, mapper):
     """The records of each DATASETS.TRAIN entry, checked (``DATASETS.CHECK_RECORDS``) and, with
     ``DATASETS.SKIP_BAD_RECORDS``, without the bad ones; with ``DATASETS.FEW_SHOT`` k > 0, the
     k-shot subset of each detection dataset (:func:`~glip_d2.data.few_shot.sample_few_shot`,
-    seeded by ``DATASETS.FEW_SHOT_SEED``).
+    seeded by ``DATASETS.FEW_SHOT_SEED``, counting ``DATASETS.FEW_SHOT_MODE``).
 
     Returns:
         one list of records per DATASETS.TRAIN entry.
@@ -63,7 +63,8 @@ def load_checked_train_dicts(cfg, mapper):
         if shots > 0 and not has_captions:
             categories = range(len(names)) if names else None
             parts[-1] = sample_few_shot(
-                parts[-1], shots, cfg.DATASETS.get("FEW_SHOT_SEED", 0), categories, source
+                parts[-1], shots, cfg.DATASETS.get("FEW_SHOT_SEED", 0), categories, source,
+                mode=cfg.DATASETS.get("FEW_SHOT_MODE", "official"),
             )
     return parts
 
