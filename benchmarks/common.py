@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import time
 
 import torch
@@ -57,8 +58,7 @@ def time_ms(fn, device: str, iters: int, warmup: int):
         fn()
         sync(device)
         times.append(1000 * (time.perf_counter() - t))
-    times.sort()
-    return times[len(times) // 2], times[0]
+    return statistics.median(times), min(times)
 
 
 def reset_peak_memory(device: str):
