@@ -6,7 +6,7 @@
 #   TEACHER_KIND=one_stage:           the one-stage demo GLIP of scripts/demo.sh (GLIP's own recipe)
 #   STUDENT=two_stage (default) | one_stage: the student's architecture (the same two demo models)
 # TEACHER=<checkpoint>, PSEUDO=<dir>, OUT=<dir> override the defaults; extra args go to the
-# student's training.
+# student's training (flags such as --resume first, then KEY VALUE config overrides).
 set -e
 TEACHER_KIND=${TEACHER_KIND:-two_stage}
 STUDENT=${STUDENT:-two_stage}
@@ -59,6 +59,6 @@ PY
   --output-dir "$PSEUDO" --max-boxes-per-phrase 3 --format both "${TEACHER_ARGS[@]}"
 .venv/bin/python scripts/pseudo_label_quality.py "$PSEUDO/pseudo_labels.json" \
   "$SHAPES/annotations/train.json"
-.venv/bin/python train_net.py --config-file "$STUDENT_CONFIG" \
-  DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT" "$@"
+.venv/bin/python train_net.py --config-file "$STUDENT_CONFIG" "$@" \
+  DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT"
 .venv/bin/python scripts/print_ap.py "$OUT"
