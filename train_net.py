@@ -105,7 +105,12 @@ class Trainer(DefaultTrainer):
         # right after the timer, before the checkpointer and EvalHook: a checkpoint or an
         # evaluation of iteration i sees the EMA and the weight decay after step i
         after_timer = next((i + 1 for i, h in enumerate(hooks) if isinstance(h, IterationTimer)), 0)
-        if self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE:
+        if self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE and self.cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
+            # official: the decay follows the LR milestones, which only a step schedule has
+            logging.getLogger("glip_d2").warning(
+                f"SOLVER.WEIGHT_DECAY_SCHEDULE is off: it follows the LR steps of WarmupMultiStepLR, "
+                f"and SOLVER.LR_SCHEDULER_NAME is {self.cfg.SOLVER.LR_SCHEDULER_NAME!r}.")
+        elif self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE:
             hooks.insert(after_timer, WeightDecaySchedule(self.optimizer, self.cfg.SOLVER.STEPS,
                                                           self.cfg.SOLVER.GAMMA,
                                                           self.cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO))

@@ -139,6 +139,22 @@ def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path, resume_d
     assert sorted({g["weight_decay"] for g in saved}) == pytest.approx(after)
 
 
+def test_weight_decay_schedule_is_off_without_lr_steps(train_net, tmp_path, resume_dataset, caplog):
+    """As official (it follows the scheduler's milestones): with a cosine LR schedule there are no
+    steps to follow, so the weight decay stays, and the log says why."""
+    from glip_d2.engine import WeightDecaySchedule
+    from tests.reliability.test_exact_resume import train_cfg
+
+    cfg = train_net.setup(train_net.argument_parser().parse_args(
+        ["--config-file", train_cfg(tmp_path, tmp_path / "out"), "SOLVER.MAX_ITER", "5",
+         "SOLVER.STEPS", "(6,)", "SOLVER.WEIGHT_DECAY_SCHEDULE", "True",
+         "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]))
+    with caplog.at_level("WARNING", logger="glip_d2"):
+        trainer = train_net.Trainer(cfg)
+    assert not any(isinstance(h, WeightDecaySchedule) for h in trainer._hooks)
+    assert "WEIGHT_DECAY_SCHEDULE is off" in caplog.text and "WarmupCosineLR" in caplog.text
+
+
 def test_epoch_schedule_runs_in_the_trainer(train_net, tmp_path, resume_dataset):
     """SOLVER.MAX_EPOCH, a fractional step and CHECKPOINT_PER_EPOCH through train_net: 1 epoch of
     the 10 training images at batch 2 is 5 iterations; the LR step at 0.6 of them falls at
