@@ -8,7 +8,8 @@ Two small things stand between Detectron2's ``LVISEvaluator`` and GLIP's LVIS ev
 * The FixedAP config runs the model without a per-image cap (thousands of detections per image
   over 31 prompt chunks). The standard protocol keeps the top 300 per image anyway
   (``LVISResults(max_dets=300)``), so :class:`StandardLVISEvaluator` keeps only those when it
-  stores an image's predictions: same numbers, bounded memory.
+  stores an image's predictions, chosen and ordered as the LVIS API does (ties included): same
+  numbers, bounded memory.
 """
 
 import contextlib
@@ -60,7 +61,12 @@ class StandardLVISEvaluator(LVISEvaluator):
         for output in outputs:
             instances = output.get("instances")
             if instances is not None and len(instances) > cap > 0:
-                keep = torch.topk(instances.scores, cap).indices
+                # The LVIS API's cut: a stable sort by score (among ties the earlier detection
+                # stays), the kept ones in their original order (LVISEval sorts them stably
+                # again, so the order of ties decides the matching). torch.topk breaks ties
+                # arbitrarily.
+                order = torch.sort(instances.scores, descending=True, stable=True).indices
+                keep = torch.sort(order[:cap]).values
                 output = {**output, "instances": instances[keep]}
             capped.append(output)
         super().process(inputs, capped)

@@ -7,7 +7,7 @@ among annotations with spans), so the ground truth of phrase ``j`` is compared w
 predictions of class ``j``.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.structures import BoxMode
@@ -36,13 +36,14 @@ def phrase_boxes(record: dict) -> List[np.ndarray]:
     return [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
 
 
-def ranked_boxes(instances, num_phrases: int, k: int) -> List[np.ndarray]:
-    """For each phrase index, the boxes predicted for it, best score first, at most ``k``.
+def ranked_boxes(instances, num_phrases: int, k: Optional[int]) -> List[np.ndarray]:
+    """For each phrase index, the boxes predicted for it, best score first, at most ``k``
+    (None: all).
 
     Args:
         instances: model output (``pred_boxes``, ``scores``, ``pred_classes`` = phrase index).
         num_phrases: phrases of the input; predictions of other classes are ignored.
-        k: boxes kept per phrase.
+        k: boxes kept per phrase (None: all).
 
     Returns:
         ``num_phrases`` arrays of shape ``(<= k, 4)`` (XYXY).
@@ -72,8 +73,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def hits_at_k(predicted: np.ndarray, targets: np.ndarray, topk: Sequence[int], thresh: float):
-    """``{k: whether one of the first k predicted boxes has IoU >= thresh with a target}``."""
+    """``{k: whether one of the first k predicted boxes has IoU >= thresh with a target}``;
+    k = -1: any of the predicted boxes (official GLIP's / MDETR's "upper bound")."""
     if len(predicted) == 0 or len(targets) == 0:
         return {k: False for k in topk}
     best = box_iou(predicted, targets).max(1)  # per predicted box, its best target
-    return {k: bool((best[:k] >= thresh).any()) for k in topk}
+    return {k: bool((best[: None if k == -1 else k] >= thresh).any()) for k in topk}
