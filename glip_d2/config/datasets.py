@@ -61,6 +61,9 @@ def add_dataset_config(cfg):
     _C.TEST.BENCHMARK.GROUNDING_TOPK = (1, 5, 10)
     # IoU at which a grounded box counts as correct.
     _C.TEST.BENCHMARK.GROUNDING_IOU_THRESH = 0.5
+    # RefCOCO's overlap measure: "giou" (MDETR's and official GLIP's RefExp evaluator, behind
+    # their reported numbers) or "iou" (the usual RefCOCO criterion; never lower).
+    _C.TEST.BENCHMARK.REFCOCO_MATCH = "giou"
     # Flickr30k Entities folder (Annotations/, Sentences/) for MDETR's exact protocol and
     # per-type recall; "" = the one found at registration (<root>/flickr30k/flickr30k_entities).
     _C.TEST.BENCHMARK.FLICKR_ENTITIES_DIR = ""

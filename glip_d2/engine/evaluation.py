@@ -130,7 +130,8 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
         )
     if kind == "refcoco":
         return RefExpEvaluator(
-            dataset_name, topk=opts.GROUNDING_TOPK, iou_thresh=opts.GROUNDING_IOU_THRESH
+            dataset_name, topk=opts.GROUNDING_TOPK, iou_thresh=opts.GROUNDING_IOU_THRESH,
+            match=opts.get("REFCOCO_MATCH", "giou"),
         )
     raise NotImplementedError(
         f"No evaluator for dataset {dataset_name!r} with evaluator_type {kind!r}; glip_d2 "

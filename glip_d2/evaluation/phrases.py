@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.structures import BoxMode
 
-__all__ = ["phrase_boxes", "ranked_boxes", "box_iou", "hits_at_k"]
+__all__ = ["phrase_boxes", "ranked_boxes", "box_iou", "generalized_box_iou", "hits_at_k"]
 
 
 def phrase_boxes(record: dict) -> List[np.ndarray]:
@@ -72,10 +72,33 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def hits_at_k(predicted: np.ndarray, targets: np.ndarray, topk: Sequence[int], thresh: float):
-    """``{k: whether one of the first k predicted boxes has IoU >= thresh with a target}``;
-    k = -1: any of the predicted boxes (official GLIP's / MDETR's "upper bound")."""
+def generalized_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """GIoU (Rezatofighi et al. 2019) of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, ``(N, M)``: the IoU
+    minus the part of the enclosing box the union leaves empty; never above the IoU."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    union = area_a[:, None] + area_b[None, :] - np.clip(rb - lt, 0, None).prod(-1)
+    lo, hi = np.minimum(a[:, None, :2], b[None, :, :2]), np.maximum(a[:, None, 2:], b[None, :, 2:])
+    hull = (hi - lo).prod(-1)
+    iou = box_iou(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(hull > 0, iou - (hull - union) / hull, iou)
+
+
+def hits_at_k(predicted: np.ndarray, targets: np.ndarray, topk: Sequence[int], thresh: float,
+              overlap: str = "iou"):
+    """``{k: whether one of the first k predicted boxes overlaps a target by >= thresh}``;
+    k = -1: any of the predicted boxes (official GLIP's / MDETR's "upper bound").
+
+    Args:
+        overlap: "iou", or "giou" (the generalized IoU MDETR's and official GLIP's RefCOCO
+            evaluators use).
+    """
+    if overlap not in ("iou", "giou"):
+        raise ValueError(f"overlap must be 'iou' or 'giou', got {overlap!r}.")
     if len(predicted) == 0 or len(targets) == 0:
         return {k: False for k in topk}
-    best = box_iou(predicted, targets).max(1)  # per predicted box, its best target
+    measure = box_iou if overlap == "iou" else generalized_box_iou
+    best = measure(predicted, targets).max(1)  # per predicted box, its best target
     return {k: bool((best[: None if k == -1 else k] >= thresh).any()) for k in topk}

@@ -1,10 +1,13 @@
-"""Referring expression comprehension (RefCOCO, RefCOCO+, RefCOCOg): top-k accuracy at IoU 0.5.
+"""Referring expression comprehension (RefCOCO, RefCOCO+, RefCOCOg): top-k accuracy at 0.5.
 
 Each item is one expression with one referred box (MDETR's ``finetune_refcoco*`` jsons, the
 "refexp" view of :mod:`glip_d2.data.datasets.mdetr`: the expression is phrase 0). The model's
-boxes for phrase 0 are ranked by score; Acc@1 is the fraction of expressions whose best box has
-IoU >= 0.5 with the referred box (Acc@5 / Acc@10: one of the first 5 / 10). One registered
-dataset is one split, so the numbers are per split.
+boxes for phrase 0 are ranked by score; Acc@1 is the fraction of expressions whose best box
+overlaps the referred box by >= 0.5 (Acc@5 / Acc@10: one of the first 5 / 10). The overlap is
+the generalized IoU by default, as MDETR's and official GLIP's RefExp evaluators (whose reported
+numbers use it), or the plain IoU of the usual RefCOCO criterion (``TEST.BENCHMARK.REFCOCO_MATCH
+iou``); GIoU is never above IoU, so "giou" can only count fewer. One registered dataset is one
+split, so the numbers are per split.
 """
 
 from collections import OrderedDict
@@ -23,6 +26,16 @@ class RefExpEvaluator(RankedPhraseEvaluator):
     Results: ``{"refexp": {"Acc@1", "Acc@5", "Acc@10"}}`` (percent).
     """
 
+    def __init__(self, dataset_name: str, *args, match: str = "giou", **kwargs):
+        """``match``: "giou" (MDETR's and official GLIP's evaluator) or "iou"; other arguments
+        as :class:`RankedPhraseEvaluator`."""
+        if match not in ("giou", "iou"):
+            raise ValueError(
+                f"TEST.BENCHMARK.REFCOCO_MATCH must be 'giou' or 'iou', got {match!r}."
+            )
+        super().__init__(dataset_name, *args, **kwargs)
+        self._match = match
+
     def _num_phrases(self, inp: dict) -> int:
         return 1  # the expression is phrase 0
 
@@ -35,7 +48,8 @@ class RefExpEvaluator(RankedPhraseEvaluator):
                 raise ValueError(
                     f"Expression {image_id!r} of {self._dataset_name} has no referred box."
                 )
-            for k, hit in hits_at_k(boxes[0], phrases[0], self._topk, self._thresh).items():
+            hits = hits_at_k(boxes[0], phrases[0], self._topk, self._thresh, overlap=self._match)
+            for k, hit in hits.items():
                 correct[k] += hit
         n = len(predictions)
         return OrderedDict(

@@ -1,5 +1,6 @@
 """Flickr30k Recall@k (any-box / merged-box, per phrase type) and RefCOCO Acc@k, by hand."""
 
+import numpy as np
 import pytest
 from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
@@ -171,3 +172,24 @@ def test_refcoco_gathers_predictions_of_all_ranks(refcoco_dataset, monkeypatch):
         rank1.process([inp], [out])
     monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._predictions])
     assert rank0.evaluate()["refexp"]["Acc@5"] == pytest.approx(200 / 3)
+
+
+def test_refcoco_counts_by_giou_as_mdetr_unless_iou_is_asked(refcoco_dataset):
+    """MDETR's and official GLIP's RefExp evaluator compare the generalized IoU with 0.5: a box
+    at IoU 0.531 but GIoU 0.491 with the referred [50, 50, 80, 70] is a miss there, a hit by
+    the plain IoU criterion (TEST.BENCHMARK.REFCOCO_MATCH iou)."""
+    import torch
+    from torchvision.ops import generalized_box_iou as torch_giou
+
+    from glip_d2.evaluation.phrases import generalized_box_iou
+
+    box, target = [[54.0, 54.0, 84.0, 74.0]], [[50.0, 50.0, 80.0, 70.0]]
+    ours = generalized_box_iou(np.array(box), np.array(target))
+    assert ours[0, 0] == pytest.approx(torch_giou(torch.tensor(box), torch.tensor(target)).item())
+    assert ours[0, 0] == pytest.approx(0.4914, abs=1e-4)
+    preds = [({"image_id": 1}, instances(box, [0.9], [0]))]
+    assert _evaluate(RefExpEvaluator(refcoco_dataset), preds)["refexp"]["Acc@1"] == 0.0
+    iou = RefExpEvaluator(refcoco_dataset, match="iou")
+    assert _evaluate(iou, preds)["refexp"]["Acc@1"] == 100.0
+    with pytest.raises(ValueError, match="REFCOCO_MATCH must be 'giou' or 'iou'"):
+        RefExpEvaluator(refcoco_dataset, match="dice")
