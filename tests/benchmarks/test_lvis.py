@@ -235,3 +235,14 @@ def test_lvis_vocabulary_in_chunks_of_40_names_gives_31_prompts():
     assert [len(c.label_ids) for c in chunks] == [40] * 30 + [3]
     assert [i for c in chunks for i in c.label_ids] == list(range(1203))
     assert all(count_tokens(tokenizer, c.caption) + 2 <= 256 for c in chunks)
+
+
+def test_register_lvis_refuses_own_names_with_lvis_v1_ids(tmp_path, names):
+    """Names without their id map (or an id map without names) would be scored against LVIS
+    v1's category ids: refused, naming the missing key."""
+    json_file = write_json(tmp_path / "own.json", _lvis_json())
+    with pytest.raises(ValueError, match="gives thing_classes without thing_dataset_id_to_contiguous_id"):
+        register_lvis(names("own_names"), json_file, str(tmp_path), metadata={"thing_classes": ["a"]})
+    with pytest.raises(ValueError, match="gives thing_dataset_id_to_contiguous_id without thing_classes"):
+        register_lvis(names("own_ids"), json_file, str(tmp_path),
+                      metadata={"thing_dataset_id_to_contiguous_id": {1: 0}})

@@ -70,7 +70,20 @@ def register_lvis(
         image_root: the folder holding ``train2017/`` and ``val2017/`` (COCO's images).
         metadata: extra metadata; the LVIS v1 vocabulary is used unless it gives
             ``thing_classes`` (with ``thing_dataset_id_to_contiguous_id``).
+
+    Raises:
+        ValueError: if ``metadata`` gives one of the two keys without the other (its names
+            would be read with LVIS v1's ids, or v1's names with its ids).
     """
+    given = {"thing_classes", "thing_dataset_id_to_contiguous_id"} & set(metadata or {})
+    if len(given) == 1:
+        raise ValueError(
+            f"register_lvis({name!r}): metadata gives {given.pop()} without "
+            f"{({'thing_classes', 'thing_dataset_id_to_contiguous_id'} - set(metadata)).pop()}; "
+            "a vocabulary of your own needs both (the names in contiguous order and the json's "
+            "category id of each), or neither for LVIS v1's. DATASETS.CUSTOM with format 'lvis' "
+            "reads both from the json."
+        )
     register_detection_json(
         name,
         json_file,
