@@ -124,9 +124,21 @@ def setup_cfg(args):
         )
     cfg = get_cfg()
     add_glip_config(cfg)
+    import yaml
+
     try:
+        with open(args.config_file) as f:
+            content = yaml.safe_load(f)
+        if not isinstance(content, dict):  # empty, a list or a scalar: yacs would fail obscurely
+            what = "an empty file" if content is None else f"a {type(content).__name__}"
+            raise ValueError(
+                f"invalid config file {args.config_file!r}: it must be a YAML mapping of config "
+                f"keys (e.g. MODEL: ...), not {what}"
+            )
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
+    except yaml.YAMLError as e:  # the file (or a _BASE_ it names) is not YAML
+        raise ValueError(f"invalid config file {args.config_file!r}: not valid YAML ({e})") from None
     except AssertionError as e:  # yacs checks its inputs with assertions
         raise ValueError(f"invalid config or --opts: {e}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -115,7 +115,7 @@ def _pil_to_array(image: "Image.Image") -> np.ndarray:
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
-    if image.dtype == np.uint16:
+    if image.dtype.kind == "u" and image.dtype.itemsize == 2:  # either byte order ("I;16B")
         return np.round(image / 257.0).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
         return _float_to_uint8(image)
@@ -317,7 +317,9 @@ class GLIPPredictor:
             inst = inst[inst.scores >= threshold]
             if top_k is not None:
                 inst = inst[inst.scores.argsort(descending=True)[: int(top_k)]]
-            results.append(dict(extra, instances=inst))
+            # each image its own lists: the batch's images share one vocabulary / caption
+            own = {k: list(v) if isinstance(v, list) else v for k, v in extra.items()}
+            results.append(dict(own, instances=inst))
         if visualize:
             for res, img in zip(results, images):
                 res["visualization"] = self.draw(img, res)
@@ -526,7 +528,8 @@ def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:
     """Character spans of ``phrases`` in ``caption``.
 
     Each phrase is a ``(start, end)`` span or a string, found as whole words first (exact case,
-    then any case), else as any substring; a string given twice takes its next occurrence.
+    then any case), else as any substring; a string given again takes another occurrence (the
+    first, in that order, that it has not taken yet).
 
     Raises:
         ValueError: if a string is not in the caption, is empty, or a span is out of range.
@@ -535,18 +538,18 @@ def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:
         raise ValueError(f"phrases must be a list, got the string {phrases!r}; wrap it in a list.")
     if len(phrases) == 0:
         raise ValueError("phrases is empty; give at least one phrase, or None to find them.")
-    spans, searched_from = [], {}
+    spans, taken = [], {}
     for p in phrases:
         if isinstance(p, str):
             if not p.strip():
                 raise ValueError("A phrase is empty.")
             text = p.strip()
-            start = searched_from.get(text, 0)
-            span = _find(caption, text, start)
+            used = taken.setdefault(text, [])
+            span = _find(caption, text, used)
             if span is None:
-                again = " again (it is given more often than it occurs)" if start else ""
+                again = " again (it is given more often than it occurs)" if used else ""
                 raise ValueError(f"Phrase {p!r} is not in the caption {caption!r}{again}.")
-            searched_from[text] = span[1]
+            used.append(span)
         else:
             try:
                 span = tuple(int(v) for v in p)
@@ -561,16 +564,19 @@ def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:
     return spans
 
 
-def _find(caption: str, text: str, start: int) -> Optional[Span]:
+def _find(caption: str, text: str, taken: Sequence[Span]) -> Optional[Span]:
+    """The first occurrence of ``text`` (by the priority of :func:`locate_phrases`) that
+    overlaps none of the ``taken`` spans (the occurrences earlier copies of it took)."""
     for pattern, flags in (
         (r"(?<!\w)" + re.escape(text) + r"(?!\w)", 0),
         (r"(?<!\w)" + re.escape(text) + r"(?!\w)", re.IGNORECASE),
         (re.escape(text), 0),
         (re.escape(text), re.IGNORECASE),
     ):
-        m = re.compile(pattern, flags).search(caption, start)
-        if m:
-            return m.span()
+        for m in re.compile(pattern, flags).finditer(caption):
+            s, e = m.span()
+            if all(e <= ts or s >= te for ts, te in taken):
+                return s, e
     return None
 
 

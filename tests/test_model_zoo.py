@@ -275,3 +275,20 @@ def test_configs_are_packaged_by_the_build(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout.split()
     assert out == [str(lib / "glip_d2" / "model_zoo" / "configs"), str(len(model_zoo.list_configs())), "GLIP"]
+
+
+def test_a_file_replaced_with_an_old_modification_time_is_hashed_again(cache, monkeypatch):
+    """``wget`` / ``cp -p`` / ``rsync -t`` keep the source's (old) modification time: a file put
+    in the cache that way, after a record was written, is checked again, not trusted."""
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    _add_model(monkeypatch, "", sha)
+    cache.mkdir()
+    path = cache / "test_model.pth"
+    path.write_bytes(PAYLOAD)
+    assert model_zoo.get_checkpoint("test_model") == str(path)  # verified and recorded
+    other = cache / "download.tmp"
+    other.write_bytes(PAYLOAD[:-1] + b"?")  # another file, e.g. a different release
+    os.utime(other, ns=(10**9, 10**9))  # its server's Last-Modified, as wget sets it
+    os.replace(other, path)
+    with pytest.raises(ValueError, match="test_model.pth has sha256 .* but " + sha):
+        model_zoo.get_checkpoint("test_model")

@@ -68,11 +68,16 @@ def _write_record(path: str, digest: str) -> None:
 
 
 def _recorded(path: str) -> Optional[str]:
-    """The digest recorded for ``path``, if the record is not older than the file."""
+    """The digest recorded for ``path``, if the record is not older than the file.
+
+    The file's age is its last change of content (mtime) or of inode (ctime): a file moved or
+    copied into the cache by a tool that keeps an old mtime (``wget``, ``cp -p``, ``rsync -t``)
+    still gets a new ctime, which no tool can set back."""
     record = _record_path(path)
     try:
-        if os.stat(record).st_mtime_ns < os.stat(path).st_mtime_ns:
-            return None  # the file changed after it was verified
+        st = os.stat(path)
+        if os.stat(record).st_mtime_ns < max(st.st_mtime_ns, st.st_ctime_ns):
+            return None  # the file changed (or was replaced) after it was verified
         with open(record) as f:
             digest = f.read().split(maxsplit=1)[0].lower()
     except (OSError, IndexError):
@@ -126,10 +131,11 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
 
     The bytes go to a temporary file beside ``path`` that is renamed only when complete and
     equal to the expected digest; on any failure it is removed, so a partial or corrupt
-    download never sits at ``path``. The digest is recorded in ``<path>.sha256``. The expected digest is ``sha256`` and also, when the server
-    declares one, the sha256 it names for the file: the Hugging Face hub sends an LFS file's
-    sha256 as ``X-Linked-Etag`` (huggingface_hub checks its cache against the same header), so
-    a hub download is verified even where no digest is pinned.
+    download never sits at ``path``. The digest is recorded in ``<path>.sha256``. The expected
+    digest is ``sha256`` and also, when the server declares one, the sha256 it names for the
+    file: the Hugging Face hub sends an LFS file's sha256 as ``X-Linked-Etag``
+    (huggingface_hub checks its cache against the same header), so a hub download is verified
+    even where no digest is pinned.
 
     Args:
         url: http(s) or file URL.
