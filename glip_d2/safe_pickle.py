@@ -11,6 +11,7 @@ It is a leaf module (nothing of glip_d2 imported) because two sides use it: the 
 must not import the checkpoint package and, through it, the model.
 """
 
+import functools
 import pickle
 from typing import Any, Dict
 
@@ -24,11 +25,15 @@ __all__ = [
 
 # (module, name) pairs a weights pickle may reference. numpy 1.x and 2.x spell the array
 # reconstruction helpers in different modules; `_codecs.encode` turns the latin-1 text that
-# Python-2 pickles use for raw bytes back into bytes (it can only build a bytes object).
+# protocol-2 pickles use for raw bytes back into bytes, and `bytes` makes an empty one. All of
+# them are wrapped (see `WeightsUnpickler.find_class`): numpy only builds plain numeric arrays,
+# `_codecs.encode` only decodes latin-1, `bytes` only copies bytes.
 ALLOWED_GLOBALS = frozenset(
     [
         ("collections", "OrderedDict"),
         ("_codecs", "encode"),
+        ("__builtin__", "bytes"),
+        ("builtins", "bytes"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
@@ -41,17 +46,158 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
+# Protocol-2 pickles spell an empty bytes object as a call of ``bytes`` without arguments.
+_EMPTY_BYTES = frozenset([("__builtin__", "bytes"), ("builtins", "bytes")])
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle references a global that a weights file has no reason to contain."""
 
 
+# Array kinds a weights file may hold: numbers, booleans, dates, fixed-width strings and raw
+# bytes. Never objects ("O": the raw bytes would be PyObject pointers) nor numpy 2 strings ("T").
+_PLAIN_KINDS = frozenset("biufcmMSUV")
+
+
+def _plain_dtype(dtype) -> "Any":
+    """``dtype`` itself if it is a plain (non-structured, object-free) numpy dtype whose flags are
+    those numpy gives that type, else :class:`UnsafePickleError`.
+
+    A dtype's pickled state (``dtype.__setstate__``, the BUILD opcode) sets its fields and flags
+    without checking them against each other: a crafted state gives a structured dtype with an
+    object field whose flags say "no objects", and an array of it turns the file's raw bytes into
+    PyObject pointers (a crash, or worse, when read). Weights need neither structured nor object
+    dtypes, so both are refused, as is any dtype whose flags differ from a fresh one's.
+    """
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"the pickle gives {type(dtype).__name__} where a dtype belongs")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsafePickleError(f"the pickle builds a structured numpy dtype {dtype!r}")
+    if dtype.kind not in _PLAIN_KINDS or dtype.hasobject:
+        raise UnsafePickleError(f"the pickle builds an array of Python objects (dtype {dtype!r})")
+    if dtype.flags != np.dtype(dtype.str).flags:
+        raise UnsafePickleError(
+            f"the pickle builds a numpy dtype {dtype!r} with inconsistent flags {dtype.flags}"
+        )
+    return dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_array_type():
+    """An ndarray subclass whose ``__setstate__`` (BUILD) checks the dtype of the state first;
+    made on first use so that importing this module does not import numpy."""
+    import numpy as np
+
+    class _CheckedArray(np.ndarray):
+        def __setstate__(self, state):
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise UnsafePickleError("the pickle gives an array an unexpected state")
+            _plain_dtype(state[-3])
+            super().__setstate__(state)
+
+    return _CheckedArray
+
+
+class _ArrayClass:
+    """What the name ``numpy.ndarray`` resolves to: only an argument of ``_reconstruct`` (how
+    numpy pickles an array); calling it (an array over a buffer of the file) is refused."""
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafePickleError("the pickle calls numpy.ndarray directly")
+
+
+def _numpy_global(module: str, name: str, original):
+    """The allowed numpy global ``module.name`` (``original``), wrapped to check its dtypes."""
+    import numpy as np
+
+    if name == "ndarray":
+        return _ArrayClass()
+    if name == "dtype":
+
+        def dtype(*args, **kwargs):
+            return _plain_dtype(np.dtype(*args, **kwargs))
+
+        return dtype
+    if name == "_reconstruct":
+        checked = _checked_array_type()
+
+        def _reconstruct(subtype, shape, typecode):
+            if not isinstance(subtype, _ArrayClass):
+                raise UnsafePickleError("the pickle reconstructs an array of another type")
+            return original(checked, shape, _plain_dtype(np.dtype(typecode)))
+
+        return _reconstruct
+    if name == "scalar":
+
+        def scalar(dtype, *args):
+            return original(_plain_dtype(dtype), *args)
+
+        return scalar
+    if name == "_frombuffer":
+
+        def _frombuffer(buf, dtype, shape, order):
+            return original(buf, _plain_dtype(dtype), shape, order)
+
+        return _frombuffer
+    return original  # a numpy name the caller allowed in extra_globals
+
+
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as pickles of bytes use it (protocol < 3): latin-1 text to bytes only.
+    Another codec name would make Python import (and run) the module of that codec."""
+    if not isinstance(obj, str) or str(encoding).lower().replace("-", "") != "latin1":
+        raise UnsafePickleError(f"the pickle encodes with codec {encoding!r} (only latin1 is used)")
+    import _codecs
+
+    return _codecs.encode(obj, "latin1", errors)
+
+
+def _bytes(*args):
+    """``bytes`` as pickles of an empty bytes object use it (protocol < 3: ``bytes()``)."""
+    if args and not isinstance(args[0], (bytes, bytearray)):
+        raise UnsafePickleError("the pickle calls bytes() with something other than bytes")
+    return bytes(*args[:1])
+
+
+def _unwrap_arrays(obj, seen=None):
+    """``obj`` with every checked array in its containers turned into a plain ndarray (a view of
+    the same data; dicts and lists are updated in place), and every dtype in them checked."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj if type(obj) is np.ndarray else obj.view(np.ndarray)
+    if isinstance(obj, np.dtype):
+        return _plain_dtype(obj)
+    if not isinstance(obj, (dict, list, tuple)):
+        return obj
+    seen = {} if seen is None else seen
+    if id(obj) in seen:
+        return seen[id(obj)]
+    seen[id(obj)] = obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _unwrap_arrays(v, seen)
+    elif isinstance(obj, list):
+        obj[:] = [_unwrap_arrays(v, seen) for v in obj]
+    else:
+        new = tuple(_unwrap_arrays(v, seen) for v in obj)
+        if any(a is not b for a, b in zip(new, obj)):
+            obj = seen[id(obj)] = new
+    return obj
+
+
 class WeightsUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that only resolves :data:`ALLOWED_GLOBALS` (see the module doc), plus
-    the ``(module, name)`` pairs of ``extra_globals``."""
+    the ``(module, name)`` pairs of ``extra_globals``. The numpy ones are wrapped so that they
+    only build arrays and scalars of plain numeric dtypes (see :func:`_plain_dtype`);
+    ``_codecs.encode`` only decodes latin-1 text."""
 
     def __init__(self, file, *, extra_globals=(), **kwargs):
         super().__init__(file, **kwargs)
         self._allowed = ALLOWED_GLOBALS | frozenset(extra_globals)
+        self._numpy_used = False
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._allowed:
@@ -59,10 +205,22 @@ class WeightsUnpickler(pickle.Unpickler):
                 f"the pickle references {module}.{name}, which is neither a numpy array nor a "
                 "plain container"
             )
-        return super().find_class(module, name)
+        if (module, name) in _EMPTY_BYTES:
+            return _bytes
+        original = super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if module == "numpy" or module.startswith("numpy."):
+            self._numpy_used = True
+            return _numpy_global(module, name, original)
+        return original
 
     def persistent_load(self, pid):  # torch-style persistent ids are not weights pickles
         raise UnsafePickleError(f"the pickle uses persistent id {pid!r} (not a plain pickle)")
+
+    def load(self):
+        data = super().load()
+        return _unwrap_arrays(data) if self._numpy_used else data
 
 
 def restricted_load(file, extra_globals=()) -> Any:

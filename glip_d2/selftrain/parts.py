@@ -55,6 +55,32 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+def _create_json(path: str, obj) -> bool:
+    """Create ``path`` holding ``obj`` as json, complete, unless it exists already (then False):
+    of shards started at the same time, exactly one records the run's settings and the others
+    compare theirs with it (a plain rename would let the last one silently replace them)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, sort_keys=True, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if path exists, never replaces it
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: the rename of before
+            os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _fingerprint(records: Sequence[CaptionRecord]) -> str:
     h = hashlib.sha1()
     for r in records:
@@ -78,21 +104,31 @@ class PartStore:
         path = os.path.join(self.output_dir, "run.json")
         settings = dict(settings, num_shards=self.num_shards, part_size=self.part_size)
         settings = json.loads(json.dumps(settings, sort_keys=True))
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
-            if old != settings:
-                diff = {
-                    k: (old.get(k), settings.get(k))
-                    for k in set(old) | set(settings)
-                    if old.get(k) != settings.get(k)
-                }
-                raise ValueError(
-                    f"{self.output_dir} holds a run with other settings (old, new): {diff}. "
-                    "Resume with the same settings or use a new --output-dir."
-                )
+        if not os.path.exists(path) and _create_json(path, settings):
             return
-        atomic_write_json(path, settings)
+        # another run (or a shard started at the same time, which created it first) recorded its
+        # settings: this one must agree with them
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != settings:
+            diff = {
+                k: (old.get(k), settings.get(k))
+                for k in set(old) | set(settings)
+                if old.get(k) != settings.get(k)
+            }
+            raise ValueError(
+                f"{self.output_dir} holds a run with other settings (old, new): {diff}. "
+                "Resume with the same settings or use a new --output-dir."
+            )
+
+    def recorded_layout(self) -> Optional[Dict]:
+        """``{"num_shards", "part_size"}`` of the run recorded in run.json (None: no run.json)."""
+        path = os.path.join(self.output_dir, "run.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        return {k: old.get(k) for k in ("num_shards", "part_size")}
 
     # ------------------------------------------------------------------ parts
     def shard_dir(self, shard: int) -> str:

@@ -25,6 +25,7 @@ own test thresholds (ROI_HEADS.SCORE_THRESH_TEST, ATSS.INFERENCE_TH) lowered to 
 """
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -90,15 +91,17 @@ def run_pseudo_labelling(
     from tqdm import tqdm
 
     store = PartStore(output_dir, num_shards=num_shards, part_size=part_size)
-    store.check_settings(
-        dict(
-            settings or {},
-            teacher_score_thresh=teacher.score_thresh,
-            max_boxes_per_phrase=teacher.max_boxes_per_phrase,
-            nlp_backend=teacher.nlp_backend,
-            teacher_weights=teacher.weights,
-        )
+    settings = dict(
+        settings or {},
+        teacher_score_thresh=teacher.score_thresh,
+        max_boxes_per_phrase=teacher.max_boxes_per_phrase,
+        nlp_backend=teacher.nlp_backend,
+        teacher_weights=teacher.weights,
     )
+    digest = getattr(teacher, "weights_sha256", None)
+    if digest is not None:  # the checkpoint's content: its path may hold a retrained teacher
+        settings["teacher_weights_sha256"] = digest
+    store.check_settings(settings)
     store.clean_stale(shard)
     chunks = store.chunks(shard_records(records, shard, num_shards))
     done = [store.is_done(shard, k, c) for k, c in enumerate(chunks)]
@@ -188,6 +191,31 @@ def lower_test_thresholds(cfg, score_thresh: float) -> Dict[str, Tuple[float, fl
     return changed
 
 
+def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_digest(weights: str) -> Optional[str]:
+    """:func:`file_sha256` of a local checkpoint file (None for no weights or a remote one),
+    recorded in run.json so that shards and resumes run the same teacher even when the file at
+    that path was replaced (a path or size+mtime would not tell: shards on other machines have
+    their own copy)."""
+    if not weights:
+        return None
+    try:
+        from detectron2.utils.file_io import PathManager
+
+        local = PathManager.get_local_path(weights) if "://" in weights else weights
+    except Exception:  # an unknown scheme: the checkpointer will say so
+        return None
+    return file_sha256(local) if os.path.isfile(local) else None
+
+
 def load_teacher_weights(model, cfg) -> str:
     """Load MODEL.WEIGHTS into the teacher as ``train_net.py --eval-only`` evaluates it: the
     checkpoint's "ema" entry when TEST.USE_EMA and it has one, else its raw weights.
@@ -237,6 +265,7 @@ def build_teacher(args) -> GroundingTeacher:
         max_boxes_per_phrase=args.max_boxes_per_phrase,
         nlp_backend=args.nlp,
         weights=weights,
+        weights_sha256=weights_digest(cfg.MODEL.WEIGHTS),
     )
 
 
@@ -254,8 +283,15 @@ def parse_args(argv=None):
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--part-size", type=int, default=64, help="images per part file")
+    p.add_argument(
+        "--num-shards", type=int, default=None, help="default 1 (--finalize-only: the run's)"
+    )
+    p.add_argument(
+        "--part-size",
+        type=int,
+        default=None,
+        help="images per part file, default 64 (--finalize-only: the run's)",
+    )
     p.add_argument("--score-thresh", type=float, default=0.5)
     p.add_argument("--max-boxes-per-phrase", type=int, default=3, help="<= 0: no limit")
     p.add_argument(
@@ -273,6 +309,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+_LAYOUT_DEFAULTS = {"num_shards": 1, "part_size": 64}
+
+
+def _finalize_store(args) -> PartStore:
+    """The part store of the run in --output-dir, laid out as run.json records it (the parts
+    are only found with the run's --num-shards and --part-size; other values given are
+    refused, not read as "the input changed")."""
+    recorded = PartStore(args.output_dir).recorded_layout() or {}
+    layout = {}
+    for key, default in _LAYOUT_DEFAULTS.items():
+        given, old = getattr(args, key), recorded.get(key)
+        if given is not None and old is not None and given != old:
+            raise ValueError(
+                f"--{key.replace('_', '-')} {given}, but the run in {args.output_dir} was made "
+                f"with {old} (run.json); finalize with {old}, or leave the option out."
+            )
+        layout[key] = given if given is not None else old if old is not None else default
+    return PartStore(args.output_dir, **layout)
+
+
 def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict]:
     """Command-line entry point; `teacher` replaces the one built from the arguments (tests)."""
     args = parse_args(argv)
@@ -286,9 +342,12 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
         else os.path.dirname(os.path.abspath(args.input))
     )
     if args.finalize_only:
-        store = PartStore(args.output_dir, num_shards=args.num_shards, part_size=args.part_size)
+        store = _finalize_store(args)
         summary = store.finalize(records, image_root, output_format=args.format)
     else:
+        for key, default in _LAYOUT_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, default)
         teacher = teacher or build_teacher(args)
         settings = {
             "input": os.path.abspath(args.input),

@@ -31,6 +31,9 @@ class GroundingTeacher:
         weights: which weights the model holds ("ema": the checkpoint's weight average,
             "model": its raw weights, "random"; None: not said), recorded in the run's settings
             so that a resume with other weights is refused.
+        weights_sha256: SHA-256 of the checkpoint file the weights came from (None: not known),
+            recorded with the run's settings too: a checkpoint retrained in place (same path)
+            must not label the rest of a run that an older one started.
 
     The model's own test threshold (``ROI_HEADS.SCORE_THRESH_TEST``, ``ATSS.INFERENCE_TH``)
     applies first: `score_thresh` below it keeps nothing more (warned here; ``build_teacher``
@@ -48,6 +51,7 @@ class GroundingTeacher:
         max_boxes_per_phrase: int = 3,
         nlp_backend: str = "auto",
         weights: Optional[str] = None,
+        weights_sha256: Optional[str] = None,
     ):
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
@@ -56,6 +60,7 @@ class GroundingTeacher:
         self.max_boxes_per_phrase = max_boxes_per_phrase
         self.nlp_backend = nlp_backend
         self.weights = weights
+        self.weights_sha256 = weights_sha256
         _warn_on_higher_model_thresholds(self.model, score_thresh)
 
     def phrases(self, caption: str) -> Tuple[List[Tuple[str, Tuple[int, int]]], int]:
