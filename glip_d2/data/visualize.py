@@ -1,5 +1,6 @@
 """Draw grounding boxes labelled by their phrase with Detectron2's Visualizer."""
 
+import zlib
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -35,12 +36,13 @@ def draw_grounding(
     if len(labels) != len(boxes):
         raise ValueError(f"Got {len(boxes)} boxes but {len(labels)} labels.")
     labels = list(labels)
+    palette = colormap(rgb=True, maximum=1)
+    # one colour per name, the same in every image and video frame (crc32: stable across runs)
+    colors = [palette[zlib.crc32(str(lab).encode("utf-8")) % len(palette)] for lab in labels]
     if scores is not None:
         if len(scores) != len(boxes):
             raise ValueError(f"Got {len(boxes)} boxes but {len(scores)} scores.")
         labels = [f"{lab} {100 * float(s):.0f}%" for lab, s in zip(labels, scores)]
-    palette = colormap(rgb=True, maximum=1)  # fixed colours: drawings are reproducible
-    colors = [palette[i % len(palette)] for i in range(len(boxes))]
     vis = Visualizer(np.asarray(image_rgb), metadata=None, scale=scale)
     if len(boxes):
         vis.overlay_instances(boxes=boxes, labels=labels, assigned_colors=colors)

@@ -275,6 +275,10 @@ def test_visualization(tmp_path, names):
     assert draw_grounding(img, np.zeros((0, 4)), [], scale=2.0).shape == (128, 160, 3)
     with pytest.raises(ValueError, match="labels"):
         draw_grounding(img, [[0, 0, 1, 1]], [])
+    # a name keeps its colour whatever the other boxes (video frames do not flicker)
+    one = draw_grounding(img, [[10, 10, 40, 50]], ["cat"])
+    two = draw_grounding(img, [[50, 10, 70, 50], [10, 10, 40, 50]], ["dog", "cat"])
+    assert (one[10:50, 10] == two[10:50, 10]).all()  # the cat box's left edge, same colour
 
     name = names("vis")
     register_shapes_split(name, "train", str(tmp_path), num_images=1, grounding=True)
