@@ -25,7 +25,6 @@ own test thresholds (ROI_HEADS.SCORE_THRESH_TEST, ATSS.INFERENCE_TH) lowered to 
 """
 
 import argparse
-import hashlib
 import logging
 import os
 import sys
@@ -191,17 +190,8 @@ def lower_test_thresholds(cfg, score_thresh: float) -> Dict[str, Tuple[float, fl
     return changed
 
 
-def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
-    """SHA-256 (hex) of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_digest(weights: str) -> Optional[str]:
-    """:func:`file_sha256` of a local checkpoint file (None for no weights or a remote one),
+    """The sha256 of a local checkpoint file (None for no weights or a remote one),
     recorded in run.json so that shards and resumes run the same teacher even when the file at
     that path was replaced (a path or size+mtime would not tell: shards on other machines have
     their own copy)."""
@@ -213,7 +203,9 @@ def weights_digest(weights: str) -> Optional[str]:
         local = PathManager.get_local_path(weights) if "://" in weights else weights
     except Exception:  # an unknown scheme: the checkpointer will say so
         return None
-    return file_sha256(local) if os.path.isfile(local) else None
+    from ..model_zoo.download import sha256_of
+
+    return sha256_of(local) if os.path.isfile(local) else None
 
 
 def load_teacher_weights(model, cfg) -> str:

@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from glip_d2 import safe_pickle
 from glip_d2.safe_pickle import UnsafePickleError, load_pickle_weights, restricted_load
 
 _RECONSTRUCT = np.core.multiarray._reconstruct
@@ -55,12 +56,24 @@ class _OtherCodec:
         return (_codecs.encode, ("abc", "mac_arabic"))
 
 
+# The child loads glip_d2/safe_pickle.py by its path: the module imports nothing of glip_d2, and
+# importing the package (torch, Detectron2) would cost each child seconds.
+_IMPORT = textwrap.dedent(
+    f"""
+    import importlib.util
+    _spec = importlib.util.spec_from_file_location("safe_pickle", {safe_pickle.__file__!r})
+    safe_pickle = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(safe_pickle)
+    load_pickle_weights = safe_pickle.load_pickle_weights
+    """
+)
+
+
 def _read_in_child(path):
     """Exit status and output of a child that loads ``path`` and prints every value."""
-    code = textwrap.dedent(
+    code = _IMPORT + textwrap.dedent(
         f"""
         import sys
-        from glip_d2.safe_pickle import load_pickle_weights
         try:
             data = load_pickle_weights({str(path)!r})
         except RuntimeError as e:
@@ -96,10 +109,9 @@ def test_object_arrays_are_refused(tmp_path):
 def test_a_codec_other_than_latin1_is_refused_and_imports_nothing(tmp_path):
     path = tmp_path / "codec.pkl"
     path.write_bytes(pickle.dumps({"model": {}, "x": _OtherCodec()}, protocol=2))
-    code = textwrap.dedent(
+    code = _IMPORT + textwrap.dedent(
         f"""
         import sys
-        from glip_d2.safe_pickle import load_pickle_weights
         assert "encodings.mac_arabic" not in sys.modules
         try:
             load_pickle_weights({str(path)!r})
