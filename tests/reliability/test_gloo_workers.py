@@ -42,6 +42,6 @@ def test_a_worker_error_reaches_the_test(tmp_path):
 def test_a_hung_worker_fails_the_test_after_the_timeout(tmp_path):
     # worker 1 sleeps, worker 0 waits for it at the closing barrier
     start = time.monotonic()
-    with pytest.raises(pytest.fail.Exception, match=r"gloo workers \[0, 1\] of 2 still running after 10 s"):
-        run_gloo_workers(_second_worker_hangs, 2, tmp_path, timeout=10)
+    with pytest.raises(pytest.fail.Exception, match=r"gloo workers \[0, 1\] of 2 still running after 5 s"):
+        run_gloo_workers(_second_worker_hangs, 2, tmp_path, timeout=5)
     assert time.monotonic() - start < 30
