@@ -161,9 +161,14 @@ def _bytes(*args):
     return bytes(*args[:1])
 
 
+# Values _unwrap_arrays never needs to look into (most of a parse cache: numbers and names).
+_LEAVES = (str, bytes, int, float, bool, type(None))
+
+
 def _unwrap_arrays(obj, seen=None):
     """``obj`` with every checked array in its containers turned into a plain ndarray (a view of
-    the same data; dicts and lists are updated in place), and every dtype in them checked."""
+    the same data; dicts and lists are updated in place), and every dtype in them checked.
+    Scalars and strings are skipped without a call: a parse cache holds millions of them."""
     import numpy as np
 
     if isinstance(obj, np.ndarray):
@@ -176,15 +181,17 @@ def _unwrap_arrays(obj, seen=None):
     if id(obj) in seen:
         return seen[id(obj)]
     seen[id(obj)] = obj
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            obj[k] = _unwrap_arrays(v, seen)
-    elif isinstance(obj, list):
-        obj[:] = [_unwrap_arrays(v, seen) for v in obj]
-    else:
-        new = tuple(_unwrap_arrays(v, seen) for v in obj)
+    if isinstance(obj, tuple):
+        new = tuple(v if isinstance(v, _LEAVES) else _unwrap_arrays(v, seen) for v in obj)
         if any(a is not b for a, b in zip(new, obj)):
             obj = seen[id(obj)] = new
+        return obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        if not isinstance(v, _LEAVES):
+            new = _unwrap_arrays(v, seen)
+            if new is not v:
+                obj[k] = new
     return obj
 
 
