@@ -184,7 +184,8 @@ def _unwrap_arrays(obj, seen=None):
     if isinstance(obj, tuple):
         new = tuple(v if isinstance(v, _LEAVES) else _unwrap_arrays(v, seen) for v in obj)
         if any(a is not b for a, b in zip(new, obj)):
-            obj = seen[id(obj)] = new
+            seen[id(obj)] = new  # keyed by the original: a tuple shared in the pickle stays shared
+            obj = new
         return obj
     items = obj.items() if isinstance(obj, dict) else enumerate(obj)
     for k, v in items:

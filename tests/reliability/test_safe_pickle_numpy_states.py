@@ -157,3 +157,14 @@ def test_a_global_outside_the_allowed_ones_is_still_refused(tmp_path):
     path.write_bytes(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.")
     with open(path, "rb") as f, pytest.raises(UnsafePickleError):
         restricted_load(f)
+
+
+def test_containers_shared_in_the_pickle_stay_shared(tmp_path):
+    """As with plain pickle: a tuple holding an array, referenced twice, is one object after
+    loading (the checked arrays inside are unwrapped once)."""
+    shared = (np.ones(2, np.float32), "x")
+    path = tmp_path / "shared.pkl"
+    path.write_bytes(pickle.dumps({"model": {"a": shared, "b": shared}}, protocol=4))
+    with open(path, "rb") as f:
+        out = restricted_load(f)["model"]
+    assert out["a"] is out["b"] and type(out["a"][0]) is np.ndarray
