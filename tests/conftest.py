@@ -1,14 +1,75 @@
 """Shared pytest fixtures."""
 
-from pathlib import Path
-
+import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 PARITY_NPZ = Path(__file__).resolve().parents[1] / ".." / "shared" / "parity" / "glip_t_parity.npz"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (scripts/test.sh runs one worker per core), give each worker an equal
+    share of the cores for torch's intra-op threads: two workers with two threads each on two
+    cores spend their time waiting for each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // workers))
+
+
+# Modules whose tests share an expensive module fixture (a GLIP-T model built from the parity
+# weights): under --heavy-first each goes to one pytest-xdist worker whole, so it is built once.
+SHARED_FIXTURE_MODULES = ("tests/test_parity.py", "tests/test_train_parity.py")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--heavy-first", action="store_true",
+        help="with pytest-xdist (-n N): hand out the tests marked heavy(seconds) first, longest first, "
+        "then the rest one by one, keeping each module of SHARED_FIXTURE_MODULES on one worker "
+        "(scripts/test.sh uses it)",
+    )
+
+
+def _block(nodeid):
+    """The unit a test is scheduled in: its module for SHARED_FIXTURE_MODULES, else itself."""
+    module = nodeid.split("::", 1)[0]
+    return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+
+def pytest_collection_modifyitems(config, items):
+    """--heavy-first: order the tests by the heavy(seconds) of their unit, longest first, so that no
+    worker is handed a long test while the others run out of work. A plain run keeps pytest's
+    order."""
+    if not config.getoption("heavy_first"):
+        return
+    cost = {}
+    for item in items:
+        mark = item.get_closest_marker("heavy")
+        cost[_block(item.nodeid)] = cost.get(_block(item.nodeid), 0) + (mark.args[0] if mark else 0)
+    items.sort(key=lambda item: -cost[_block(item.nodeid)])  # stable: the rest keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--heavy-first: schedule the units of :func:`_block` in the workers' (sorted) order.
+
+    (xdist's own ``--dist loadgroup`` would do this with ``xdist_group`` marks, but pytest-xdist
+    3.8 tags the test ids in a way pytest 9.2 no longer sees, so the groups are split.)"""
+    if not config.getoption("heavy_first"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeavyFirstScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return _block(nodeid)
+
+    config.option.loadscopereorder = False  # keep the sorted order
+    return HeavyFirstScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,7 @@ def test_the_data_side_imports_nothing_of_self_training():
     assert _data_side_imports_of(("glip_d2.selftrain", "glip_d2.pseudo_label")) == {}
 
 
+@pytest.mark.heavy(9)
 def test_data_and_selftrain_import_in_either_order_in_a_fresh_interpreter():
     # Any glip_d2 submodule runs the package's __init__ first (data, modeling, regionclip, in
     # that order), so one fresh interpreter covers every order of the imports below; three
@@ -73,6 +74,7 @@ def test_data_and_selftrain_import_in_either_order_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.heavy(9)
 def test_pseudo_label_entry_point_is_a_thin_alias_of_selftrain():
     import glip_d2.pseudo_label as entry
     import glip_d2.selftrain.pseudo_label as impl

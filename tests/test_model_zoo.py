@@ -246,6 +246,7 @@ def test_get_loads_the_cached_checkpoint(cache, monkeypatch, one_thread):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.heavy(17)
 def test_configs_are_packaged_by_the_build(tmp_path):
     """`setup.py build_py` (what a wheel is built from) copies every config into the package,
     and the built package finds them there, without the checkout."""

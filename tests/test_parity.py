@@ -128,6 +128,7 @@ def _run_case(cfg, model, z, case):
     return images, caps, raw, final
 
 
+@pytest.mark.heavy(12)
 @pytest.mark.parametrize("case", ["detection", "grounding"])
 def test_parity_with_official_glip_t(parity_model, parity_npz, case):
     cfg, model = parity_model
@@ -192,6 +193,7 @@ def _compare_keyed(ours, z, prefix, n_expected):
     assert box_dev <= 1e-2, f"{prefix}_boxes deviate by {box_dev:.3g} px (> 0.01)"
 
 
+@pytest.mark.heavy(7)
 @pytest.mark.parametrize("case", ["detection", "grounding"])
 def test_parity_of_the_sdpa_fast_path(parity_model, parity_npz, case):
     """MODEL.DYHEAD.FUSE_CONFIG.ATTENTION sdpa on the fixture: the same final 100 detections as the

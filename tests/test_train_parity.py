@@ -29,8 +29,10 @@ TRAIN_FIXTURE = PARITY_DIR / "train" / "glip_t_train_parity.json"
 # set (oneDNN and MKL choose kernels by it), and through this deep model it moves the gradients by up
 # to a few 1e-3: measured worst deviations of the 32 recorded maxima, two threads on torch 2.3.1
 # 2.65e-3; torch 2.14.1 on one thread 1.6e-3; torch 2.3.1 on one thread on an AVX-512 (FP16) Xeon
-# 2.15e-3, with the median deviation 2e-5. So every platform is held to 5e-3, still far below what a
-# wrong formula or a missing term gives; the losses must agree to 1e-5 and the ATSS positives exactly.
+# 2.15e-3, with the median deviation 2e-5. On that Xeon the deformable convs' backward on gathers
+# (MODEL.DYHEAD.DEFORM_IMPL auto, CPU training) left the worst deviation at 2.15e-3, as with
+# torchvision's kernel. So every platform is held to 5e-3, still far below what a wrong formula or
+# a missing term gives; the losses must agree to 1e-5 and the ATSS positives exactly.
 GRAD_RTOL = 5e-3
 LOSS_NAMES = {"loss_cls": "loss_dot_product_token", "loss_box_reg": "loss_reg",
               "loss_centerness": "loss_centerness"}
@@ -78,6 +80,7 @@ def _training_input(model, case):
             "caption": caption, "instances": inst}
 
 
+@pytest.mark.heavy(38)
 @pytest.mark.parametrize("case_name", ["detection", "grounding"])
 def test_training_losses_and_gradients_equal_official(train_model, train_fixture, case_name):
     model, names = train_model

@@ -46,6 +46,7 @@ def _worker(rank, world, result_file):
         torch.save({"losses": logged, "grads": grads}, result_file)
 
 
+@pytest.mark.heavy(15)
 def test_two_processes_train_as_one_process_on_their_whole_batch(tmp_path, one_thread):
     result = tmp_path / "ddp.pt"
     run_gloo_workers(_worker, 2, tmp_path, str(result))

@@ -59,6 +59,7 @@ def test_training_step_updates_trainable_and_not_frozen_params():
             assert moved, f"{k} did not move"
 
 
+@pytest.mark.heavy(13)
 def test_overfitting_one_batch_lowers_the_loss(model):
     m = copy.deepcopy(model).train()
     # lr 1e-3 for 25 steps: at 2e-3 the token loss spiked 7x and ended within 10 % of the bound on

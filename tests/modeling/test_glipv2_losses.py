@@ -85,6 +85,7 @@ def _ddp_worker(rank, world, result_file):
         torch.save({"loss": mean, "grad_regions": grads[0], "grad_words": grads[1]}, result_file)
 
 
+@pytest.mark.heavy(8)
 def test_contrastive_loss_gathered_over_two_gloo_workers_equals_the_whole_batch(tmp_path):
     result = tmp_path / "result.pt"
     run_gloo_workers(_ddp_worker, 2, tmp_path, str(result))

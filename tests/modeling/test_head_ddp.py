@@ -51,6 +51,7 @@ def _ddp_worker(rank, world, out_file):
             json.dump({"ddp": float(losses["loss_box_reg"]), "alone": float(alone["loss_box_reg"])}, f)
 
 
+@pytest.mark.heavy(8)
 def test_worker_without_positives_joins_the_centerness_all_reduce(tmp_path):
     result = tmp_path / "result.json"
     run_gloo_workers(_ddp_worker, 2, tmp_path, str(result), timeout=150.0)

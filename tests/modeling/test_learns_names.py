@@ -67,6 +67,7 @@ def train_and_measure(root, *overrides):
     return name_accuracy_at_positives(model, inputs, list(ALL_CLASSES), names)["accuracy"]
 
 
+@pytest.mark.heavy(60)
 def test_demo_glip_learns_names(tmp_path):
     # The residual tower is the fix under test; the scorer reads the tower output as officially
     # (MODEL.ATSS.REGION_CONTEXT_CONVS 1 reaches 0.32 here against 0.59: docs/one_stage_demo.md).

@@ -126,6 +126,7 @@ def _ddp_worker(rank, world, result_file):
         torch.save(loss / world, result_file)
 
 
+@pytest.mark.heavy(8)
 def test_itc_gathered_over_two_gloo_workers_one_without_captions(tmp_path):
     result = tmp_path / "result.pt"
     run_gloo_workers(_ddp_worker, 2, tmp_path, str(result))

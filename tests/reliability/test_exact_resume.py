@@ -85,7 +85,8 @@ def _wait(proc, what):
     assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
 
 
-@pytest.mark.parametrize("procs", [1, 2])
+@pytest.mark.parametrize("procs", [pytest.param(1, marks=pytest.mark.heavy(40)),
+                                   pytest.param(2, marks=pytest.mark.heavy(100))])
 def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, procs):
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     full_log, killed_log = tmp_path / "full.txt", tmp_path / "killed.txt"

@@ -293,6 +293,7 @@ def test_regionclip_student_learns_and_initialises_the_language_aware_roi_head(c
     )
 
 
+@pytest.mark.heavy(10)
 def test_regionclip_pretraining_from_the_shipped_config_and_convert_cli(clip_dir, tmp_path):
     """configs/two_stage/regionclip_pretrain_R_50_FPN.yaml on a 4-image caption collection
     (DATASETS.CAPTIONS, concepts mined from its captions), one step through Detectron2's loader,

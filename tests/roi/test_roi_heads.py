@@ -62,6 +62,7 @@ def test_roi_head_overfits_one_batch(cls_loss):
     assert cls[-1] < 0.6 * cls[0], cls
 
 
+@pytest.mark.heavy(10)
 @pytest.mark.parametrize("cls_loss", ["focal", "softmax"])
 def test_roi_detects_with_a_vocabulary_it_was_not_trained_on(cls_loss):
     """Trained on the prompt "red circle. blue square. green triangle", tested with a vocabulary

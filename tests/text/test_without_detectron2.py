@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Makes "detectron2" unimportable in the child, as on a machine without it.
@@ -15,6 +17,7 @@ def _run(code):
                           text=True, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+@pytest.mark.heavy(9)
 def test_text_tools_import_and_work_without_detectron2():
     out = _run(
         "from glip_d2.text import build_detection_prompt, chunk_vocabulary, create_positive_map,"

@@ -40,13 +40,13 @@ class ConvNorm(nn.Module):
     """3x3 conv (deformable or plain) followed by GroupNorm (or nothing)."""
 
     def __init__(self, channels: int, stride: int, deformable: bool, gn_groups: int, raw_prefix: bool,
-                 init_std: float = 0.01):
+                 init_std: float = 0.01, deform_impl: str = "auto"):
         super().__init__()
         self.deformable = deformable
         if deformable:
             # Keeps its own U(+-1/sqrt(fan_in)) init: the official DyConv.init_weights re-initialises
             # only nn.Conv2d modules, which maskrcnn-benchmark's ModulatedDeformConv is not.
-            self.conv = ModulatedDeformConv3x3(channels, channels, stride, raw_prefix)
+            self.conv = ModulatedDeformConv3x3(channels, channels, stride, raw_prefix, deform_impl)
         else:
             self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
             nn.init.normal_(self.conv.weight, 0, init_std)
@@ -76,12 +76,14 @@ class DyConv(nn.Module):
         raw_prefix: bool = True,
         conv_init_std: float = 0.01,
         residual: bool = False,
+        deform_impl: str = "auto",
     ):
         super().__init__()
         self.residual = residual
         # convs[0]: on the next (smaller) level, convs[1]: same level, convs[2]: previous level, stride 2
         self.convs = nn.ModuleList(
-            [ConvNorm(channels, s, use_deform, gn_groups, raw_prefix, conv_init_std) for s in (1, 1, 2)]
+            [ConvNorm(channels, s, use_deform, gn_groups, raw_prefix, conv_init_std, deform_impl)
+             for s in (1, 1, 2)]
         )
         self.scale_attn = nn.Conv2d(channels, 1, kernel_size=1) if use_dyfuse else None
         if self.scale_attn is not None:

@@ -79,6 +79,7 @@ class VLDyHeadTower(nn.Module):
         use_dyrelu: bool = True,
         gn_groups: int = 16,
         offset_raw_prefix: bool = True,
+        deform_impl: str = "auto",
         use_checkpoint: bool = False,
         attention: str = "official",
         conv_init_std: float = 0.01,
@@ -104,7 +105,7 @@ class VLDyHeadTower(nn.Module):
             dy = DyConv(
                 channels, use_deform=use_deform, use_dyfuse=use_dyfuse, use_dyrelu=use_dyrelu,
                 gn_groups=gn_groups, raw_prefix=offset_raw_prefix, conv_init_std=conv_init_std,
-                residual=residual,
+                residual=residual, deform_impl=deform_impl,
             )
             blocks.append(FusedBlock(fuse, text, dy, use_checkpoint))
         self.blocks = nn.ModuleList(blocks)
@@ -134,6 +135,7 @@ class VLDyHeadTower(nn.Module):
             use_dyrelu=dh.USE_DYRELU,
             gn_groups=dh.GN_GROUPS if dh.USE_GN else 0,
             offset_raw_prefix=dh.OFFSET_RAW_PREFIX,
+            deform_impl=dh.DEFORM_IMPL,
             use_checkpoint=dh.USE_CHECKPOINT,
             attention=fc.ATTENTION,
             conv_init_std=dh.CONV_INIT_STD,
