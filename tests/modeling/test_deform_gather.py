@@ -104,3 +104,49 @@ def test_the_config_key_reaches_every_deformable_conv():
     tower = VLDyHeadTower(cfg, language_dim=32)
     impls = [m.impl for m in tower.modules() if isinstance(m, ModulatedDeformConv3x3)]
     assert impls == ["gather"] * 3
+
+
+def test_the_deform_benchmark_lists_every_dyhead_conv_shape_and_equal_forwards(tmp_path):
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[2] / "benchmarks")
+    sys.path.insert(0, bench_dir)
+    try:
+        bench = importlib.import_module("bench_deform")
+    finally:
+        sys.path.remove(bench_dir)
+    # five levels of a 40x72 image (5x9 ... 1x1), each at stride 1, and four stride-2 convs
+    assert bench._shapes(40, 72) == [(5, 9, 1), (3, 5, 1), (2, 3, 1), (1, 2, 1), (1, 1, 1),
+                                     (5, 9, 2), (3, 5, 2), (2, 3, 2), (1, 2, 2)]
+    bench.main(["--size", "40", "72", "--channels", "4", "--iters", "1", "--threads", "0",
+                "--out-dir", str(tmp_path)])
+    res = json.loads((tmp_path / "cpu_deform_conv.json").read_text())
+    assert [row["input"] + [row["stride"]] for row in res["shapes"]] == [list(s) for s in bench._shapes(40, 72)]
+    assert all(row["forward_equal"] for row in res["shapes"])
+    assert res["total_gather_backward_ms"] > 0 and res["device"] == "cpu"
+
+
+def test_training_through_the_module_recomputes_the_columns_instead_of_keeping_them():
+    gathered = ModulatedDeformConv3x3(8, 8, impl="gather")
+    kernel = ModulatedDeformConv3x3(8, 8, impl="torchvision")
+    kernel.load_state_dict(gathered.state_dict())
+    x, offset, mask = (t.detach().requires_grad_() for t in _inputs(20, 20, 1)[:3])
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = gathered(x, offset, mask)
+    columns_bytes = 2 * 8 * 9 * 20 * 20 * 4  # one copy of the sampled columns (batch 2, float32)
+    assert sum(saved) < columns_bytes  # without the recompute: about 6 copies
+    ref = kernel(x, offset, mask)
+    assert torch.equal(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (x, offset, mask, gathered.weight))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, offset, mask, kernel.weight))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -3,14 +3,17 @@ kernel or, for CPU training, on gathers autograd can differentiate.
 
 torchvision's CPU backward took a third of a GLIP-T training step on the CPU (17 s of 50 s on one
 thread). The same sampling written with ``gather`` and one matmul gives torchvision's forward to the
-bit, and autograd's backward is 4-5x faster than torchvision's on the CPU (its forward is ~1.5x
-slower, so inference keeps torchvision's kernel). GPUs keep torchvision's kernel throughout.
+bit, and autograd's backward is ~6x faster than torchvision's on the CPU
+(``benchmarks/bench_deform.py``); its forward is about as fast, so inference keeps torchvision's
+kernel. The sampled columns are recomputed in the backward rather than kept. GPUs keep
+torchvision's kernel throughout.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
 # MODEL.DYHEAD.DEFORM_IMPL values
@@ -119,9 +122,13 @@ class ModulatedDeformConv3x3(nn.Module):
         offset, mask = offsets_for_output(offset, mask, (ho, wo), self.raw_prefix)
         dtype = x.dtype
         if self.impl == "gather" or (self.impl == "auto" and self._gather_is_faster(x)):
-            return deform_conv3x3_by_gather(
-                x, offset.to(dtype), self.weight.to(dtype), self.bias.to(dtype), self.stride, mask.to(dtype)
-            )
+            args = (x, offset.to(dtype), self.weight.to(dtype), self.bias.to(dtype), self.stride, mask.to(dtype))
+            if torch.is_grad_enabled():
+                # autograd would keep ~6 copies of the 9x-sized sampled columns per conv (GLIP-T at
+                # 320x480, batch 2: 11.1 GB against torchvision's 7.5); recomputing them in the
+                # backward keeps torchvision's memory at a small share of the time saved
+                return checkpoint(deform_conv3x3_by_gather, *args, use_reentrant=False)
+            return deform_conv3x3_by_gather(*args)
         # torchvision's CPU/CUDA kernels need matching dtypes (autocast may hand us a mix).
         return deform_conv2d(
             x,
