@@ -46,7 +46,9 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         # SOLVER.MAX_EPOCH and fractional SOLVER.STEPS become iterations, now the data is known
         cfg = resolve_schedule(cfg, lambda: len(data_loader.dataset))
-        model = create_glip_ddp_model(model, broadcast_buffers=False)
+        model = create_glip_ddp_model(
+            model, broadcast_buffers=False, find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS
+        )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = GLIPCheckpointer(  # partial_init_ok: e.g. ImageNet backbone weights

@@ -325,6 +325,10 @@ def add_glip_config(cfg):
     _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
     # Model EMA decay (0 = off; official 0.999).
     _C.SOLVER.EMA_DECAY = 0.0
+    # DistributedDataParallel's find_unused_parameters (official default True): a trainable
+    # parameter that gets no gradient in a step (a head whose loss is off, a branch a batch does not
+    # reach) does not stop multi-process training. False skips DDP's graph walk each step.
+    _C.SOLVER.FIND_UNUSED_PARAMETERS = True
     # Evaluate with the EMA weights: during training when SOLVER.EMA_DECAY > 0, and with
     # --eval-only when the checkpoint holds an "ema" entry (else the raw weights, logged).
     _C.TEST.USE_EMA = True
