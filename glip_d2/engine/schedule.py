@@ -5,6 +5,7 @@ import logging
 from typing import Sequence
 
 from detectron2.solver import build_lr_scheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 __all__ = ["build_glip_lr_scheduler", "keep_fractional_steps", "resolve_schedule"]
 
@@ -137,4 +138,21 @@ def build_glip_lr_scheduler(cfg, optimizer):
         cfg.SOLVER.STEPS = tuple(s for s in cfg.SOLVER.STEPS if s != cfg.SOLVER.MAX_ITER)
         if frozen:
             cfg.freeze()
-    return build_lr_scheduler(cfg, optimizer)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    _exact_steps(scheduler, cfg.SOLVER.MAX_ITER)
+    return scheduler
+
+
+def _exact_steps(scheduler, max_iter: int):
+    """Make the LR steps fall on ``SOLVER.STEPS`` exactly, however long the run.
+
+    fvcore's ``MultiStepParamScheduler`` finds the step of iteration ``it`` as
+    ``int((it / MAX_ITER + 1e-6) * MAX_ITER)``: from a million iterations on the 1e-6 is a whole
+    iteration, so GLIP-L's LR dropped at iteration 669,999 instead of 670,000 (official: 670,000).
+    An epsilon of half an iteration (fvcore's own below 500k iterations) absorbs the float error of
+    ``it / MAX_ITER`` and never reaches the next iteration.
+    """
+    multiplier = getattr(scheduler, "_multiplier", None)
+    for inner in getattr(multiplier, "_schedulers", [multiplier]):
+        if isinstance(inner, MultiStepParamScheduler):
+            inner.WHERE_EPSILON = min(MultiStepParamScheduler.WHERE_EPSILON, 0.5 / max(1, max_iter))

@@ -119,3 +119,23 @@ def test_fractional_steps_that_round_together_are_a_clear_error():
         resolve_schedule(_cfg(MAX_EPOCH=1, IMS_PER_BATCH=2, STEPS=(0.5, 0.6)), 8)
     with pytest.raises(ValueError, match=r"round to iterations \(0, 3\) of the 4"):
         resolve_schedule(_cfg(MAX_ITER=4, STEPS=(0.1, 0.8)), 0)
+
+
+@pytest.mark.parametrize("max_iter, steps", [(1_000_000, (670_000, 890_000)), (3_000_000, (2_000_001,)),
+                                             (90_000, (60_000, 80_000))])
+def test_lr_steps_fall_on_their_iteration_in_runs_of_millions(max_iter, steps):
+    """GLIP-L trains 1M iterations with steps at 0.67 and 0.89 of them. fvcore adds 1e-6 of the run
+    to find the step, a whole iteration from 1M iterations on: the LR dropped at 669,999."""
+    import torch
+
+    from tests.reliability.helpers import load_train_net
+
+    cfg = _cfg(MAX_ITER=max_iter, STEPS=steps, WARMUP_ITERS=1000)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = load_train_net().Trainer.build_lr_scheduler(cfg, optimizer)
+    for k, step in enumerate(steps):
+        for it, lr in ((step - 1, 0.1 ** k), (step, 0.1 ** (k + 1))):
+            scheduler.last_epoch = it  # the LR of iteration `it`
+            assert scheduler.get_lr()[0] == pytest.approx(lr), (it, scheduler.get_lr())
+    scheduler.last_epoch = max_iter - 1
+    assert scheduler.get_lr()[0] == pytest.approx(0.1 ** len(steps))
