@@ -51,6 +51,10 @@ def add_dataset_config(cfg):
     _C.DATASETS.FEW_SHOT_MODE = "official"
 
     _C.TEST.BENCHMARK = CN()
+    # COCOeval's maxDets for COCO-format data (COCO, ODinW, custom): AP at this many detections
+    # per image (and category), whatever the model's own cap. 100 is COCO's standard, which
+    # official GLIP reports; Detectron2's COCOEvaluator adds [1, 10] for the AR columns.
+    _C.TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE = 100
     # Per-image cap of the standard LVIS AP (LVISEvaluator); the LVIS protocol uses 300.
     _C.TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE = 300
     # Also report FixedAP (Dave et al. 2021: no per-image cap, top-k per category) on LVIS data.

@@ -80,7 +80,7 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     """The evaluator of a dataset, chosen by its ``evaluator_type`` (table in the module doc).
 
     Args:
-        cfg: the config (``MODEL.ATSS.DETECTIONS_PER_IMG``, ``TEST.BENCHMARK``).
+        cfg: the config (``TEST.BENCHMARK``).
         dataset_name: a registered dataset.
         output_folder: where evaluators write their files; default
             ``OUTPUT_DIR/inference/<dataset_name>``.
@@ -94,12 +94,13 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     kind = meta.get("evaluator_type", "coco")
     opts = _benchmark_options(cfg)
     if kind in ("coco", "odinw"):
-        max_dets = cfg.MODEL.ATSS.DETECTIONS_PER_IMG
-        return _coco_evaluator(
-            dataset_name,
-            output_dir=output_folder,
-            max_dets_per_image=max_dets if max_dets > 0 else None,
-        )
+        # COCO's standard maxDets, not the model's cap (MODEL.ATSS.DETECTIONS_PER_IMG 300 scored
+        # AP at 300 detections, a number no paper reports)
+        max_dets = opts.COCO_MAX_DETS_PER_IMAGE
+        if not isinstance(max_dets, int) or max_dets < 1:
+            raise ValueError(f"TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE must be a positive integer "
+                             f"(COCO's standard is 100); got {max_dets!r}.")
+        return _coco_evaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
     if kind == "lvis":
         evaluators = [
             StandardLVISEvaluator(

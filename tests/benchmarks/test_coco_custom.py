@@ -292,6 +292,14 @@ def test_evaluator_routing_by_evaluator_type(tmp_path, names):
     assert build_glip_evaluator(cfg, kinds["grounding"], out)._task == "grounding"
     assert isinstance(build_glip_evaluator(cfg, kinds["refcoco"], out), RefExpEvaluator)
     assert isinstance(build_glip_evaluator(cfg, kinds["odinw"], out), COCOEvaluator)
+    # COCO's standard maxDets, whatever the model's cap; another value only by its own key
+    cfg.MODEL.ATSS.DETECTIONS_PER_IMG = 300
+    assert build_glip_evaluator(cfg, kinds["odinw"], out)._max_dets_per_image == [1, 10, 100]
+    cfg.TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE = 300
+    assert build_glip_evaluator(cfg, kinds["odinw"], out)._max_dets_per_image == [1, 10, 300]
+    cfg.TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE = 0
+    with pytest.raises(ValueError, match="COCO_MAX_DETS_PER_IMAGE must be a positive integer"):
+        build_glip_evaluator(cfg, kinds["odinw"], out)
     other = names("sem_seg")
     MetadataCatalog.get(other).set(evaluator_type="sem_seg")
     with pytest.raises(NotImplementedError, match="evaluator_type 'sem_seg'"):
