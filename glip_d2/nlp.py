@@ -86,11 +86,23 @@ def _simple(caption: str) -> List[Phrase]:
     return phrases
 
 
+_LIST_SEPARATORS = re.compile(r"[,;]")
+
+
 def _spacy(caption: str, nlp) -> List[Phrase]:
-    return [
-        Phrase(caption[c.start_char : c.end_char], c.start_char, c.end_char)
-        for c in nlp(caption).noun_chunks
-    ]
+    """spaCy's noun chunks, each split at its commas and semicolons: in a bare list ("blue square,
+    red circle") spaCy's parser takes the second name for an appositive of the first and returns
+    one chunk for both."""
+    phrases = []
+    for c in nlp(caption).noun_chunks:
+        start = c.start_char
+        bounds = [m.start() for m in _LIST_SEPARATORS.finditer(caption, c.start_char, c.end_char)]
+        for sep in bounds + [c.end_char]:
+            span = _strip(caption, start, sep)
+            if span:
+                phrases.append(Phrase(caption[span[0] : span[1]], *span))
+            start = sep + 1
+    return phrases
 
 
 def find_noun_phrases(caption: str, backend: str = "auto") -> List[Phrase]:

@@ -102,6 +102,11 @@ def test_real_spacy_noun_phrases_of_fixed_captions():
         phrases = find_noun_phrases(caption, "spacy")
         assert [p.text for p in phrases] == ["a green star", "the left", "a yellow triangle"]
         assert all(caption[p.start : p.end] == p.text for p in phrases)
+        # a bare list: spaCy's parser makes "red circle" an appositive inside one chunk
+        caption = "blue square, red circle;green triangle"
+        phrases = find_noun_phrases(caption, "spacy")
+        assert [p.text for p in phrases] == ["blue square", "red circle", "green triangle"]
+        assert all(caption[p.start : p.end] == p.text for p in phrases)
     finally:
         nlp._spacy_pipeline.cache_clear()
 
