@@ -1,4 +1,5 @@
 """``python -m glip_d2.demo --video-input FILE``: frames in, an annotated video out."""
+import math
 import os
 import sys
 from typing import Callable, Dict, Optional
@@ -51,6 +52,12 @@ def video_output_error(output: str, video: str) -> Optional[str]:
     return None
 
 
+def _known(value: float, least: float) -> Optional[float]:
+    """``value`` when it is a finite number of at least ``least``, else None: OpenCV answers 0,
+    -1 or NaN for a property a stream or a codec does not know (a live stream's frame count)."""
+    return value if math.isfinite(value) and value >= least else None
+
+
 def run_video(predictor, query: Dict, video: str, output: str, report: Callable[[str], None]) -> int:
     """Detect in every frame of ``video`` and write the annotated frames to a video.
 
@@ -62,13 +69,17 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
         report: prints a message (errors, the summary).
 
     Returns:
-        0 when at least one frame was processed, 2 when ``output`` cannot be written (see
-        :func:`video_output_error`), else 1.
+        0 when every frame was processed (at least one); 2 for a setup error found before any
+        frame is processed: ``output`` cannot be written (see :func:`video_output_error`) or
+        the query is wrong for the predictor (an unknown vocabulary, a repeated name); else 1:
+        the video is missing, cannot be opened or has no frame, or processing a frame failed
+        (reported with the frame's index; the frames before it stay in the output video).
     """
     import cv2
     from tqdm import tqdm
 
     from .data.visualize import draw_grounding
+    from .demo import _check_query
 
     if not os.path.isfile(video):
         report(f"error: video {video!r} does not exist")
@@ -84,12 +95,18 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
         except OSError as e:
             report(f"error: --output {output!r}: cannot create the folder ({e})")
             return 2
+    try:  # the query is the same for every frame: a wrong one is a setup error, not a frame's
+        _check_query(predictor, query)
+    except ValueError as e:
+        report(f"error: {e}")
+        return 2
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         report(f"error: could not open {video!r} as a video")
         return 1
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    fps = _known(capture.get(cv2.CAP_PROP_FPS), least=1e-3) or 25.0
+    total = _known(capture.get(cv2.CAP_PROP_FRAME_COUNT), least=1)  # None: unknown (a stream)
+    total = None if total is None else int(total)
     writer, frames, detections = None, 0, 0
     try:
         with tqdm(total=total, desc="glip_d2 video", unit="frame", file=sys.stderr) as bar:
@@ -98,13 +115,23 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
                 if not ok:
                     break
                 rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-                out = predictor(rgb, **query)
-                inst, labels = out["instances"].to("cpu"), out["labels"]
+                # the query was checked above, so an error here is about this frame (a bad
+                # frame, memory, a bug): report which one and stop, exit code 1
+                try:
+                    out = predictor(rgb, **query)
+                    inst, labels = out["instances"].to("cpu"), out["labels"]
+                    if output:
+                        drawing = draw_grounding(rgb, inst.pred_boxes,
+                                                 [labels[c] for c in inst.pred_classes.tolist()],
+                                                 inst.scores.tolist())
+                except (ValueError, RuntimeError, OSError, MemoryError) as e:
+                    written = ("" if writer is None
+                               else f"; the {frames} frames before it are in {path}")
+                    report(f"error: {video}: frame index {frames} (counting from 0): "
+                           f"{type(e).__name__}: {e}; stopped{written}")
+                    return 1
                 detections += len(inst)
                 if output:
-                    drawing = draw_grounding(rgb, inst.pred_boxes,
-                                             [labels[c] for c in inst.pred_classes.tolist()],
-                                             inst.scores.tolist())
                     if writer is None:
                         fourcc = cv2.VideoWriter_fourcc(*_FOURCC[os.path.splitext(path)[1].lower()])
                         h, w = drawing.shape[:2]

@@ -239,11 +239,58 @@ def test_get_loads_the_cached_checkpoint(cache, monkeypatch, one_thread):
         for p in random_model.parameters():
             p.normal_()
     cache.mkdir()
-    torch.save({"model": random_model.state_dict()}, cache / "glip_demo_shapes.pth")
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in random_model.state_dict().items()}
+    torch.save({"model": random_model.state_dict(), "ema": ema}, cache / "glip_demo_shapes.pth")
     loaded = model_zoo.get("glip_demo_shapes", trained=True, device="cpu")
     assert not loaded.training
+    assert not model_zoo.get_config("glip_demo_shapes").TEST.USE_EMA
+    # TEST.USE_EMA False (the demo config's): the raw weights, though the checkpoint has an EMA
     for (name, a), b in zip(random_model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_get_loads_the_ema_weights_when_the_config_says_so(cache, monkeypatch, tmp_path, one_thread, caplog):
+    """TEST.USE_EMA True and a checkpoint with an "ema" entry: ``get`` gives the EMA weights,
+    as ``train_net.py --eval-only`` evaluates them."""
+    model = model_zoo.get("demo_glip_tiny_shapes", device="cpu")
+    raw = model.state_dict()
+    torch.manual_seed(2)
+    ema = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in raw.items()}
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    base = model_zoo.get_config_file("demo_glip_tiny_shapes")
+    (configs / "ema_shapes.yaml").write_text(f"_BASE_: {base}\nTEST:\n  USE_EMA: True\n")
+    monkeypatch.setattr(model_zoo, "configs_root", lambda: str(configs))
+    _add_model(monkeypatch, "", None, name="ema_model", config="ema_shapes")
+    cache.mkdir()
+    torch.save({"model": raw, "ema": ema, "iteration": 7}, cache / "ema_model.pth")
+    with caplog.at_level("INFO", logger="glip_d2.model_zoo"):
+        loaded = model_zoo.get("ema_model", trained=True, device="cpu")
+    assert model_zoo.get_config("ema_model").TEST.USE_EMA
+    assert not loaded.training
+    state = loaded.state_dict()
+    assert state.keys() == ema.keys()
+    for name, v in ema.items():
+        assert torch.equal(state[name], v), name
+    assert "the EMA weights of" in caplog.text
+
+
+def test_get_falls_back_to_cpu_when_cuda_is_asked_for_but_absent(monkeypatch, one_thread, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="glip_d2.device"):
+        model = model_zoo.get("demo_glip_tiny_shapes", device="cuda")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert "'cuda' but CUDA is not available; using CPU" in caplog.text
+    # "cuda:N" too; the device the model is built on is the one the config then names
+    import detectron2.modeling
+
+    seen = []
+    monkeypatch.setattr(detectron2.modeling, "build_model",
+                        lambda cfg: seen.append(cfg.MODEL.DEVICE) or torch.nn.Linear(1, 1))
+    model_zoo.get("demo_glip_tiny_shapes", device=torch.device("cuda", 1))
+    assert seen == ["cpu"]
+    assert "'cuda:1' but CUDA is not available" in caplog.text
 
 
 @pytest.mark.heavy(17)

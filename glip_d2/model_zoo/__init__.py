@@ -14,6 +14,7 @@ checkpoint, found in the cache directory (``$GLIP_D2_CACHE``, default ``~/.cache
 downloaded there once, with a progress bar and a sha256 check (the table's digest, the server's
 declared one, or both).
 """
+import logging
 import os
 from typing import List
 
@@ -40,6 +41,8 @@ __all__ = [
     "sha256_of",
     "verify_cached",
 ]
+
+logger = logging.getLogger(__name__)
 
 _PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 _CHECKOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
@@ -159,17 +162,28 @@ def get(name: str, trained: bool = False, device=None):
 
     Args:
         name: a config name or a model name.
-        trained: load the model's checkpoint (cache or download); False = random weights.
-        device: e.g. "cpu" or "cuda"; None = the config's (CPU when CUDA is absent).
+        trained: load the model's checkpoint (cache or download); False = random weights. The
+            model gets what ``train_net.py --eval-only`` evaluates: the checkpoint's EMA of the
+            weights (its "ema" entry) when the config sets ``TEST.USE_EMA`` and it has one, else
+            its raw weights.
+        device: e.g. "cpu" or "cuda"; None = the config's. Either falls back to "cpu" (logged)
+            when it asks for CUDA and CUDA is absent.
     """
     from detectron2.modeling import build_model
 
     from ..checkpoint import GLIPCheckpointer
+    from ..device import resolve_device
+    from ..engine import load_eval_weights
 
     cfg = get_config(name, trained=trained)
     if device is not None:
-        cfg.MODEL.DEVICE = str(device)
+        cfg.MODEL.DEVICE = resolve_device(str(device))
     model = build_model(cfg)
     if trained:
-        GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        checkpoint = GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        used = load_eval_weights(model, checkpoint, cfg.TEST.USE_EMA)
+        logger.info(
+            f"model_zoo.get({name!r}): the {'EMA' if used == 'ema' else 'raw'} weights of "
+            f"{cfg.MODEL.WEIGHTS} (TEST.USE_EMA {cfg.TEST.USE_EMA})."
+        )
     return model.eval()

@@ -89,3 +89,57 @@ def test_output_that_is_the_input_or_an_existing_file_is_refused(tmp_path, capsy
     messages = []
     assert run_video(None, {}, str(video), str(video), messages.append) == 2
     assert "would overwrite the input video" in messages[0]
+
+
+class _FakePredictor:
+    """Stands in for GLIPPredictor in run_video: no detections, calls counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def set_vocabulary(self, vocabulary):
+        return list(vocabulary)
+
+    def __call__(self, rgb, vocabulary):
+        import torch
+        from detectron2.structures import Boxes, Instances
+
+        self.calls += 1
+        inst = Instances(rgb.shape[:2], pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
+                         pred_classes=torch.zeros(0, dtype=torch.long))
+        return {"instances": inst, "labels": list(vocabulary)}
+
+
+@pytest.mark.parametrize("count, total", [(-1.0, None), (0.0, None), (float("nan"), None), (3.0, 3)])
+def test_an_unknown_frame_count_gives_a_progress_bar_without_total(tmp_path, monkeypatch, count, total):
+    """OpenCV answers 0, -1 (or NaN) for the frame count of a stream: the bar's total is then
+    None (unknown), never a negative number; a known count is the total."""
+    import tqdm
+
+    from glip_d2.demo_video import run_video
+
+    video = _video(tmp_path / "clip.avi", frames=3)
+    real_capture, real_tqdm = cv2.VideoCapture, tqdm.tqdm
+
+    class StreamLike:
+        def __init__(self, *args):
+            self._capture = real_capture(*args)
+
+        def get(self, prop):
+            return count if prop == cv2.CAP_PROP_FRAME_COUNT else self._capture.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self._capture, name)
+
+    totals = []
+
+    def recording_tqdm(*args, **kwargs):
+        totals.append(kwargs.get("total"))
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "VideoCapture", StreamLike)
+    monkeypatch.setattr(tqdm, "tqdm", recording_tqdm)
+    predictor, messages = _FakePredictor(), []
+    assert run_video(predictor, {"vocabulary": ["a"]}, str(video), "", messages.append) == 0, messages
+    assert totals == [total]
+    assert predictor.calls == 3 and messages == [f"{video}: 3 frames, 0 detections"]

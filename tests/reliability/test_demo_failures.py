@@ -109,3 +109,65 @@ def test_a_lazily_truncated_pil_image_is_the_documented_value_error(setup):
     assert list(predictor.model.vocabulary) == before  # a call that raised changes nothing
     out = predictor(np.zeros((3, 300, 3), np.uint8), vocabulary=NAMES)  # 1 pixel high: fine
     assert out["labels"] == NAMES
+
+
+def _clip(path, frames=4):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (60, 40))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def _count_frames(path):
+    import cv2
+
+    capture, n = cv2.VideoCapture(str(path)), 0
+    while capture.read()[0]:
+        n += 1
+    capture.release()
+    return n
+
+
+def test_a_video_frame_that_fails_is_exit_code_1_naming_the_frame(setup, tmp_path, capsys, monkeypatch):
+    """An error while detecting in a frame (a bad frame, a bug) is not a setup error: exit code 1,
+    with the frame's index; the frames before it are in the output video."""
+    video = _clip(tmp_path / "clip.avi")
+    call = GLIPPredictor.__call__
+    frames = []
+
+    def fails_at_the_third_frame(self, image, **kwargs):
+        frames.append(image.shape)
+        if len(frames) == 3:
+            raise ValueError("something is wrong with this frame")
+        return call(self, image, **kwargs)
+
+    monkeypatch.setattr(GLIPPredictor, "__call__", fails_at_the_third_frame)
+    out = tmp_path / "out.avi"
+    rc = demo.main(["--config-file", setup["config"], "--video-input", str(video), "--output", str(out),
+                    "--custom-vocabulary", ",".join(NAMES)])
+    err = capsys.readouterr().err
+    assert rc == 1, err  # before: 2, reported as if the arguments were wrong
+    assert (f"error: {video}: frame index 2 (counting from 0): ValueError: something is wrong "
+            f"with this frame; stopped; the 2 frames before it are in {out}") in err
+    assert len(frames) == 3  # nothing after the failing frame
+    assert _count_frames(out) == 2
+
+
+def test_a_wrong_video_query_is_a_setup_error_before_any_frame(setup, tmp_path, capsys, monkeypatch):
+    video = _clip(tmp_path / "clip.avi")
+    call = GLIPPredictor.__call__
+    frames = []
+    monkeypatch.setattr(GLIPPredictor, "__call__",
+                        lambda self, image, **kw: frames.append(1) or call(self, image, **kw))
+    rc = demo.main(["--config-file", setup["config"], "--video-input", str(video),
+                    "--output", str(tmp_path / "out"), "--custom-vocabulary", "cat,cat"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error: Invalid vocabulary: The vocabulary repeats names" in err
+    assert "frame index" not in err
+    assert frames == []  # refused before the first frame, as a setup error
+    assert not (tmp_path / "out" / "clip.mp4").exists()
