@@ -9,10 +9,12 @@ from ..nlp import find_noun_phrases
 __all__ = ["extract_concepts", "build_concept_pool", "read_concept_file", "write_concept_file"]
 
 # Relations that join two noun phrases; the simple phrase splitter (no spaCy) keeps them inside
-# one phrase ("a cat on the sofa"). Longer alternatives first.
+# one phrase ("a cat on the sofa"). Longer alternatives first. Only free-standing words break
+# a phrase: not the "in"/"of"/"on" inside hyphenated compounds ("mother-in-law", "on-off switch").
 _BREAKS = re.compile(
-    r"\b(?:to the left of|to the right of|in front of|next to|on top of|"
-    r"of|with|on|in|at|near|above|below|under|behind|beside|between|showing|holding|and)\b",
+    r"(?<![\w'-])(?:to the left of|to the right of|in front of|next to|on top of|"
+    r"of|with|on|in|at|near|above|below|under|behind|beside|between|showing|holding|and)"
+    r"(?![\w'-])",
     re.IGNORECASE,
 )
 _LEADING = {
@@ -47,7 +49,8 @@ _NOT_CONCEPTS = {"photo", "picture", "image", "view", "scene", "close up", "clos
 
 
 def _normalise(text: str) -> str:
-    words = re.sub(r"[^\w\s'-]", " ", text.lower()).split()
+    # Stray punctuation ("a cat - on a mat") is no word of a concept.
+    words = [w for w in re.sub(r"[^\w\s'-]", " ", text.lower()).split() if re.search(r"\w", w)]
     while words and (words[0] in _LEADING or words[0].isdigit()):
         words = words[1:]
     return " ".join(words)

@@ -18,6 +18,7 @@ a language-aware R-CNN.
 """
 
 import copy
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -68,7 +69,8 @@ class RegionCLIPPretrainer(nn.Module):
     """Student of RegionCLIP pretraining (see the module docstring).
 
     Training returns {"loss_region_contrastive", "loss_region_distill"}, plus
-    "loss_image_text" when `image_text_weight` > 0 and every input has a "caption"; inference returns
+    "loss_image_text" when `image_text_weight` > 0 and some input has a "caption" (over the
+    captioned inputs of the batch); inference returns
     instances whose `pred_classes` index `concepts` (zero-shot region classification of the
     proposals by the student).
 
@@ -129,6 +131,19 @@ class RegionCLIPPretrainer(nn.Module):
             shape.channels * (shape.height or 1) * (shape.width or 1), teacher.embed_dim
         )
         self.concepts = list(concepts)
+        if not self.concepts:
+            raise ValueError(
+                "The RegionCLIP concept pool is empty (MODEL.REGIONCLIP.CONCEPT_FILE has no "
+                "concept?): regions need concepts to be labelled with."
+            )
+        repeated = sorted(c for c, n in Counter(self.concepts).items() if n > 1)
+        if repeated:
+            # A repeated concept is its own hard negative: its copies get the same logit, so
+            # the pseudo-label cross-entropy cannot fall below ln 2 and the copies split the
+            # distilled probability.
+            raise ValueError(
+                f"The RegionCLIP concept pool repeats {repeated[:10]}; list each concept once."
+            )
         self.register_buffer(
             "concept_emb", teacher.encode_concepts(self.concepts), persistent=False
         )
@@ -223,6 +238,7 @@ class RegionCLIPPretrainer(nn.Module):
         normed = ImageList.from_tensors(
             [(im - self.pixel_mean) / self.pixel_std for im in images],
             self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,  # as the detector pads
         )
         features = self.backbone(normed.tensor)
         if self.proposal_generator is not None:
@@ -253,16 +269,19 @@ class RegionCLIPPretrainer(nn.Module):
                 student_scores, teacher_scores, self.distill_temperature
             ),
         }
-        if self.loss_weight["loss_image_text"] > 0 and all(
-            x.get("caption") for x in batched_inputs
-        ):
+        # Images without a caption take no part in the image-text loss; the others still
+        # contrast with each other.
+        captioned = [i for i, x in enumerate(batched_inputs) if x.get("caption")]
+        if self.loss_weight["loss_image_text"] > 0 and captioned:
             whole = [
                 torch.tensor([[0.0, 0.0, float(w), float(h)]], device=self.device)
-                for h, w in normed.image_sizes
+                if i in captioned
+                else torch.zeros(0, 4, device=self.device)
+                for i, (h, w) in enumerate(normed.image_sizes)
             ]
             losses["loss_image_text"] = image_text_contrastive_loss(
                 self.region_embeddings(features, whole),
-                self.teacher.encode_texts([x["caption"] for x in batched_inputs]),
+                self.teacher.encode_texts([batched_inputs[i]["caption"] for i in captioned]),
                 self.image_text_temperature,
             )
         return {k: v * self.loss_weight[k] for k, v in losses.items()}
