@@ -235,10 +235,13 @@ class RegionCLIPPretrainer(nn.Module):
 
     def _regions(self, batched_inputs):
         images = [x["image"].to(self.device) for x in batched_inputs]
+        # pad as the detector will (a square-padding backbone such as ViTDet's); the keyword only
+        # when there are constraints, so Detectron2 releases without it keep working
+        constraints = getattr(self.backbone, "padding_constraints", None)
         normed = ImageList.from_tensors(
             [(im - self.pixel_mean) / self.pixel_std for im in images],
             self.backbone.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,  # as the detector pads
+            **({"padding_constraints": constraints} if constraints else {}),
         )
         features = self.backbone(normed.tensor)
         if self.proposal_generator is not None:
