@@ -149,8 +149,9 @@ def _exact_steps(scheduler, max_iter: int):
     fvcore's ``MultiStepParamScheduler`` finds the step of iteration ``it`` as
     ``int((it / MAX_ITER + 1e-6) * MAX_ITER)``: from a million iterations on the 1e-6 is a whole
     iteration, so GLIP-L's LR dropped at iteration 669,999 instead of 670,000 (official: 670,000).
-    An epsilon of half an iteration (fvcore's own below 500k iterations) absorbs the float error of
-    ``it / MAX_ITER`` and never reaches the next iteration.
+    Here the epsilon is at most half an iteration (fvcore's 1e-6 stays for runs below 500k
+    iterations): it absorbs the float error of ``it / MAX_ITER`` and never reaches the next
+    iteration.
     """
     multiplier = getattr(scheduler, "_multiplier", None)
     for inner in getattr(multiplier, "_schedulers", [multiplier]):

@@ -11,7 +11,6 @@ torchvision's kernel throughout.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
@@ -67,11 +66,13 @@ def deform_conv3x3_by_gather(
     the official CUDA kernel's) arithmetic step by step, so the output equals torchvision's to the
     bit on the CPU; the gradients agree to float rounding (~1e-6 relative; torchvision's backward
     sums in another order), also at the kinks where a tap sits exactly on a pixel row or column,
-    where both take the derivative from above. Half-precision input is computed in float32 (its sample coordinates would be off
-    by up to 1/8 pixel in float16) and the result cast back.
+    where both take the derivative from above. Half-precision input is computed in float32 (its
+    sample coordinates would be off by up to 1/8 pixel in float16) and the result cast back.
     """
     if x.dtype in (torch.float16, torch.bfloat16):
-        out = deform_conv3x3_by_gather(x.float(), offset.float(), weight.float(), bias.float(), stride, mask.float())
+        out = deform_conv3x3_by_gather(
+            x.float(), offset.float(), weight.float(), bias.float(), stride, mask.float()
+        )
         return out.to(x.dtype)
     b, c, h, w = x.shape
     ho, wo = offset.shape[-2:]
@@ -125,7 +126,7 @@ class ModulatedDeformConv3x3(nn.Module):
             args = (x, offset.to(dtype), self.weight.to(dtype), self.bias.to(dtype), self.stride, mask.to(dtype))
             if torch.is_grad_enabled():
                 # autograd would keep ~6 copies of the 9x-sized sampled columns per conv (GLIP-T at
-                # 320x480, batch 2: 11.1 GB against torchvision's 7.5); recomputing them in the
+                # 320x480, batch 2: 11.1 GB against torchvision's 7.4); recomputing them in the
                 # backward keeps torchvision's memory at a small share of the time saved
                 return checkpoint(deform_conv3x3_by_gather, *args, use_reentrant=False)
             return deform_conv3x3_by_gather(*args)
