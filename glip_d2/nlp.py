@@ -75,15 +75,21 @@ def _strip(caption: str, start: int, end: int):
     return (start, end) if end > start else None
 
 
-def _simple(caption: str) -> List[Phrase]:
-    phrases, start = [], 0
-    bounds = [(m.start(), m.end()) for m in _SEPARATORS.finditer(caption)] + [(len(caption),) * 2]
+def _pieces(caption: str, start: int, end: int, separators) -> List[Phrase]:
+    """The stripped, non-empty pieces of ``caption[start:end]`` between matches of
+    ``separators``."""
+    phrases = []
+    bounds = [(m.start(), m.end()) for m in separators.finditer(caption, start, end)] + [(end, end)]
     for sep_start, sep_end in bounds:
         span = _strip(caption, start, sep_start)
         if span:
             phrases.append(Phrase(caption[span[0] : span[1]], *span))
         start = sep_end
     return phrases
+
+
+def _simple(caption: str) -> List[Phrase]:
+    return _pieces(caption, 0, len(caption), _SEPARATORS)
 
 
 _LIST_SEPARATORS = re.compile(r"[,;]")
@@ -93,16 +99,11 @@ def _spacy(caption: str, nlp) -> List[Phrase]:
     """spaCy's noun chunks, each split at its commas and semicolons: in a bare list ("blue square,
     red circle") spaCy's parser takes the second name for an appositive of the first and returns
     one chunk for both."""
-    phrases = []
-    for c in nlp(caption).noun_chunks:
-        start = c.start_char
-        bounds = [m.start() for m in _LIST_SEPARATORS.finditer(caption, c.start_char, c.end_char)]
-        for sep in bounds + [c.end_char]:
-            span = _strip(caption, start, sep)
-            if span:
-                phrases.append(Phrase(caption[span[0] : span[1]], *span))
-            start = sep + 1
-    return phrases
+    return [
+        phrase
+        for c in nlp(caption).noun_chunks
+        for phrase in _pieces(caption, c.start_char, c.end_char, _LIST_SEPARATORS)
+    ]
 
 
 def find_noun_phrases(caption: str, backend: str = "auto") -> List[Phrase]:
