@@ -101,15 +101,13 @@ class PartStore:
     # ------------------------------------------------------------------ settings
     def check_settings(self, settings: Dict) -> None:
         """Record the run's settings, or check they equal those of the run being resumed."""
-        path = os.path.join(self.output_dir, "run.json")
         settings = dict(settings, num_shards=self.num_shards, part_size=self.part_size)
         settings = json.loads(json.dumps(settings, sort_keys=True))
-        if not os.path.exists(path) and _create_json(path, settings):
+        if not os.path.exists(self._run_json) and _create_json(self._run_json, settings):
             return
         # another run (or a shard started at the same time, which created it first) recorded its
         # settings: this one must agree with them
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = self._recorded_settings()
         if old != settings:
             diff = {
                 k: (old.get(k), settings.get(k))
@@ -123,12 +121,20 @@ class PartStore:
 
     def recorded_layout(self) -> Optional[Dict]:
         """``{"num_shards", "part_size"}`` of the run recorded in run.json (None: no run.json)."""
-        path = os.path.join(self.output_dir, "run.json")
-        if not os.path.exists(path):
+        old = self._recorded_settings()
+        return None if old is None else {k: old.get(k) for k in ("num_shards", "part_size")}
+
+    @property
+    def _run_json(self) -> str:
+        return os.path.join(self.output_dir, "run.json")
+
+    def _recorded_settings(self) -> Optional[Dict]:
+        """The settings run.json records (None: no run.json)."""
+        try:
+            with open(self._run_json, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
             return None
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        return {k: old.get(k) for k in ("num_shards", "part_size")}
 
     # ------------------------------------------------------------------ parts
     def shard_dir(self, shard: int) -> str:
