@@ -3,10 +3,7 @@
 # AP on seen (shapes_val) and never-seen (shapes_val_novel) combinations (about 15 min on 2 cores).
 source "$(dirname "$0")/env.sh"
 OUT=${OUT:-output/demo_two_stage_shapes}
-if [ -f "$OUT/last_checkpoint" ] && [[ " $* " != *" --resume "* ]]; then
-  echo "Note: $OUT holds an earlier run's checkpoints; this run starts afresh and overwrites" \
-       "them (bash $0 --resume continues that run)." >&2
-fi
+note_fresh_start "$OUT" "$0" "$@"
 # flags first (--resume, --num-gpus N), then KEY VALUE config overrides
 .venv/bin/python train_net.py --config-file configs/two_stage/demo_faster_rcnn_shapes.yaml "$@" OUTPUT_DIR "$OUT"
 .venv/bin/python scripts/print_ap.py "$OUT"

@@ -18,3 +18,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# note_fresh_start OUT SCRIPT ARGS...: tell the demo scripts' user that a run without --resume
+# overwrites the checkpoints an earlier run left in OUT
+note_fresh_start() {
+  local out=$1 script=$2
+  shift 2
+  if [ -f "$out/last_checkpoint" ] && [[ " $* " != *" --resume "* ]]; then
+    echo "Note: $out holds an earlier run's checkpoints; this run starts afresh and overwrites" \
+         "them (bash $script --resume continues that run)." >&2
+  fi
+}
