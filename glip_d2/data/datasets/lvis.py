@@ -75,11 +75,12 @@ def register_lvis(
         ValueError: if ``metadata`` gives one of the two keys without the other (its names
             would be read with LVIS v1's ids, or v1's names with its ids).
     """
-    given = {"thing_classes", "thing_dataset_id_to_contiguous_id"} & set(metadata or {})
+    vocabulary_keys = {"thing_classes", "thing_dataset_id_to_contiguous_id"}
+    given = vocabulary_keys & set(metadata or {})
     if len(given) == 1:
         raise ValueError(
             f"register_lvis({name!r}): metadata gives {given.pop()} without "
-            f"{({'thing_classes', 'thing_dataset_id_to_contiguous_id'} - set(metadata)).pop()}; "
+            f"{(vocabulary_keys - set(metadata)).pop()}; "
             "a vocabulary of your own needs both (the names in contiguous order and the json's "
             "category id of each), or neither for LVIS v1's. DATASETS.CUSTOM with format 'lvis' "
             "reads both from the json."
