@@ -60,28 +60,33 @@ def ranked_boxes(instances, num_phrases: int, k: Optional[int]) -> List[np.ndarr
     return out
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, ``(N, M)`` (no +1, as MDETR's evaluators)."""
+def _inter_union(a: np.ndarray, b: np.ndarray):
+    """Intersection and union areas of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, each ``(N, M)``."""
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    return inter, area_a[:, None] + area_b[None, :] - inter
+
+
+def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, ``(N, M)`` (no +1, as MDETR's evaluators)."""
+    return _iou(*_inter_union(a, b))
 
 
 def generalized_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """GIoU (Rezatofighi et al. 2019) of ``(N, 4)`` and ``(M, 4)`` XYXY boxes, ``(N, M)``: the IoU
     minus the part of the enclosing box the union leaves empty; never above the IoU."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    union = area_a[:, None] + area_b[None, :] - np.clip(rb - lt, 0, None).prod(-1)
+    inter, union = _inter_union(a, b)
     lo, hi = np.minimum(a[:, None, :2], b[None, :, :2]), np.maximum(a[:, None, 2:], b[None, :, 2:])
     hull = (hi - lo).prod(-1)
-    iou = box_iou(a, b)
+    iou = _iou(inter, union)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(hull > 0, iou - (hull - union) / hull, iou)
 
