@@ -58,6 +58,18 @@ def _evaluate(evaluator, predictions):
     return evaluator.evaluate()
 
 
+def _evaluate_on_two_ranks(make_evaluator, rank0_items, rank1_items, monkeypatch):
+    """Rank 0's result when rank 0 processed ``rank0_items`` and rank 1 ``rank1_items``
+    (``comm.gather`` hands rank 0 both ranks' predictions)."""
+    rank0, rank1 = make_evaluator(), make_evaluator()
+    for evaluator, items in ((rank0, rank0_items), (rank1, rank1_items)):
+        evaluator.reset()
+        for inp, out in items:
+            evaluator.process([inp], [out])
+    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._predictions])
+    return rank0.evaluate()
+
+
 @pytest.fixture
 def flickr_dataset(tmp_path, names):
     name = names("flickr30k")
@@ -125,13 +137,9 @@ def test_flickr_release_and_json_disagreeing_is_an_error(tmp_path, names):
 
 
 def test_flickr_gathers_predictions_of_all_ranks(flickr_dataset, monkeypatch):
-    rank0, rank1 = FlickrEvaluator(flickr_dataset), FlickrEvaluator(flickr_dataset)
-    rank0.reset(), rank1.reset()
-    (inp0, out0), (inp1, out1) = _flickr_predictions()
-    rank0.process([inp0], [out0])
-    rank1.process([inp1], [out1])
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._predictions])
-    assert rank0.evaluate()["flickr_any_box"]["R@1"] == pytest.approx(50.0)
+    first, second = _flickr_predictions()
+    res = _evaluate_on_two_ranks(lambda: FlickrEvaluator(flickr_dataset), [first], [second], monkeypatch)
+    assert res["flickr_any_box"]["R@1"] == pytest.approx(50.0)
 
 
 @pytest.fixture

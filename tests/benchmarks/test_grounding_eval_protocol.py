@@ -3,11 +3,11 @@
 the upper bound (any of the phrase's boxes)."""
 
 import pytest
-from detectron2.utils import comm
 
 from glip_d2.evaluation import FlickrEvaluator, RefExpEvaluator
 from tests.benchmarks.test_flickr_refcoco_eval import (  # noqa: F401  (fixtures)
     _evaluate,
+    _evaluate_on_two_ranks,
     _flickr_predictions,
     _refexp_predictions,
     flickr_dataset,
@@ -18,28 +18,19 @@ from tests.benchmarks.test_flickr_refcoco_eval import (  # noqa: F401  (fixtures
 def test_flickr_sentence_predicted_twice_counts_once(flickr_dataset, monkeypatch):
     # A sampler that pads the last batch (torch's DistributedSampler) gives rank 1 sentence 1
     # again. MDETR's evaluator: "multiple predictions found for sentence ...", the first counts.
-    rank0, rank1 = FlickrEvaluator(flickr_dataset), FlickrEvaluator(flickr_dataset)
-    rank0.reset(), rank1.reset()
-    (inp0, out0), (inp1, out1) = _flickr_predictions()
-    rank0.process([inp0], [out0])
-    rank0.process([inp1], [out1])
-    rank1.process([inp1], [out1])
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._predictions])
-    res = rank0.evaluate()
+    first, second = _flickr_predictions()
+    res = _evaluate_on_two_ranks(lambda: FlickrEvaluator(flickr_dataset), [first, second], [second],
+                                 monkeypatch)
     # As without the duplicate: 4 phrases, "a man" and "two dogs" at rank 1 (not 3 of 5).
     assert res["flickr_any_box"]["R@1"] == pytest.approx(50.0)
     assert res["flickr_merged_box"]["R@1"] == pytest.approx(25.0)
 
 
 def test_refcoco_expression_predicted_twice_counts_once(refcoco_dataset, monkeypatch):
-    rank0, rank1 = RefExpEvaluator(refcoco_dataset), RefExpEvaluator(refcoco_dataset)
-    rank0.reset(), rank1.reset()
     preds = _refexp_predictions()
-    for inp, out in preds:
-        rank0.process([inp], [out])
-    rank1.process([preds[0][0]], [preds[0][1]])  # padding: expression 0 again
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, rank1._predictions])
-    res = rank0.evaluate()["refexp"]
+    # padding: rank 1 gets expression 0 again
+    res = _evaluate_on_two_ranks(lambda: RefExpEvaluator(refcoco_dataset), preds, preds[:1],
+                                 monkeypatch)["refexp"]
     assert res == pytest.approx({"Acc@1": 100 / 3, "Acc@5": 200 / 3, "Acc@10": 200 / 3})
 
 
