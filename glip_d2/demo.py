@@ -44,6 +44,9 @@ IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .bmp .tif .tiff .webp .gif .ppm .pgm".
 # Drawings of small images are scaled up to about this short side, so labels stay legible.
 _DRAW_SHORT_SIDE = 480
 _MAX_DRAW_SCALE = 8.0
+# What one image or video frame can raise once the setup and the query were checked (its size,
+# memory, a failed write): reported for that input, not a setup error
+INPUT_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
 
 
 class ImageReadError(ValueError):
@@ -513,7 +516,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     _save_png(drawing, os.path.join(args.output, names[path]))
             # the query was checked above, so these are about this image (its size, memory, a
             # failed write): report it and go on with the next one
-            except (ValueError, RuntimeError, OSError, MemoryError) as e:
+            except INPUT_ERRORS as e:
                 report(f"error: {path}: {e}; skipped")
                 failed += 1
                 continue

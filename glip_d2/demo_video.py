@@ -79,7 +79,7 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
     from tqdm import tqdm
 
     from .data.visualize import draw_grounding
-    from .demo import _check_query
+    from .demo import INPUT_ERRORS, _check_query
 
     if not os.path.isfile(video):
         report(f"error: video {video!r} does not exist")
@@ -124,7 +124,7 @@ def run_video(predictor, query: Dict, video: str, output: str, report: Callable[
                         drawing = draw_grounding(rgb, inst.pred_boxes,
                                                  [labels[c] for c in inst.pred_classes.tolist()],
                                                  inst.scores.tolist())
-                except (ValueError, RuntimeError, OSError, MemoryError) as e:
+                except INPUT_ERRORS as e:
                     written = ("" if writer is None
                                else f"; the {frames} frames before it are in {path}")
                     report(f"error: {video}: frame index {frames} (counting from 0): "
