@@ -308,8 +308,23 @@ def _parse_lr(items: Sequence[str]) -> Dict[str, float]:
     return lr
 
 
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Stop (exit status 2) on values that would run, but be tabled as something else: k = 0
+    is DATASETS.FEW_SHOT off (all the data, tabled "0-shot"), 0 iterations leave the
+    zero-shot model tabled as tuned, and a negative seed is Detectron2's "random seed"."""
+    bad = [f"{flag} {v}" for flag, values, low in (
+        ("--shots", args.shots, 1), ("--iters", [args.iters], 1), ("--seeds", args.seeds, 0),
+        ("--batch-size", [args.batch_size], 1), ("--max-test-images", [args.max_test_images], 0),
+    ) for v in values if v < low]
+    if bad:
+        parser.error(f"{', '.join(bad)}: --shots, --iters and --batch-size must be >= 1, "
+                     "--seeds and --max-test-images >= 0.")
+
+
 def main(argv=None) -> Dict:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="glip_d2")
@@ -328,8 +343,12 @@ def main(argv=None) -> Dict:
     cfg.DATASETS.TEST = (_test_subset(args.test_dataset, args.max_test_images),)
 
     def save():
-        with open(results_path, "w") as f:
+        # written beside and renamed: a command stopped mid-write keeps the last complete file,
+        # which --resume reads
+        tmp = results_path + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(records, f, indent=1)
+        os.replace(tmp, results_path)
         write_outputs(records, args.output_dir, f"{args.train_dataset} -> {args.test_dataset}")
 
     jobs = [] if args.no_zero_shot else [(None, 0, 0)]

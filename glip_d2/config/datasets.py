@@ -46,7 +46,7 @@ def add_dataset_config(cfg):
     _C.DATASETS.FEW_SHOT = 0
     # Seed of the few-shot draw (the same seed gives the same images; ODinW uses 0, 1, 2).
     _C.DATASETS.FEW_SHOT_SEED = 0
-    # What k counts: "official" (GLIP's: k images per category, seed 0 = dataset order) or
+    # What k counts: "official" (GLIP's: k images per category, seed 0 = image-id order) or
     # "instances" (k annotated instances per category, always seeded; the shapes demo's tables).
     _C.DATASETS.FEW_SHOT_MODE = "official"
 

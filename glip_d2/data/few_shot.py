@@ -5,11 +5,13 @@ categories still needs shots, and a kept image keeps all its annotations:
 
 * ``"official"`` (official GLIP's ``COCODataset`` few-shot): k *images* per category. Images are
   visited in image-id order, shuffled with ``random.Random(seed)`` unless the seed is 0 (seed 0
-  = the dataset's own order), and a kept image counts once for each category it shows.
+  = image-id order, whatever the order of the records), and a kept image counts once for each
+  category it shows.
 * ``"instances"``: k annotated *instances* per category, images visited in a seeded random order
   (seed 0 included); the subset has at least k instances of every category, usually a few more.
 
-Either way the subset is the same for the same records, k, seed and mode.
+Either way the subset is the same for the same records, k, seed and mode, and a category with
+fewer than k shots (images or instances, as k counts) keeps all it has, with a warning.
 """
 
 import logging
@@ -53,7 +55,8 @@ def sample_few_shot(
         the chosen records, in their original order.
 
     Raises:
-        ValueError: if ``k < 1`` or the records hold no annotation of the categories.
+        ValueError: if ``k < 1``, the records hold no annotation of the categories, or (in
+            "official" mode) a record has no ``image_id`` or the ids cannot be ordered.
     """
     if k < 1:
         raise ValueError(f"DATASETS.FEW_SHOT must be >= 1 shots per category (0 = off), got {k}.")
@@ -63,13 +66,16 @@ def sample_few_shot(
     wanted = sorted(set(categories) if categories is not None else set(available))
     if not wanted or not any(available[c] for c in wanted):
         raise ValueError(f"{source} has no annotated instance to sample {k}-shot data from.")
-    short = {c: available[c] for c in wanted if available[c] < k}
+    # what k counts: a category with many boxes in few images is short of images
+    unit = "images" if mode == "official" else "instances"
+    shots = _images_per_category(dicts) if mode == "official" else available
+    short = {c: shots[c] for c in wanted if shots[c] < k}
     if short:
         logger.warning(
-            f"{source}: categories {short} (id: instances) have fewer than {k} instances; "
+            f"{source}: categories {short} (id: {unit}) have fewer than {k} {unit}; "
             "the few-shot subset keeps all of theirs."
         )
-    chosen = sorted(_official(dicts, k, seed, wanted) if mode == "official"
+    chosen = sorted(_official(dicts, k, seed, wanted, source) if mode == "official"
                     else _instances(dicts, k, seed, wanted, available))
     subset = [dicts[i] for i in chosen]
     counts = category_counts(subset)
@@ -100,11 +106,29 @@ def _instances(dicts, k: int, seed: int, wanted, available) -> List[int]:
     return chosen
 
 
-def _official(dicts, k: int, seed: int, wanted) -> List[int]:
+def _images_per_category(dicts) -> Counter:
+    """Images showing each ``category_id`` (crowd boxes included, as official mode counts)."""
+    return Counter(c for d in dicts for c in {a["category_id"] for a in d.get("annotations", [])})
+
+
+def _official(dicts, k: int, seed: int, wanted, source: str) -> List[int]:
     """Official GLIP's image-level count: ids sorted, shuffled unless seed 0; an image is kept
     when one of the categories it shows (crowd boxes included, as official) still needs images,
     and then counts once for each of them."""
-    order = sorted(range(len(dicts)), key=lambda i: dicts[i]["image_id"])
+    fix = "Give every record its image_id, or use DATASETS.FEW_SHOT_MODE instances."
+    for i, d in enumerate(dicts):
+        if d.get("image_id") is None:
+            raise ValueError(
+                f"{source}: record {i} ({d.get('file_name', 'no file_name')}) has no image_id, "
+                f"but DATASETS.FEW_SHOT_MODE official visits images in image_id order. {fix}"
+            )
+    try:
+        order = sorted(range(len(dicts)), key=lambda i: dicts[i]["image_id"])
+    except TypeError as e:  # e.g. int and str ids
+        raise ValueError(
+            f"{source}: the image_ids cannot be ordered ({e}), but DATASETS.FEW_SHOT_MODE "
+            f"official visits images in image_id order. {fix}"
+        ) from e
     if seed != 0:
         random.Random(seed).shuffle(order)
     need = dict.fromkeys(wanted, k)

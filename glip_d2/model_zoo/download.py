@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Optional
 
@@ -62,9 +63,18 @@ def _record_path(path: str) -> str:
 
 
 def _write_record(path: str, digest: str) -> None:
-    """``<path>.sha256`` in ``sha256sum`` format: the digest the file had when it was verified."""
-    with open(_record_path(path), "w") as f:
-        f.write(f"{digest}  {os.path.basename(path)}\n")
+    """``<path>.sha256`` in ``sha256sum`` format: the digest the file had when it was verified.
+
+    The record only saves hashing the file again, so a cache that refuses it (a read-only shared
+    folder) is logged, not an error."""
+    try:
+        with open(_record_path(path), "w") as f:
+            f.write(f"{digest}  {os.path.basename(path)}\n")
+    except OSError as e:
+        logger.warning(
+            f"{path} has the expected sha256, but its record {_record_path(path)} cannot be "
+            f"written ({e}): the file will be hashed again on each use."
+        )
 
 
 def _recorded(path: str) -> Optional[str]:
@@ -89,7 +99,8 @@ def verify_cached(path: str, sha256: str) -> str:
     """Check a cached file against a pinned digest, hashing it only once.
 
     The first check hashes the file and writes ``<path>.sha256`` (``sha256sum -c`` reads it);
-    later checks trust that record while the file is not newer than it.
+    later checks trust that record while the file is not newer than it (where the record cannot
+    be written, e.g. a read-only cache, each check hashes the file; logged).
 
     Raises:
         ValueError: if the file's sha256 is not ``sha256`` (the file is kept: it may be the user's).
@@ -117,6 +128,8 @@ def _refuse_text(response, url: str, path: str) -> None:
     # checkpoint and fail later, at load time, with a misleading unpickling error
     if response.headers.get("Content-Type") is None:  # get_content_type() would say text/plain
         return
+    if urllib.parse.urlsplit(url).scheme == "file":  # urllib guesses the type from the file
+        return  # name (text/plain for ".pth"): no server answered with a page
     kind = response.headers.get_content_type()
     if kind.startswith("text/"):
         raise NotACheckpointError(
