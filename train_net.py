@@ -28,7 +28,8 @@ from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_e
                             build_glip_writers, check_datasets_present, check_fixed_vocabulary,
                             check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
                             build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
-                            log_main_group_lr, match_lr_hook_state, resolve_schedule, set_test_vocabulary)
+                            log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, resolve_schedule,
+                            set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -70,8 +71,10 @@ class Trainer(DefaultTrainer):
             self.ema.start_from(self.model)
 
     def load_state_dict(self, state_dict):
-        # the LR scheduler's state of checkpoints that name its hook "LRScheduler" (Detectron2's)
-        super().load_state_dict(match_lr_hook_state(state_dict, self._hooks))
+        # the LR scheduler's state of checkpoints that name its hook "LRScheduler" (Detectron2's);
+        # a checkpoint of a run without AMP resumed with AMP (no gradient-scaler state)
+        state_dict = match_lr_hook_state(state_dict, self._hooks)
+        super().load_state_dict(match_grad_scaler_state(state_dict, self._trainer))
 
     def _test_with_ema(self, cfg, model, evaluators=None):
         with ema_weights(self.ema, model):
@@ -170,8 +173,12 @@ def setup(args):
 
 
 def check_setup(cfg, args):
-    """Errors of the config found before any model is built (missing datasets, AMP on the CPU)."""
+    """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
+    fixed vocabulary that is not a test set's class list)."""
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if len(cfg.MODEL.GLIP.VOCABULARY):  # else found by the first evaluation, after training
+        for name in cfg.DATASETS.TEST:
+            check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
     if not args.eval_only:
         check_training_device(cfg)
     elif not cfg.MODEL.WEIGHTS and not (

@@ -5,7 +5,8 @@ from .ema import EMAHook, ModelEMA, ema_weights, load_ema_for_eval, load_eval_we
 from .evaluation import build_glip_evaluator, check_fixed_vocabulary, fast_coco_eval_available, set_test_vocabulary
 from .hooks import MainGroupLRScheduler, log_main_group_lr, match_lr_hook_state
 from .optimizer import build_glip_optimizer, param_groups
-from .resume import ExactResumeHook, enable_exact_resume, get_rng_state, set_rng_state
+from .resume import (ExactResumeHook, enable_exact_resume, get_rng_state, match_grad_scaler_state,
+                     set_rng_state)
 from .schedule import build_glip_lr_scheduler, keep_fractional_steps, resolve_schedule
 from .weight_decay import WeightDecaySchedule
 from .writers import build_glip_writers, tensorboard_available

@@ -23,7 +23,13 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["ExactResumeHook", "enable_exact_resume", "get_rng_state", "set_rng_state"]
+__all__ = [
+    "ExactResumeHook",
+    "enable_exact_resume",
+    "get_rng_state",
+    "match_grad_scaler_state",
+    "set_rng_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,9 @@ def get_rng_state() -> Dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # the process's own GPU only (one per process): the states of every visible GPU did not
+        # fit a machine with fewer, and the rank that resumes may run on another GPU index
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -55,8 +63,13 @@ def set_rng_state(state: Dict) -> None:
     keys = npy["keys"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, torch.Tensor):
+            torch.cuda.set_rng_state(cuda)
+        else:  # every visible GPU's state (checkpoints of earlier versions): those that exist here
+            for i, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(device_state, i)
 
 
 class ExactResumeHook(HookBase):
@@ -118,6 +131,23 @@ class ExactResumeHook(HookBase):
         self._rng = mine["rng"]
         if "stream" in mine and hasattr(self.data_loader, "load_state_dict"):
             self.data_loader.load_state_dict(mine["stream"])
+
+
+def match_grad_scaler_state(state_dict: Dict, inner_trainer) -> Dict:
+    """A ``DefaultTrainer`` state dict that ``inner_trainer`` (its ``_trainer``) can load.
+
+    Detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``) reads ``state_dict["_trainer"]
+    ["grad_scaler"]``, which a checkpoint of a run without AMP (``SimpleTrainer``) lacks: resuming
+    it with AMP stopped with ``KeyError: 'grad_scaler'``. Here the scaler keeps its fresh state
+    (logged); the other way round (an AMP checkpoint, no AMP now) the scaler's state is unused.
+    """
+    inner = state_dict.get("_trainer")
+    scaler = getattr(inner_trainer, "grad_scaler", None)
+    if scaler is None or not isinstance(inner, dict) or "grad_scaler" in inner:
+        return state_dict
+    logger.info("The checkpoint is of a run without AMP: the gradient scaler (SOLVER.AMP.ENABLED) "
+                "starts afresh; weights, optimizer, LR schedule and iteration are restored.")
+    return dict(state_dict, _trainer=dict(inner, grad_scaler=scaler.state_dict()))
 
 
 def enable_exact_resume(trainer) -> ExactResumeHook:
