@@ -384,12 +384,17 @@ class GLIP(PromptingMixin, nn.Module):
     def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
         """Detections for each input. The image backbone runs once per image, the text side once
         per prompt (cached), and the fusion tower + head once per (image, prompt chunk) pair, up
-        to `inference_batch` pairs in one pass (1 = one at a time, the official order)."""
+        to `inference_batch` pairs in one pass (1 = one at a time, the official order). With
+        `text_box_predict` an input carrying a caption is answered with the text-to-box head's
+        box for that caption (without "phrase_spans", the whole caption is the one phrase)."""
         images = self.preprocess_image(batched_inputs)
         with self._autocast():
             feats = self.extract_features(images)
         jobs = []  # (image index, (caption, spans per label, label ids))
         for i, x in enumerate(batched_inputs):
+            if self.text_box_predict and "caption" in x and "phrase_spans" not in x:
+                # the head answers the caption itself, so the caption is the prompt (one phrase)
+                x = {**x, "phrase_spans": [[0, len(x["caption"])]]}
             prompts, _ = self._prompts_for(x)
             jobs += [(i, p) for p in prompts]
         parts: List[List[Dict]] = [[] for _ in batched_inputs]
@@ -418,7 +423,9 @@ class GLIP(PromptingMixin, nn.Module):
                         h, w = sizes[j]
                         text_boxes[i] = cxcywh_to_xyxy(boxes[j]) * boxes.new_tensor([w, h, w, h])
             for j, ((i, (_, _, label_ids)), det) in enumerate(zip(group, dets)):
-                det["labels"] = torch.as_tensor(label_ids, device=self.device)[det["labels"]]
+                # long even for a caption without phrases (as_tensor([]) would be float)
+                ids = torch.as_tensor(label_ids, dtype=torch.long, device=self.device)
+                det["labels"] = ids[det["labels"]]
                 if self.mask_head is not None:
                     det["chunk"] = torch.full_like(det["labels"], len(parts[i]))
                     fused[i].append([v[j : j + 1] for v in out["visual"][: self.mask_head.num_levels]])

@@ -54,7 +54,28 @@ def normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:
 def _span(span) -> Tuple[int, int]:
     if len(span) != 2:
         raise ValueError(f"a span has a start and an end, got {list(span)!r}")
-    return int(span[0]), int(span[1])
+    start, end = int(span[0]), int(span[1])
+    if start != span[0] or end != span[1]:  # int() would truncate 2.5 to 2
+        raise ValueError(f"span {list(span)!r} is not a pair of integers")
+    return start, end
+
+
+def check_phrase_spans(caption: str, spans: Sequence[Sequence[Tuple[int, int]]]) -> None:
+    """Refuse phrase spans (as :func:`normalise_phrase_spans` returns them) that do not lie inside
+    `caption`: the official token look-up falls back to earlier characters, so a span running
+    past the end would silently ground the caption's last word.
+
+    Raises:
+        ValueError: naming the phrase and the span.
+    """
+    for phrase, phrase_spans in enumerate(spans):
+        for start, end in phrase_spans:
+            if not 0 <= start < end <= len(caption):
+                raise ValueError(
+                    f"phrase_spans: span [{start}, {end}) of phrase #{phrase} lies outside the "
+                    f"caption of {len(caption)} characters ({caption!r}); give [start, end) "
+                    "character offsets with 0 <= start < end <= len(caption)."
+                )
 
 
 def _clear_text_cache_after_load(module, incompatible_keys) -> None:
@@ -195,6 +216,7 @@ class PromptingMixin:
         """([(caption, spans per label, label ids)], size of the label space) of one input."""
         if "caption" in x and "phrase_spans" in x:
             spans = normalise_phrase_spans(x["phrase_spans"])
+            check_phrase_spans(x["caption"], spans)
             return [(x["caption"], spans, list(range(len(spans))))], len(spans)
         if self._chunks is None:
             raise ValueError(
