@@ -58,8 +58,9 @@ class GroundingDatasetMapper:
     * **Horizontal flip and "left"/"right".** A flipped image makes "the dog on the left" wrong.
       ``flip_left_right="swap"`` (default) swaps the two words in the caption after a flip and
       recomputes every span (the words differ in length, so later offsets shift);
-      ``"skip"`` never flips an image whose caption mentions either word. Detection prompts are
-      category names and are never changed.
+      ``"skip"`` leaves out ``T.RandomFlip`` for a caption that mentions either word (a flip
+      from elsewhere, e.g. inside ``T.RandomApply``, is still followed by the swap). Detection
+      prompts are category names and are never changed.
 
     Output: ``"image"`` (uint8 CHW), ``"height"``, ``"width"``; ``"caption"`` (str) for grounding
     dicts and, in training, for detection dicts; ``"phrase_spans"`` (one list of ``[start, end]``
@@ -248,7 +249,9 @@ class GroundingDatasetMapper:
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
         if caption is not None:
-            if _is_hflipped(transforms) and self.flip_left_right == "swap":
+            # In "skip" mode too: a flip the filter above cannot see (inside T.RandomApply, a
+            # fixed HFlipTransform) still flipped the image.
+            if _is_hflipped(transforms):
                 caption, spans = swap_left_right(caption, spans)
             dataset_dict["caption"] = caption
             dataset_dict["phrase_spans"] = _phrase_spans(phrase_ids, spans)

@@ -87,7 +87,7 @@ def register_grounding_instances(
 
 
 def _json_thing_classes(json_file: str):
-    with PathManager.open(json_file) as f:
+    with PathManager.open(json_file, encoding="utf-8") as f:
         categories = sorted(json.load(f)["categories"], key=lambda c: c["id"])
     return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
 

@@ -70,6 +70,12 @@ def _identity(x):
     return x
 
 
+def _subset_of(sampler) -> Optional[List[int]]:
+    """The record indices a subset sampler draws from (RandomSubsetTrainingSampler), else None."""
+    subset = getattr(sampler, "_indexes_subset", None)
+    return None if subset is None else torch.as_tensor(subset).tolist()
+
+
 class _PositionedStream(IterableDataset):
     """(position, mapped record, records skipped) for the positions of this worker, in order."""
 
@@ -181,16 +187,21 @@ class ResumableTrainLoader:
             "delivered_ahead": sorted(self._ahead),
             "seed": self.seed,
             "sampler_seed": getattr(self.sampler, "_seed", None),
+            # Detectron2's RandomSubsetTrainingSampler draws its subset once, from a seed that is
+            # random unless given: a resumed run would train on another subset.
+            "sampler_subset": _subset_of(self.sampler),
             "dataset_size": len(self.dataset),
             "skipped_records": self.skipped_records,
         }
 
     def load_state_dict(self, state: Dict) -> None:
-        """Continue the stream of ``state`` (before the first batch is drawn).
+        """Continue the stream of ``state`` (before the first batch is drawn): its position, its
+        seeds and, for Detectron2's RandomSubsetTrainingSampler, its subset of the records.
 
         Raises:
             ValueError: when the state is of another version or another dataset size (a
-                different training set cannot continue the same stream), or iteration began.
+                different training set cannot continue the same stream), of a subset sampler
+                for a sampler without one, or iteration began.
         """
         if self._iterating:
             raise ValueError("load_state_dict must be called before the loader is iterated.")
@@ -215,6 +226,16 @@ class ResumableTrainLoader:
                     "DatasetRatioTrainingSampler)."
                 )
             self.sampler._seed = int(state["sampler_seed"])
+        if state.get("sampler_subset") is not None:
+            if _subset_of(self.sampler) is None:
+                raise ValueError(
+                    f"The checkpoint's data stream drew from a subset of the records "
+                    f"(RandomSubsetTrainingSampler), the sampler {type(self.sampler).__name__} "
+                    "does not: resume with the same DATALOADER.SAMPLER_TRAIN."
+                )
+            self.sampler._indexes_subset = torch.as_tensor(
+                state["sampler_subset"], dtype=torch.int64
+            )
         self._start = self._next = int(state["next_position"])
         self._skip = set(int(p) for p in state["delivered_ahead"])
         self._ahead = set(self._skip)

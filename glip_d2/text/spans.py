@@ -11,7 +11,9 @@ __all__ = ["validate_spans", "mentions_left_right", "swap_left_right"]
 Span = Tuple[int, int]
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-_SWAP = {"left": "right", "right": "left"}
+# By first letter: Unicode case-insensitive matching also takes "rıght" (dotless i) and "RİGHT"
+# (dotted capital I, which lower() makes six characters), so the match's lower() is no key.
+_SWAP = {"l": "right", "r": "left"}
 
 
 def _where(image_id) -> str:
@@ -89,7 +91,7 @@ def swap_left_right(
     shift = 0
     for match in _LEFT_RIGHT.finditer(caption):
         word = match.group(0)
-        new_word = _match_case(_SWAP[word.lower()], word)
+        new_word = _match_case(_SWAP[word[0].lower()], word)
         pieces.append(caption[last : match.start()])
         pieces.append(new_word)
         new_start = match.start() + shift

@@ -57,7 +57,9 @@ def _pick(row: dict, keys, what: str, where: str) -> str:
 def _csv_rows(path: str, delimiter: str) -> list:
     """``(where, row)`` per data row of a CSV / TSV file with a header row."""
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark, which would
+    # otherwise become part of the first column's name ("\ufefffile_name").
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         for n, row in enumerate(reader, 2):
             if None in row:  # DictReader files the fields past the header's under None
@@ -99,7 +101,7 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
     ext = os.path.splitext(path)[1].lower()
     rows = []
     if ext in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark is no JSON
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue

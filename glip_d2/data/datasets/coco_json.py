@@ -192,7 +192,7 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
             booleans are not converted), an iscrowd other than 0 / 1, ``"ignore"`` set, or a
             segmentation that is neither a list of polygons nor an RLE.
     """
-    with PathManager.open(json_file) as f:
+    with PathManager.open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise DatasetFormatError(

@@ -88,10 +88,10 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
     Raises:
         DatasetFormatError: naming the record, for a missing key, an empty caption, a duplicate
             image id, an annotation of an unknown image, a malformed or negative-size box, a
-            span outside its caption, an iscrowd other than 0 / 1 or a phrase id that is not
-            an integer.
+            span outside its caption, an iscrowd other than 0 / 1, or a phrase id, height or
+            width that is not an integer.
     """
-    with PathManager.open(json_file) as f:
+    with PathManager.open(json_file, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or "images" not in data:
         raise DatasetFormatError(f"{json_file} is not an MDETR json: it has no 'images'.")
@@ -107,8 +107,9 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
             raise DatasetFormatError(f"{where}: image id {image_id!r} appears twice.")
         record = {
             "file_name": image["file_name"],
-            "height": image["height"],
-            "width": image["width"],
+            # 480.0 is 480, as in the COCO-format loader (record checks want an int)
+            "height": check_int(image["height"], "height", where),
+            "width": check_int(image["width"], "width", where),
             "image_id": image_id,
             "caption": caption,
         }

@@ -30,7 +30,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ...text import validate_spans
-from ._utils import DatasetFormatError, cached_parse, check_box, check_new_name
+from ._utils import DatasetFormatError, cached_parse, check_box, check_int, check_new_name
 
 __all__ = [
     "read_label_map",
@@ -53,7 +53,7 @@ def read_label_map_ids(path: str) -> Dict[int, str]:
     keeps a COCO json's category ids by default (1-based, with gaps: 1..90 for COCO), and its
     dataset reads any keys; the dicts number the labels contiguously in key order.
     """
-    with PathManager.open(path) as f:
+    with PathManager.open(path, encoding="utf-8") as f:
         mapping = json.load(f)
     try:
         labels = sorted((int(k), v) for k, v in mapping.items())
@@ -96,7 +96,12 @@ def _parse_line(obj, where: str, names: Dict[int, str]) -> dict:
             f"{where} must hold exactly one of 'detection' (or 'od') and 'grounding', "
             f"it has {kinds or 'none'}."
         )
-    record = {"file_name": obj["filename"], "height": obj["height"], "width": obj["width"]}
+    record = {
+        "file_name": obj["filename"],
+        # 480.0 is 480, as in the COCO-format loader (record checks want an int)
+        "height": check_int(obj["height"], "height", where),
+        "width": check_int(obj["width"], "width", where),
+    }
     body = obj[kinds[0]]
     if kinds[0] == "grounding":
         caption = body.get("caption") if isinstance(body, dict) else None
@@ -180,12 +185,13 @@ def parse_odvg_jsonl(jsonl_file: str) -> dict:
         to the image root and ``image_id`` = line number (1-based, blank lines skipped).
 
     Raises:
-        DatasetFormatError: naming the line, for invalid json, missing keys, a record with
-            neither or both kinds, a bad or negative-size box, a span outside the caption, a
-            phrase not in the caption, or one label with two category names.
+        DatasetFormatError: naming the line, for invalid json, missing keys, a height or
+            width that is not an integer, a record with neither or both kinds, a bad or
+            negative-size box, a span outside the caption, a phrase not in the caption, or one
+            label with two category names.
     """
     records, names = [], {}
-    with PathManager.open(jsonl_file) as f:
+    with PathManager.open(jsonl_file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
