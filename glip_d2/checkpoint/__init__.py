@@ -2,6 +2,7 @@ from .checkpointer import (
     GLIPCheckpointer,
     atomic_torch_save,
     check_coverage,
+    check_prompt_tuning,
     check_variant,
     describe_variant,
     read_checkpoint,

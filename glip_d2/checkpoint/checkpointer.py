@@ -23,6 +23,7 @@ __all__ = [
     "GLIPCheckpointer",
     "atomic_torch_save",
     "check_coverage",
+    "check_prompt_tuning",
     "check_variant",
     "describe_variant",
     "read_checkpoint",
@@ -325,6 +326,38 @@ def check_variant(
             )
 
 
+def check_prompt_tuning(model: nn.Module, sd: Dict[str, object], partial_init_ok: bool = False) -> None:
+    """A checkpoint that carries a tuned prompt needs a model that has a place for it.
+
+    Prompt tuning (``MODEL.GLIP.TUNING prompt``) keeps the learned prompt in ``prompt_tuning.*``;
+    a model built without it would leave those tensors unused and score every prompt with the
+    text encoder: the zero-shot model's scores, not what was tuned.
+
+    Raises:
+        ValueError: for inference (``partial_init_ok`` False); as a training initialisation the
+            learned prompt is dropped with a warning.
+    """
+    length = sd.get("prompt_tuning.length")
+    if length is None or not int(torch.as_tensor(length)):  # no prompt, or one never trained
+        return
+    model = unwrap_model(model)
+    if getattr(model, "prompt_tuning", None) is not None:
+        return
+    what = (
+        "The checkpoint carries a tuned prompt (prompt_tuning.*, trained with MODEL.GLIP.TUNING "
+        f"prompt), but this config builds no place for it (MODEL.GLIP.TUNING "
+        f"{getattr(model, 'tuning', 'full')!r})"
+    )
+    if partial_init_ok:
+        logger.warning(f"{what}: the learned prompt is dropped; training starts from the rest.")
+        return
+    raise ValueError(
+        f"{what}, so the model would score with the text encoder: the zero-shot model's scores, "
+        "not the tuned ones. Set MODEL.GLIP.TUNING prompt (with the training dataset's class "
+        "names as the vocabulary), or load the checkpoint the tuning started from."
+    )
+
+
 def _variant_mismatch(ckpt_variant: str, own_variant: str, differing) -> Tuple[str, str]:
     """What differs between a checkpoint and the model, and what to do about it."""
     if all(_is_head_option(k) for k in differing):
@@ -543,6 +576,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
         prefix = "module." if sd and all(str(k).startswith("module.") for k in sd) else ""
         view = {k[len(prefix):]: v for k, v in sd.items()}
         check_variant(self.model, view, partial_init_ok=self.partial_init_ok)
+        check_prompt_tuning(self.model, view, partial_init_ok=self.partial_init_ok)
         stats = check_coverage(
             self.model,
             view,

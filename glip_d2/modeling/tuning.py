@@ -3,8 +3,10 @@
 The modes of the official ``SOLVER.TUNING_HIGHLEVEL_OVERRIDE``:
 
 * ``full``: everything that the rest of the config leaves trainable.
-* ``linear``: a linear probe: only the head's final layers (box regression, centerness and the
-  region-word scorer: text projection, ``log_scale``, ``bias_lang``, ``bias0``).
+* ``linear``: a linear probe: only the head's final layers. One-stage GLIP: box regression,
+  centerness and the region-word scorer (text projection, ``log_scale``, ``bias_lang``,
+  ``bias0``); the two-stage model: the ROI box predictor (region projection, region-word scorer,
+  box regression) and a mask head's last layer.
 * ``prompt``: GLIP's prompt tuning (official ``language_prompt_v2``): the frozen text encoder
   encodes the task's prompt once (P0), a learned offset initialised to zeros is added to its
   token features, and only the offset trains. The prompt and the offset are kept in the model
@@ -13,12 +15,19 @@ The modes of the official ``SOLVER.TUNING_HIGHLEVEL_OVERRIDE``:
 * ``language_frozen``: everything but the text encoder.
 """
 import logging
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["TUNING_MODES", "PromptTuning", "apply_tuning", "count_trainable"]
+__all__ = [
+    "TUNING_MODES",
+    "LINEAR_PREFIXES",
+    "TWO_STAGE_LINEAR_PREFIXES",
+    "PromptTuning",
+    "apply_tuning",
+    "count_trainable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +36,9 @@ TUNING_MODES = ("full", "linear", "prompt", "language_frozen")
 # Parameters a linear probe trains (the official LINEAR_PROB list: bbox_pred, centerness,
 # dot_product_projection_text, log_scale, bias_lang, bias0).
 LINEAR_PREFIXES = ("head.bbox_pred.", "head.centerness.", "head.scorer.")
+# The two-stage model's counterparts: the ROI box predictor(s) (region projection, region-word
+# scorer, box regression) and the mask head's last layer.
+TWO_STAGE_LINEAR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
 
 
 class PromptTuning(nn.Module):
@@ -91,8 +103,16 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def apply_tuning(model: nn.Module, mode: str) -> List[str]:
+def apply_tuning(
+    model: nn.Module, mode: str, linear_prefixes: Sequence[str] = LINEAR_PREFIXES
+) -> List[str]:
     """Freeze what ``mode`` does not train, in place; never unfreezes anything.
+
+    Args:
+        model: the model (its ``prompt_tuning`` module, for "prompt").
+        mode: one of :data:`TUNING_MODES`.
+        linear_prefixes: the parameter names a linear probe trains (:data:`LINEAR_PREFIXES` for
+            one-stage GLIP, :data:`TWO_STAGE_LINEAR_PREFIXES` for the two-stage model).
 
     Returns:
         the names of the modules whose parameters are now all frozen, by this mode or before
@@ -100,15 +120,23 @@ def apply_tuning(model: nn.Module, mode: str) -> List[str]:
         modules).
 
     Raises:
-        ValueError: for an unknown mode, or "prompt" on a model without ``prompt_tuning``.
+        ValueError: for an unknown mode, "prompt" on a model without ``prompt_tuning``, or
+            "linear" on a model with no parameter under ``linear_prefixes``.
     """
     if mode not in TUNING_MODES:
         raise ValueError(f"MODEL.GLIP.TUNING {mode!r} is not one of {TUNING_MODES}.")
     if mode == "prompt" and getattr(model, "prompt_tuning", None) is None:
         raise ValueError("Prompt tuning needs the model's prompt_tuning module (MODEL.GLIP.TUNING prompt).")
+    if mode == "linear" and not any(
+        n.startswith(tuple(linear_prefixes)) for n, _ in model.named_parameters()
+    ):
+        raise ValueError(
+            f"MODEL.GLIP.TUNING linear trains the parameters under {tuple(linear_prefixes)}, "
+            "but this model has none; nothing would train."
+        )
     for name, p in model.named_parameters():
         if mode == "linear":
-            keep = name.startswith(LINEAR_PREFIXES)
+            keep = name.startswith(tuple(linear_prefixes))
         elif mode == "prompt":
             keep = name.startswith("prompt_tuning.")
         elif mode == "language_frozen":

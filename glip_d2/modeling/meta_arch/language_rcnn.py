@@ -28,6 +28,7 @@ from ...text import load_tokenizer
 from ..fusion import build_fusion_tower
 from ..language import build_language_backbone, resolve_text_model_path
 from ..roi_heads import EncodedPrompt, RegionTextInputs
+from ..tuning import TWO_STAGE_LINEAR_PREFIXES, PromptTuning, apply_tuning
 from .prompting import PromptingMixin, default_vocabulary
 
 __all__ = ["LanguageAwareRCNN"]
@@ -61,6 +62,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         fusion_in_features: Sequence[str] = (),
         use_fused_text: bool = True,
         text_dropout_when_frozen: bool = False,
+        tuning: str = "full",
         **kwargs,
     ):
         """
@@ -76,6 +78,9 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             use_fused_text: with fusion, score with the tower's text features.
             text_dropout_when_frozen: keep a frozen text encoder in train mode (its dropout on)
                 while the rest trains (LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN); False = eval mode.
+            tuning: which parameters train (MODEL.GLIP.TUNING, glip_d2/modeling/tuning.py), as
+                in one-stage GLIP; "linear" trains the ROI box predictor (and a mask head's last
+                layer), "prompt" a learned offset on the frozen text encoder's prompt features.
             kwargs: `GeneralizedRCNN` arguments.
         """
         super().__init__(**kwargs)
@@ -90,6 +95,17 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         self.use_fused_text = use_fused_text
         self.text_dropout_when_frozen = text_dropout_when_frozen
         self._init_prompting(vocabulary)
+        self.tuning = tuning
+        self.prompt_tuning = None
+        if tuning == "prompt":
+            self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
+        # "full" freezes nothing and keeps Detectron2's train(); the other modes keep the frozen
+        # feature extractors in eval mode (no dropout / drop-path), as one-stage GLIP does. The
+        # RPN and the ROI heads stay in train mode: Detectron2 switches their proposals, sampling
+        # and losses on `training`.
+        frozen = apply_tuning(self, tuning, TWO_STAGE_LINEAR_PREFIXES) if tuning != "full" else []
+        extractors = ("backbone", "language_backbone", "fusion")
+        self._tuning_frozen = [m for m in frozen if m.split(".")[0] in extractors]
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -101,6 +117,9 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         frozen = bool(params) and not any(p.requires_grad for p in params)
         if mode and frozen and not self.text_dropout_when_frozen:
             text.eval()
+        if mode:
+            for name in getattr(self, "_tuning_frozen", ()):
+                self.get_submodule(name).eval()
         return self
 
     @classmethod
@@ -147,6 +166,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             fusion_in_features=fusion_in,
             use_fused_text=fc.USE_FUSED_FEATURES_DOT_PRODUCT,
             text_dropout_when_frozen=lb.DROPOUT_WHEN_FROZEN,
+            tuning=cfg.MODEL.GLIP.TUNING,
         )
         return ret
 
