@@ -54,6 +54,11 @@ def add_two_stage_config(cfg):
     _C.MODEL.REGIONCLIP.CONCEPT_FILE = ""
     # Keep the most frequent concepts up to this many (0 = all).
     _C.MODEL.REGIONCLIP.MAX_CONCEPTS = 0
+    # Noun phrases that mine the pool from captions (glip_d2.nlp): "auto" (spaCy when it and its
+    # model are installed, else the simple split), "spacy" or "simple". The two give different
+    # pools: a run whose processes mine different pools is refused; a fixed backend (or a
+    # CONCEPT_FILE) makes the pool, and so the classes, the same on every machine.
+    _C.MODEL.REGIONCLIP.NOUN_PHRASES = "auto"
     # RPN proposals per image that get a pseudo concept label.
     _C.MODEL.REGIONCLIP.PROPOSALS_PER_IMAGE = 32
     # Temperature of the student's region-concept contrastive logits.

@@ -18,6 +18,7 @@ a language-aware R-CNN.
 """
 
 import copy
+import logging
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
@@ -31,7 +32,10 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.box_head import build_box_head
 from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils import comm
 from torch import nn
+
+from ..nlp import spacy_available
 
 from .concepts import build_concept_pool, read_concept_file
 from .losses import (
@@ -43,6 +47,8 @@ from .losses import (
 from .teacher import CLIPRegionTeacher
 
 __all__ = ["RegionCLIPPretrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 def _concepts_from_config(cfg) -> List[str]:
@@ -61,7 +67,39 @@ def _concepts_from_config(cfg) -> List[str]:
             "MODEL.REGIONCLIP.CONCEPT_FILE is empty and the DATASETS.TRAIN dicts carry no "
             "'caption' to extract concepts from; give a concept file or caption data."
         )
-    return build_concept_pool(captions, max_concepts=rc.MAX_CONCEPTS)
+    backend = rc.NOUN_PHRASES
+    if backend not in ("auto", "spacy", "simple"):
+        raise ValueError(
+            f"MODEL.REGIONCLIP.NOUN_PHRASES {backend!r} is not 'auto', 'spacy' or 'simple'."
+        )
+    if backend == "auto":  # resolved here, so the log says which one mined the pool
+        backend = "spacy" if spacy_available() else "simple"
+    pool = build_concept_pool(captions, max_concepts=rc.MAX_CONCEPTS, backend=backend)
+    logger.info(
+        f"RegionCLIP concept pool: {len(pool)} concepts mined from {len(captions)} captions "
+        f"(noun phrases: {backend}, MODEL.REGIONCLIP.NOUN_PHRASES {rc.NOUN_PHRASES!r}), most "
+        f"frequent first: {pool[:5]}"
+    )
+    return _same_on_every_process(pool, backend)
+
+
+def _same_on_every_process(pool: List[str], backend: str) -> List[str]:
+    """Refuse concept pools that differ between the processes of one run: each process mines its
+    own, and the pools' indices are the region classes, so one rank would train (and evaluate)
+    "cat" where another trains "dog" under the same index."""
+    if comm.get_world_size() == 1:
+        return pool
+    pools = comm.all_gather(pool)
+    differ = [rank for rank, other in enumerate(pools) if other != pools[0]]
+    if differ:
+        raise ValueError(
+            f"The RegionCLIP concept pool differs between processes: rank 0 mined "
+            f"{len(pools[0])} concepts, rank {differ[0]} {len(pools[differ[0]])} (noun phrases "
+            f"of this rank: {backend}; a machine with spaCy and one without mine different "
+            "pools). Set MODEL.REGIONCLIP.NOUN_PHRASES simple (or install spaCy everywhere), or "
+            "give every process the same MODEL.REGIONCLIP.CONCEPT_FILE."
+        )
+    return pool
 
 
 @META_ARCH_REGISTRY.register()

@@ -180,3 +180,49 @@ def test_regionclip_concepts_keep_hyphenated_compounds_whole():
         "small blue triangle",
         "green square",
     ]
+
+
+POOL_CAPTIONS = ["blue square, red circle", "A blue square next to a yellow star.",
+                 "red circle and a red circle"]
+
+
+def _pool_config(backend):
+    """A config whose concept pool comes from the captions of a registered caption dataset."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from glip_d2 import add_glip_config
+    from glip_d2.config import add_two_stage_config
+
+    name = "_regionclip_pool_captions"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [{"caption": c} for c in POOL_CAPTIONS])
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    add_two_stage_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.REGIONCLIP.NOUN_PHRASES = backend
+    return cfg
+
+
+def test_regionclip_concept_pool_backend_is_a_config_key_and_processes_must_agree(monkeypatch):
+    """The pool was mined with spaCy where it was installed and with the simple split elsewhere;
+    the pools' indices are the region classes, so processes on two such machines trained
+    different classes under one index without a word."""
+    from glip_d2.regionclip import build_concept_pool
+    from glip_d2.regionclip import pretrainer
+
+    simple = build_concept_pool(POOL_CAPTIONS, backend="simple")
+    assert pretrainer._concepts_from_config(_pool_config("simple")) == simple
+    monkeypatch.setattr(pretrainer, "spacy_available", lambda: False)
+    assert pretrainer._concepts_from_config(_pool_config("auto")) == simple
+    with pytest.raises(ValueError, match="NOUN_PHRASES 'nltk' is not"):
+        pretrainer._concepts_from_config(_pool_config("nltk"))
+
+    # two processes: the same pool passes, another pool on rank 1 is refused on every rank
+    monkeypatch.setattr(pretrainer.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(pretrainer.comm, "all_gather", lambda pool: [pool, list(pool)])
+    assert pretrainer._concepts_from_config(_pool_config("simple")) == simple
+    monkeypatch.setattr(pretrainer.comm, "all_gather", lambda pool: [pool, pool[:-1]])
+    with pytest.raises(ValueError, match="differs between processes.*rank 1.*NOUN_PHRASES simple"):
+        pretrainer._concepts_from_config(_pool_config("simple"))
