@@ -50,3 +50,26 @@ def make_input(model, caption, boxes, spans, size=(160, 192), seed=0):
     tok = tokenize(model.tokenizer, [caption], max_length=model.max_query_len, pad_to_max=True)
     inst.gt_positive_map = create_positive_map(tok, [[s] for s in spans], max_len=model.max_query_len) if spans else torch.zeros(0, model.max_query_len, dtype=torch.bool)
     return {"image": image, "height": size[0], "width": size[1], "caption": caption, "instances": inst}
+
+
+def no_text_encoder(*args, **kwargs):
+    """A text encoder's forward for tests in which it must not run."""
+    raise AssertionError("the text encoder ran")
+
+
+def assert_tuned_prompt_reloads(cfg, path, image, expected):
+    """A model built from ``cfg`` and the prompt-tuned checkpoint at ``path`` gives ``expected``
+    (Instances) on ``image`` without running its text encoder. Returns that model."""
+    from detectron2.modeling import build_model
+
+    from glip_d2.checkpoint import GLIPCheckpointer
+
+    reloaded = build_model(cfg).eval()
+    GLIPCheckpointer(reloaded).load(path)
+    reloaded.language_backbone.forward = no_text_encoder
+    with torch.no_grad():
+        got = reloaded([image])[0]["instances"]
+    assert len(got) > 0
+    torch.testing.assert_close(got.scores, expected.scores)
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    return reloaded, got

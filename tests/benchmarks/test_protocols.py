@@ -1,7 +1,6 @@
 """Evaluation protocols as fragments on top of any model config (train_net.py --protocol), LVIS
 jsons with their own vocabulary by config, chunk-count logging and LVIS evaluation progress."""
 
-import importlib.util
 import logging
 import os
 
@@ -19,6 +18,7 @@ from glip_d2.modeling.meta_arch.prompting import PromptingMixin
 from glip_d2.text import load_tokenizer
 from tests.benchmarks.helpers import instances, write_json
 from tests.benchmarks.test_lvis import _lvis_json, _run
+from tests.reliability.helpers import load_train_net
 
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated")
 
@@ -87,9 +87,7 @@ def test_bad_protocols_are_clear_errors(tmp_path):
 
 
 def test_train_net_protocol_flag(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
     args = train_net.argument_parser().parse_args([
         "--config-file", os.path.join(ROOT, "configs", "demo_glip_tiny_shapes.yaml"),
         "--protocol", "lvis_minival_fixed_ap", "--eval-only",

@@ -49,15 +49,10 @@ def test_ddp_trains_past_an_unused_parameter_only_with_find_unused_parameters(tm
 
 
 def test_the_trainer_passes_the_key_to_ddp(monkeypatch, tmp_path):
-    import importlib.util
-    import os
-
+    from tests.reliability.helpers import load_train_net
     from tests.reliability.test_exact_resume import train_cfg
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(root, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_train_net()
     cfg = get_cfg()
     add_glip_config(cfg)
     assert cfg.SOLVER.FIND_UNUSED_PARAMETERS is True

@@ -1,22 +1,16 @@
 """Review of the engine and checkpoint code: resume across stacks, EMA, optimizer groups."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.reliability.helpers import load_train_net
 
 
 @pytest.fixture(scope="module")
 def train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_train_net()
 
 
 def _trainer(train_net, amp: bool):

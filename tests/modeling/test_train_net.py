@@ -1,8 +1,5 @@
 """train_net.py's Trainer: evaluation with EMA weights, the test loader's batch size."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -11,16 +8,12 @@ from torch import nn
 
 from glip_d2 import add_glip_config
 from glip_d2.engine import ModelEMA
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.reliability.helpers import load_train_net
 
 
 @pytest.fixture(scope="module")
 def train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_train_net()
 
 
 @pytest.fixture
