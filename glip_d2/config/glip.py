@@ -32,6 +32,7 @@ def add_glip_config(cfg):
     # Most (image, prompt chunk) pairs run through the fusion tower and head in one pass at test
     # time: 1 = one at a time (official order, bit-exact parity); larger values batch the chunks
     # of LVIS-size vocabularies and the images of a batch (speed switch; memory grows with it).
+    # The two-stage model's GLIP RPN (GLIPATSSProposalGenerator) follows it too.
     _C.MODEL.GLIP.INFERENCE_BATCH = 1
     # Test-time autocast dtype of backbone, tower and head: "float32" (parity), "bfloat16" or
     # "float16". The text encoder and post-processing stay float32.

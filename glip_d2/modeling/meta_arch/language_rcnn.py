@@ -27,6 +27,7 @@ from torch import nn
 from ...text import load_tokenizer
 from ..fusion import build_fusion_tower
 from ..language import build_language_backbone, resolve_text_model_path
+from ..proposal_generator.glip_rpn import check_pyramid_levels
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 from ..tuning import TWO_STAGE_LINEAR_PREFIXES, PromptTuning, apply_tuning
 from .prompting import PromptingMixin, default_vocabulary
@@ -152,6 +153,11 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
                     f"{ {k: v.channels for k, v in shapes.items()} }); set DYHEAD.CHANNELS to "
                     "FPN.OUT_CHANNELS or fix LANGUAGE_ROI_HEADS.FUSION_IN_FEATURES."
                 )
+            check_pyramid_levels(
+                "MODEL.LANGUAGE_ROI_HEADS.FUSION_IN_FEATURES",
+                fusion_in,
+                [shapes[f].stride for f in fusion_in],
+            )
             fusion = build_fusion_tower(cfg, language_backbone.language_dim)
         fc = cfg.MODEL.DYHEAD.FUSE_CONFIG
         ret.update(
@@ -238,8 +244,16 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         do_postprocess: bool = True,
     ):
         """Detections per image. Without fusion the image side (backbone, RPN, box head) runs
-        once per image and only the scoring once per prompt chunk."""
+        once per image and only the scoring once per prompt chunk (a prompt-reading RPN,
+        GLIPATSSProposalGenerator, runs once per (image, chunk) pair)."""
         assert not self.training
+        if detected_instances is not None and self.fusion is not None:
+            # The mask head was trained on prompt-fused features; given boxes name no prompt.
+            raise ValueError(
+                "LanguageAwareRCNN.inference(detected_instances=...) with "
+                "MODEL.LANGUAGE_ROI_HEADS.DEEP_FUSION would run the mask head on unfused "
+                "features it never saw in training; call the model on the inputs instead."
+            )
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         if detected_instances is not None:

@@ -27,7 +27,7 @@ from ..heads import GLIPATSSHead
 from ..heads import box_coder
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 
-__all__ = ["GLIPATSSProposalGenerator", "anchor_layout"]
+__all__ = ["GLIPATSSProposalGenerator", "anchor_layout", "check_pyramid_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,23 @@ _ATSS_ANCHOR_SCALE = 8
 # any other head loss "loss_x" is reported as "loss_rpn_x".
 _LOSS_NAMES = {"loss_cls": "loss_rpn_cls", "loss_box_reg": "loss_rpn_loc",
                "loss_centerness": "loss_rpn_centerness"}
+
+
+def check_pyramid_levels(key: str, names: Sequence[str], strides: Sequence[int]) -> None:
+    """The VL-DyHead tower mixes each level with a stride-2 conv of the level before it and an
+    upsampling of the one after it, so it reads consecutive stride-2 levels, finest first.
+
+    Raises:
+        ValueError: naming ``key``, when the strides of ``names`` are not s, 2s, 4s, ... (levels
+            out of order or with a gap would fail at the first forward with a size mismatch).
+    """
+    strides = [int(x) for x in strides]
+    if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ValueError(
+            f"{key} {list(names)} have strides {strides}: the VL-DyHead tower needs consecutive "
+            "pyramid levels, finest first, each at twice the stride of the one before (e.g. "
+            "['p3', 'p4', 'p5']); reorder them or fill the gap."
+        )
 
 
 def anchor_layout(
@@ -96,7 +113,8 @@ class GLIPATSSProposalGenerator(nn.Module):
     are ``loss_rpn_token_softmax`` (``ATSS.TOKEN_SOFTMAX_LOSS_WEIGHT``), ``loss_rpn_phrase``
     (``ATSS.PHRASE_LOSS_WEIGHT``; the two-stage model passes no mapper ``phrase_map``, so the
     phrases are those of the image's boxes, the head's fallback) and ``loss_rpn_contrastive``
-    (``GLIP.LOSSES.CONTRASTIVE_WEIGHT``).
+    (``GLIP.LOSSES.CONTRASTIVE_WEIGHT``). At test time the (image, prompt) pairs go through the
+    head ``MODEL.GLIP.INFERENCE_BATCH`` at a time, as in one-stage GLIP.
     """
 
     takes_text = True  # LanguageAwareRCNN passes the prompt as `text=`
@@ -112,6 +130,7 @@ class GLIPATSSProposalGenerator(nn.Module):
         nms_thresh: float = 0.7,
         min_box_size: float = 0.0,
         loss_weight: float = 1.0,
+        inference_batch: int = 1,
     ):
         """
         Args:
@@ -121,8 +140,13 @@ class GLIPATSSProposalGenerator(nn.Module):
             nms_thresh: NMS IoU threshold of the proposals.
             min_box_size: proposals smaller than this (in input pixels) are dropped.
             loss_weight: multiplies the head's losses.
+            inference_batch: at test time, at most this many (image, prompt) pairs run through
+                the head in one pass (MODEL.GLIP.INFERENCE_BATCH, as in one-stage GLIP); an
+                LVIS vocabulary is 31 prompt chunks per image.
         """
         super().__init__()
+        if inference_batch < 1:
+            raise ValueError(f"MODEL.GLIP.INFERENCE_BATCH must be >= 1, got {inference_batch}.")
         self.head = head
         self.in_features = list(in_features)
         self.pre_nms_topk = pre_nms_topk
@@ -130,6 +154,7 @@ class GLIPATSSProposalGenerator(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_box_size = min_box_size
         self.loss_weight = loss_weight
+        self.inference_batch = inference_batch
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -144,6 +169,9 @@ class GLIPATSSProposalGenerator(nn.Module):
                 f"is {cfg.MODEL.DYHEAD.CHANNELS}: every feature must exist and have DYHEAD.CHANNELS "
                 "channels (set it to FPN.OUT_CHANNELS)."
             )
+        check_pyramid_levels(
+            "MODEL.RPN.IN_FEATURES", in_features, [input_shape[f].stride for f in in_features]
+        )
         head_args = GLIPATSSHead.from_config(cfg, language_dim=cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM)
         head_args["num_levels"] = len(in_features)
         head_args["anchor_strides"], head_args["anchor_sizes"] = anchor_layout(
@@ -158,6 +186,7 @@ class GLIPATSSProposalGenerator(nn.Module):
             "nms_thresh": rpn.NMS_THRESH,
             "min_box_size": cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
             "loss_weight": rpn.LOSS_WEIGHT,
+            "inference_batch": cfg.MODEL.GLIP.INFERENCE_BATCH,
         }
 
     def forward(
@@ -193,9 +222,17 @@ class GLIPATSSProposalGenerator(nn.Module):
                 owner.append(i)
                 prompts.append(p)
         index = torch.as_tensor(owner, device=feats[0].device)
-        rows = [f[index] for f in feats]
         tokens, mask, token_filter = _stack_prompts(prompts)
-        out = self.head(rows, {"hidden": tokens, "embedded": tokens, "masks": mask})
+        # Test time: the pairs in groups of `inference_batch` (every pair at once would hold the
+        # tower's activations of all chunks of every image together).
+        step = len(prompts) if self.training else self.inference_batch
+        outs = []
+        for start in range(0, len(prompts), step):
+            group = slice(start, start + step)
+            rows = [f[index[group]] for f in feats]
+            lang = {"hidden": tokens[group], "embedded": tokens[group], "masks": mask[group]}
+            outs.append(self.head(rows, lang))
+        out = outs[0] if len(outs) == 1 else _cat_outputs(outs)
 
         losses = {}
         if self.training:
@@ -243,6 +280,14 @@ class GLIPATSSProposalGenerator(nn.Module):
                 self.training,
             ))
         return proposals
+
+
+def _cat_outputs(outs: List[Dict]) -> Dict:
+    """The head outputs `_proposals` reads, of groups of pairs, as one output of all pairs."""
+    out = {"anchors": outs[0]["anchors"]}
+    for key in ("box_regression", "centerness", "token_logits"):
+        out[key] = [torch.cat(level) for level in zip(*(o[key] for o in outs))]
+    return out
 
 
 def _rpn_loss_name(name: str) -> str:
