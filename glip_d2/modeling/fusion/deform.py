@@ -91,11 +91,13 @@ def deform_conv3x3_by_gather(
     for dy, dx, weight_of_corner in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
         yi, xi = y0 + dy, x0 + dx
         valid = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).view(b, 1, -1).expand(b, c, -1)
-        sampled = sampled + flat.gather(2, index) * (weight_of_corner * valid).view(b, 1, -1)
-    columns = sampled.view(b, c, 9, ho, wo) * mask.view(b, 1, 9, ho, wo)
-    out = weight.reshape(weight.shape[0], c * 9) @ columns.view(b, c * 9, ho * wo)
-    return out.view(b, -1, ho, wo) + bias.view(1, -1, 1, 1)
+        # reshape, not view: offsets computed from the tower's channels-last levels can have
+        # strides no view can flatten (e.g. a level one row high under autocast)
+        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).reshape(b, 1, -1).expand(b, c, -1)
+        sampled = sampled + flat.gather(2, index) * (weight_of_corner * valid).reshape(b, 1, -1)
+    columns = sampled.reshape(b, c, 9, ho, wo) * mask.reshape(b, 1, 9, ho, wo)
+    out = weight.reshape(weight.shape[0], c * 9) @ columns.reshape(b, c * 9, ho * wo)
+    return out.reshape(b, -1, ho, wo) + bias.view(1, -1, 1, 1)
 
 
 class ModulatedDeformConv3x3(nn.Module):
@@ -130,16 +132,20 @@ class ModulatedDeformConv3x3(nn.Module):
                 # backward keeps torchvision's memory at a small share of the time saved
                 return checkpoint(deform_conv3x3_by_gather, *args, use_reentrant=False)
             return deform_conv3x3_by_gather(*args)
-        # torchvision's CPU/CUDA kernels need matching dtypes (autocast may hand us a mix).
+        # torchvision's CPU/CUDA kernels need matching dtypes (autocast may hand us a mix) and
+        # have no bfloat16 version (bfloat16 FPN levels reach here under CPU autocast when no
+        # fusion precedes the DyConv): that runs in float32, cast back as torchvision's CUDA
+        # autocast wrapper does.
+        run = torch.float32 if dtype == torch.bfloat16 else dtype
         return deform_conv2d(
-            x,
-            offset.to(dtype),
-            self.weight.to(dtype),
-            self.bias.to(dtype),
+            x.to(run),
+            offset.to(run),
+            self.weight.to(run),
+            self.bias.to(run),
             stride=self.stride,
             padding=1,
-            mask=mask.to(dtype),
-        )
+            mask=mask.to(run),
+        ).to(dtype)
 
     def _gather_is_faster(self, x: torch.Tensor) -> bool:
         """On the CPU when autograd will need a backward (torchvision's CPU backward is the slow part)."""

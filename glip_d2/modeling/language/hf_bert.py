@@ -56,7 +56,7 @@ def _load_bert_config(name_or_path: str):
     from transformers import AutoConfig, BertConfig
 
     try:
-        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError):
         if name_or_path == "bert-base-uncased":
             return BertConfig(**BERT_BASE_UNCASED_CONFIG)
@@ -65,11 +65,24 @@ def _load_bert_config(name_or_path: str):
             "cache, offline). Set MODEL.LANGUAGE_BACKBONE.MODEL_TYPE to a local directory "
             "holding config.json (+ weights), 'bert-base-uncased', or 'minilm'."
         )
+    # BertModel runs other architectures' checkpoints without complaint when their weight names
+    # match (RoBERTa's do) but computes something else (RoBERTa numbers positions from
+    # padding_idx + 1), so only BERT checkpoints are accepted.
+    if config.model_type != "bert":
+        raise ValueError(
+            f"The text encoder {name_or_path!r} is a {config.model_type!r} model (config.json "
+            "model_type), but HFBertLanguageBackbone runs BERT checkpoints only. Set "
+            "MODEL.LANGUAGE_BACKBONE.MODEL_TYPE to a BERT-architecture model (model_type 'bert', "
+            "e.g. 'bert-base-uncased' or 'minilm'), or register a language backbone for this "
+            "architecture (LANGUAGE_BACKBONE_REGISTRY, MODEL.LANGUAGE_BACKBONE.NAME)."
+        )
+    return config
 
 
 @LANGUAGE_BACKBONE_REGISTRY.register()
 class HFBertLanguageBackbone(nn.Module):
-    """BERT (or any BertModel-compatible checkpoint) returning per-token features.
+    """BERT (any checkpoint whose config has model_type "bert", e.g. MiniLM) returning per-token
+    features; other architectures (RoBERTa, DistilBERT, ...) are rejected.
 
     With `load_pretrained=False` the architecture is built from its config with random weights
     (tests, parity fixtures, or when a GLIP checkpoint supplies the text weights anyway).
@@ -93,6 +106,12 @@ class HFBertLanguageBackbone(nn.Module):
         config = _load_bert_config(path)
         if num_hidden_layers > 0:
             config.num_hidden_layers = num_hidden_layers
+        if not 1 <= num_layers_used <= config.num_hidden_layers:
+            raise ValueError(
+                f"MODEL.LANGUAGE_BACKBONE.N_LAYERS is {num_layers_used}, but the text encoder "
+                f"{model_type!r} has {config.num_hidden_layers} layers; use 1 (official) up to "
+                f"{config.num_hidden_layers}."
+            )
         config._attn_implementation = attn_implementation
         if load_pretrained:
             try:
@@ -136,6 +155,12 @@ class HFBertLanguageBackbone(nn.Module):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        max_len = self.model.config.max_position_embeddings
+        if input_ids.shape[1] > max_len:
+            raise ValueError(
+                f"Prompts of {input_ids.shape[1]} tokens, but the text encoder has position "
+                f"embeddings for {max_len}: set MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN <= {max_len}."
+            )
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
