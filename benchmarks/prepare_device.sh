@@ -6,7 +6,7 @@
 # suite's random-weight GLIP-T needs only the vocabulary).
 #   bash benchmarks/prepare_device.sh          (from anywhere; about 8 MB)
 # Then one device call, carrying .device_site (the README's "GPU" paragraph has it in full):
-#   source .device_site/env.sh && timeout 540 bash benchmarks/run_gpu_suite.sh python3;
+#   source .device_site/env.sh && GPU_SUITE_SECONDS=540 bash benchmarks/run_gpu_suite.sh python3;
 #   tar czf $OUT/gpu_results.tgz benchmarks/results README.md
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -34,7 +34,11 @@ source "$(dirname "$0")/env.sh"
 # each teacher writes its own pseudo-labels (PSEUDO above), each pairing trains into its own folder
 if [ "$TEACHER_KIND/$STUDENT" = two_stage/two_stage ]; then OUT=${OUT:-output/demo_student_shapes}
 else OUT=${OUT:-output/demo_student_shapes_${TEACHER_KIND}_to_${STUDENT}}; fi
-# the shapes data live under the datasets root like every dataset (generated there on first use)
+# the shapes data live under the datasets root like every dataset (generated there on first use);
+# one root for this script and every Python process it starts: empty means the default, and a
+# leading "~" (which Python expands) the home folder
+export DETECTRON2_DATASETS="${DETECTRON2_DATASETS:-datasets}"
+case $DETECTRON2_DATASETS in "~"|"~/"*) DETECTRON2_DATASETS=$HOME${DETECTRON2_DATASETS#"~"} ;; esac
 export SHAPES="${DETECTRON2_DATASETS:-datasets}/shapes"
 if [ ! -f "$TEACHER" ]; then
   OUT="$(dirname "$TEACHER")" bash "$TEACHER_TRAIN"

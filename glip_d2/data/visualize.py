@@ -68,7 +68,8 @@ def draw_dataset_dict(
         d: either a Detectron2 dataset dict ("file_name", "annotations") or a mapper output
             ("image" (C, H, W) tensor, "instances" with gt_boxes / gt_classes). The label of a
             box is its caption text (when ``d`` has "caption" and the annotations / instances
-            have "tokens_positive") or else its class name from ``metadata.thing_classes``.
+            have "tokens_positive", or for a grounding mapper output, whose gt_classes index
+            its "phrase_spans") or else its class name from ``metadata.thing_classes``.
         metadata: Detectron2 Metadata with ``thing_classes``.
         image_format: channel order of ``d["image"]`` (mapper output); files are read as RGB.
         scale: output size relative to the image.
@@ -91,8 +92,13 @@ def draw_dataset_dict(
     if "instances" in d:
         inst = d["instances"]
         boxes = inst.gt_boxes.tensor
-        classes = [names[int(c)] for c in inst.gt_classes]
-        spans = inst.tokens_positive if inst.has("tokens_positive") else None
+        if caption is not None and "phrase_spans" in d:
+            # GroundingDatasetMapper: gt_classes are phrase indices, not categories
+            spans = [d["phrase_spans"][int(c)] for c in inst.gt_classes]
+            classes = [f"phrase {int(c)}" for c in inst.gt_classes]
+        else:
+            classes = [names[int(c)] for c in inst.gt_classes]
+            spans = inst.tokens_positive if inst.has("tokens_positive") else None
     else:
         annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
         boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]

@@ -89,6 +89,7 @@ def run_pseudo_labelling(
     """
     from tqdm import tqdm
 
+    mine = shard_records(records, shard, num_shards)  # checks the numbers before run.json
     store = PartStore(output_dir, num_shards=num_shards, part_size=part_size)
     settings = dict(
         settings or {},
@@ -102,7 +103,7 @@ def run_pseudo_labelling(
         settings["teacher_weights_sha256"] = digest
     store.check_settings(settings)
     store.clean_stale(shard)
-    chunks = store.chunks(shard_records(records, shard, num_shards))
+    chunks = store.chunks(mine)
     done = [store.is_done(shard, k, c) for k, c in enumerate(chunks)]
     finished = sum(len(c) for c, d in zip(chunks, done) if d)
     if finished:
@@ -340,6 +341,7 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
         for key, default in _LAYOUT_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, default)
+        shard_records([], args.shard, args.num_shards)  # wrong numbers: before the teacher
         teacher = teacher or build_teacher(args)
         settings = {
             "input": os.path.abspath(args.input),

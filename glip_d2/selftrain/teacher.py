@@ -9,7 +9,7 @@ from detectron2.data import transforms as T
 from torch import nn
 
 from ..data.datasets.caption_collection import CaptionRecord, resolve_image_path
-from ..nlp import find_noun_phrases
+from ..nlp import find_noun_phrases, spacy_available
 from ..text import span_to_token_range, tokenize
 
 __all__ = ["GroundingTeacher"]
@@ -27,7 +27,9 @@ class GroundingTeacher:
         input_format: image format the model expects (INPUT.FORMAT).
         score_thresh: keep boxes whose phrase score is at least this.
         max_boxes_per_phrase: at most this many boxes per phrase, best first (<= 0: no limit).
-        nlp_backend: noun-phrase extractor of `glip_d2.nlp` ("auto", "spacy", "simple").
+        nlp_backend: noun-phrase extractor of `glip_d2.nlp` ("auto", "spacy", "simple"); "auto"
+            is resolved here to the one this machine has, so the run's settings record which one
+            extracted the phrases (a shard or resume without spaCy is refused, not mixed in).
         weights: which weights the model holds ("ema": the checkpoint's weight average,
             "model": its raw weights, "random"; None: not said), recorded in the run's settings
             so that a resume with other weights is refused.
@@ -58,6 +60,8 @@ class GroundingTeacher:
         self.input_format = input_format
         self.score_thresh = score_thresh
         self.max_boxes_per_phrase = max_boxes_per_phrase
+        if nlp_backend == "auto":
+            nlp_backend = "spacy" if spacy_available() else "simple"
         self.nlp_backend = nlp_backend
         self.weights = weights
         self.weights_sha256 = weights_sha256
