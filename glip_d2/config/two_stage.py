@@ -3,7 +3,9 @@ RegionCLIP region-text pretraining (GLIP self-training takes command-line flags 
 
 The two-stage model also reads the keys `add_glip_config` adds: MODEL.LANGUAGE_BACKBONE.* (text
 encoder), MODEL.DYHEAD.* (the fusion tower, when MODEL.LANGUAGE_ROI_HEADS.DEEP_FUSION is on),
-MODEL.GLIP.VOCABULARY / TEST_CHUNK_SIZE (test vocabulary) and INPUT.GROUNDING.* (prompts).
+MODEL.GLIP.VOCABULARY / TEST_CHUNK_SIZE (test vocabulary), MODEL.GLIP.TUNING / FREEZE_BACKBONE
+(what trains), MODEL.ATSS.* and MODEL.GLIP.INFERENCE_BATCH (GLIP's head as the RPN,
+GLIPATSSProposalGenerator) and INPUT.GROUNDING.* (prompts).
 """
 
 from detectron2.config import CfgNode as CN

@@ -139,3 +139,15 @@ def test_linear_probe_of_a_mask_rcnn_trains_the_mask_predictor_too():
     trainable = _trainable(build_model(cfg))
     assert {"roi_heads.mask_head.predictor.weight", "roi_heads.mask_head.predictor.bias"} <= trainable
     assert all(n.startswith(TWO_STAGE_LINEAR_PREFIXES) for n in trainable)
+
+
+def test_freeze_backbone_freezes_the_two_stage_backbone_and_keeps_it_in_eval_mode():
+    """MODEL.GLIP.FREEZE_BACKBONE did nothing in the two-stage model (its backbone trained)."""
+    cfg = _cfg("full")
+    cfg.MODEL.GLIP.FREEZE_BACKBONE = True
+    model = build_model(cfg).train()
+    trainable = _trainable(model)
+    assert trainable and not any(n.startswith("backbone.") for n in trainable)
+    assert {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} == trainable
+    assert not model.backbone.training
+    assert model.proposal_generator.training and model.roi_heads.training

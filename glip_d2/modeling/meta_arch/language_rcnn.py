@@ -64,6 +64,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         use_fused_text: bool = True,
         text_dropout_when_frozen: bool = False,
         tuning: str = "full",
+        freeze_backbone: bool = False,
         **kwargs,
     ):
         """
@@ -82,6 +83,8 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             tuning: which parameters train (MODEL.GLIP.TUNING, glip_d2/modeling/tuning.py), as
                 in one-stage GLIP; "linear" trains the ROI box predictor (and a mask head's last
                 layer), "prompt" a learned offset on the frozen text encoder's prompt features.
+            freeze_backbone: freeze the image backbone and FPN entirely, kept in eval mode while
+                the rest trains (MODEL.GLIP.FREEZE_BACKBONE, as in one-stage GLIP).
             kwargs: `GeneralizedRCNN` arguments.
         """
         super().__init__(**kwargs)
@@ -100,11 +103,17 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         self.prompt_tuning = None
         if tuning == "prompt":
             self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
-        # "full" freezes nothing and keeps Detectron2's train(); the other modes keep the frozen
-        # feature extractors in eval mode (no dropout / drop-path), as one-stage GLIP does. The
-        # RPN and the ROI heads stay in train mode: Detectron2 switches their proposals, sampling
-        # and losses on `training`.
-        frozen = apply_tuning(self, tuning, TWO_STAGE_LINEAR_PREFIXES) if tuning != "full" else []
+        if freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        # "full" freezes nothing more and keeps Detectron2's train(); the other modes (and a
+        # frozen backbone) keep the frozen feature extractors in eval mode (no dropout /
+        # drop-path), as one-stage GLIP does. The RPN and the ROI heads stay in train mode:
+        # Detectron2 switches their proposals, sampling and losses on `training`.
+        if tuning != "full":
+            frozen = apply_tuning(self, tuning, TWO_STAGE_LINEAR_PREFIXES)
+        else:
+            frozen = ["backbone"] if freeze_backbone else []
         extractors = ("backbone", "language_backbone", "fusion")
         self._tuning_frozen = [m for m in frozen if m.split(".")[0] in extractors]
         self.train(self.training)
@@ -173,6 +182,7 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             use_fused_text=fc.USE_FUSED_FEATURES_DOT_PRODUCT,
             text_dropout_when_frozen=lb.DROPOUT_WHEN_FROZEN,
             tuning=cfg.MODEL.GLIP.TUNING,
+            freeze_backbone=cfg.MODEL.GLIP.FREEZE_BACKBONE,
         )
         return ret
 
