@@ -10,6 +10,7 @@ iou``); GIoU is never above IoU, so "giou" can only count fewer. One registered 
 split, so the numbers are per split.
 """
 
+import logging
 from collections import OrderedDict
 
 from detectron2.data import DatasetCatalog
@@ -18,6 +19,8 @@ from .phrases import hits_at_k, phrase_boxes
 from .ranked import RankedPhraseEvaluator
 
 __all__ = ["RefExpEvaluator"]
+
+logger = logging.getLogger(__name__)
 
 
 class RefExpEvaluator(RankedPhraseEvaluator):
@@ -52,6 +55,11 @@ class RefExpEvaluator(RankedPhraseEvaluator):
             for k, hit in hits.items():
                 correct[k] += hit
         n = len(predictions)
+        if n < len(records):  # the official evaluator raises; a deliberate subset is its own dataset
+            logger.warning(
+                f"[RefExpEvaluator] {self._dataset_name}: scored {n} of its {len(records)} "
+                "expressions, the ones predicted; the accuracy is over those only."
+            )
         return OrderedDict(
             refexp=OrderedDict((f"Acc@{k}", 100.0 * correct[k] / n) for k in self._topk)
         )

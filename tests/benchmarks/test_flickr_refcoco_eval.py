@@ -201,3 +201,17 @@ def test_refcoco_counts_by_giou_as_mdetr_unless_iou_is_asked(refcoco_dataset):
     assert _evaluate(iou, preds)["refexp"]["Acc@1"] == 100.0
     with pytest.raises(ValueError, match="REFCOCO_MATCH must be 'giou' or 'iou'"):
         RefExpEvaluator(refcoco_dataset, match="dice")
+
+
+def test_refcoco_says_when_it_scores_part_of_the_expressions(refcoco_dataset, caplog):
+    """Accuracy over the predicted expressions only: a run that lost some (the official
+    evaluator raises) is logged with the counts; a complete one is not."""
+    import logging
+
+    preds = _refexp_predictions()
+    with caplog.at_level(logging.WARNING, logger="glip_d2"):
+        _evaluate(RefExpEvaluator(refcoco_dataset), preds)
+        assert "expressions" not in caplog.text
+        res = _evaluate(RefExpEvaluator(refcoco_dataset), preds[:1])
+    assert res["refexp"]["Acc@1"] == 100.0
+    assert "scored 1 of its 3 expressions" in caplog.text
