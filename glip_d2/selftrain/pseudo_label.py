@@ -329,10 +329,10 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
     records = read_caption_collection(args.input)
-    image_root = (
-        args.image_root
-        if args.image_root is not None
-        else os.path.dirname(os.path.abspath(args.input))
+    # absolute, as the default is: the output records it, and a student trained from another
+    # folder would resolve a relative root against that folder
+    image_root = os.path.abspath(
+        args.image_root if args.image_root is not None else os.path.dirname(args.input)
     )
     if args.finalize_only:
         store = _finalize_store(args)

@@ -405,3 +405,30 @@ def test_pseudo_label_lowers_the_teachers_own_score_threshold(collection, tmp_pa
     assert cfg.MODEL.ATSS.INFERENCE_TH == pytest.approx(0.04)
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.05  # never raised
     assert lower_test_thresholds(cfg, 0.5) == {}  # 0.25 and 0.5: above both, nothing to lower
+
+
+def test_pseudo_label_records_a_relative_image_root_as_an_absolute_path(
+    collection, uninterrupted, tmp_path, monkeypatch
+):
+    """A relative --image-root was recorded as given, so a student trained from another folder
+    looked for the images there."""
+    import shutil
+
+    out = tmp_path / "relative_root"
+    shutil.copytree(uninterrupted[0], out)
+    os.remove(out / "summary.json")
+    monkeypatch.chdir(collection["root"])
+    argv = _argv(collection, out, "--finalize-only")
+    argv[argv.index("--image-root") + 1] = os.path.relpath(collection["image_root"])
+    assert not os.path.isabs(argv[argv.index("--image-root") + 1])
+    main(argv)
+    monkeypatch.chdir(tmp_path)
+    with open(out / "summary.json") as f:
+        assert json.load(f)["image_root"] == collection["image_root"]
+    name = "pseudo_relative_root"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    register_pseudo_labels(name, str(out))
+    first = DatasetCatalog.get(name)[0]["file_name"]
+    DatasetCatalog.remove(name)
+    assert os.path.isabs(first) and os.path.exists(first)
