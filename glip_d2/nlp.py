@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Tuple
 
-__all__ = ["Phrase", "find_noun_phrases", "spacy_available"]
+__all__ = ["Phrase", "find_noun_phrases", "resolve_backend", "spacy_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ def _spacy_pipeline():
 def spacy_available() -> bool:
     """True when spaCy and one of the ``SPACY_MODEL_PACKAGES`` load."""
     return _spacy_pipeline() is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend that "auto" stands for on this machine ("spacy" when spaCy and its model
+    load, else "simple"); any other name unchanged. Runs that record or compare the backend
+    (pseudo-label shards, RegionCLIP's concept pool) keep the resolved name."""
+    if backend != "auto":
+        return backend
+    return "spacy" if spacy_available() else "simple"
 
 
 def _strip(caption: str, start: int, end: int):

@@ -35,8 +35,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from torch import nn
 
-from ..nlp import spacy_available
-
+from ..nlp import resolve_backend
 from .concepts import build_concept_pool, read_concept_file
 from .losses import (
     image_text_contrastive_loss,
@@ -72,8 +71,7 @@ def _concepts_from_config(cfg) -> List[str]:
         raise ValueError(
             f"MODEL.REGIONCLIP.NOUN_PHRASES {backend!r} is not 'auto', 'spacy' or 'simple'."
         )
-    if backend == "auto":  # resolved here, so the log says which one mined the pool
-        backend = "spacy" if spacy_available() else "simple"
+    backend = resolve_backend(backend)  # so the log says which one mined the pool
     pool = build_concept_pool(captions, max_concepts=rc.MAX_CONCEPTS, backend=backend)
     logger.info(
         f"RegionCLIP concept pool: {len(pool)} concepts mined from {len(captions)} captions "

@@ -9,7 +9,7 @@ from detectron2.data import transforms as T
 from torch import nn
 
 from ..data.datasets.caption_collection import CaptionRecord, resolve_image_path
-from ..nlp import find_noun_phrases, spacy_available
+from ..nlp import find_noun_phrases, resolve_backend
 from ..text import span_to_token_range, tokenize
 
 __all__ = ["GroundingTeacher"]
@@ -60,9 +60,7 @@ class GroundingTeacher:
         self.input_format = input_format
         self.score_thresh = score_thresh
         self.max_boxes_per_phrase = max_boxes_per_phrase
-        if nlp_backend == "auto":
-            nlp_backend = "spacy" if spacy_available() else "simple"
-        self.nlp_backend = nlp_backend
+        self.nlp_backend = resolve_backend(nlp_backend)
         self.weights = weights
         self.weights_sha256 = weights_sha256
         _warn_on_higher_model_thresholds(self.model, score_thresh)

@@ -214,7 +214,9 @@ def test_regionclip_concept_pool_backend_is_a_config_key_and_processes_must_agre
 
     simple = build_concept_pool(POOL_CAPTIONS, backend="simple")
     assert pretrainer._concepts_from_config(_pool_config("simple")) == simple
-    monkeypatch.setattr(pretrainer, "spacy_available", lambda: False)
+    from glip_d2 import nlp
+
+    monkeypatch.setattr(nlp, "spacy_available", lambda: False)
     assert pretrainer._concepts_from_config(_pool_config("auto")) == simple
     with pytest.raises(ValueError, match="NOUN_PHRASES 'nltk' is not"):
         pretrainer._concepts_from_config(_pool_config("nltk"))
