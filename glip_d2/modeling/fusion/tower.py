@@ -1,5 +1,5 @@
 """VL-DyHead: the fusion tower shared by GLIP's heads (deep fusion + DyHead)."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.utils.checkpoint as cp
@@ -18,6 +18,23 @@ Registry for vision-language fusion towers. The registered object is called with
 `forward(visual: List[Tensor(B, C, Hl, Wl)], lang: Tensor(B, T, D), mask: LongTensor(B, T))`
 returns `(visual_out: List[Tensor], lang_out: Tensor(B, T, D))` with the same shapes.
 """
+
+
+def check_pyramid_levels(key: str, names: Sequence[str], strides: Sequence[int]) -> None:
+    """The VL-DyHead tower mixes each level with a stride-2 conv of the level before it and an
+    upsampling of the one after it, so it reads consecutive stride-2 levels, finest first.
+
+    Raises:
+        ValueError: naming ``key``, when the strides of ``names`` are not s, 2s, 4s, ... (levels
+            out of order or with a gap would fail at the first forward with a size mismatch).
+    """
+    strides = [int(x) for x in strides]
+    if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ValueError(
+            f"{key} {list(names)} have strides {strides}: the VL-DyHead tower needs consecutive "
+            "pyramid levels, finest first, each at twice the stride of the one before (e.g. "
+            "['p3', 'p4', 'p5']); reorder them or fill the gap."
+        )
 
 
 class FusedBlock(nn.Module):

@@ -25,9 +25,8 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ...text import load_tokenizer
-from ..fusion import build_fusion_tower
+from ..fusion import build_fusion_tower, check_pyramid_levels
 from ..language import build_language_backbone, resolve_text_model_path
-from ..proposal_generator.glip_rpn import check_pyramid_levels
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 from ..tuning import TWO_STAGE_LINEAR_PREFIXES, PromptTuning, apply_tuning
 from .prompting import PromptingMixin, default_vocabulary

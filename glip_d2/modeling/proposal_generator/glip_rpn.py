@@ -23,11 +23,12 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
+from ..fusion import check_pyramid_levels
 from ..heads import GLIPATSSHead
 from ..heads import box_coder
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 
-__all__ = ["GLIPATSSProposalGenerator", "anchor_layout", "check_pyramid_levels"]
+__all__ = ["GLIPATSSProposalGenerator", "anchor_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +42,6 @@ _ATSS_ANCHOR_SCALE = 8
 # any other head loss "loss_x" is reported as "loss_rpn_x".
 _LOSS_NAMES = {"loss_cls": "loss_rpn_cls", "loss_box_reg": "loss_rpn_loc",
                "loss_centerness": "loss_rpn_centerness"}
-
-
-def check_pyramid_levels(key: str, names: Sequence[str], strides: Sequence[int]) -> None:
-    """The VL-DyHead tower mixes each level with a stride-2 conv of the level before it and an
-    upsampling of the one after it, so it reads consecutive stride-2 levels, finest first.
-
-    Raises:
-        ValueError: naming ``key``, when the strides of ``names`` are not s, 2s, 4s, ... (levels
-            out of order or with a gap would fail at the first forward with a size mismatch).
-    """
-    strides = [int(x) for x in strides]
-    if any(b != 2 * a for a, b in zip(strides, strides[1:])):
-        raise ValueError(
-            f"{key} {list(names)} have strides {strides}: the VL-DyHead tower needs consecutive "
-            "pyramid levels, finest first, each at twice the stride of the one before (e.g. "
-            "['p3', 'p4', 'p5']); reorder them or fill the gap."
-        )
 
 
 def anchor_layout(
