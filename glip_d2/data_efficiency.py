@@ -15,7 +15,6 @@ Quick runs: ``--shots 1 --seeds 0 --iters 10 --modes prompt``; ``--max-test-imag
 on the first images of the test set only.
 """
 import argparse
-import copy
 import json
 import logging
 import math
@@ -25,6 +24,8 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from .atomic_file import atomic_write_json
 
 __all__ = ["main", "run_one", "summarize", "write_outputs"]
 
@@ -244,7 +245,7 @@ def markdown_table(summary: Dict) -> str:
     lines = [head, "|" + "---|" * (len(ks) + 3)]
     if summary["zero_shot"] is not None:
         zs = f"{summary['zero_shot']:.1f}"
-        lines.append(f"| zero-shot | 0 | " + " | ".join(zs for _ in ks) + " | 0 |")
+        lines.append("| zero-shot | 0 | " + " | ".join(zs for _ in ks) + " | 0 |")
     for mode, by_k in summary["modes"].items():
         cells = []
         for k in ks:
@@ -345,10 +346,7 @@ def main(argv=None) -> Dict:
     def save():
         # written beside and renamed: a command stopped mid-write keeps the last complete file,
         # which --resume reads
-        tmp = results_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(tmp, results_path)
+        atomic_write_json(results_path, records, indent=1)
         write_outputs(records, args.output_dir, f"{args.train_dataset} -> {args.test_dataset}")
 
     jobs = [] if args.no_zero_shot else [(None, 0, 0)]

@@ -125,7 +125,8 @@ def test_only_the_working_glip_proposal_generator_is_registered():
 def test_the_data_side_imports_neither_checkpoints_nor_the_model():
     """glip_d2.data sits below the model: the model imports it (class descriptions), so it must
     not import glip_d2.checkpoint (which imports the Swin backbone converter) or glip_d2.modeling
-    back. The annotation cache's restricted unpickler lives in the leaf glip_d2.safe_pickle."""
+    back. The annotation cache's restricted unpickler lives in the leaf glip_d2.safe_pickle, its
+    atomic writer in the leaf glip_d2.atomic_file."""
     assert _data_side_imports_of(("glip_d2.checkpoint", "glip_d2.modeling")) == {}
-    leaf = _imported_modules(PACKAGE / "safe_pickle.py")
-    assert leaf == set()
+    for leaf in ("safe_pickle.py", "atomic_file.py"):
+        assert _imported_modules(PACKAGE / leaf) == set(), leaf

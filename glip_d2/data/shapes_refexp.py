@@ -27,12 +27,12 @@ import functools
 import json
 import math
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..atomic_file import atomic_write_json
 from .datasets.mdetr import load_mdetr_json
 from .shapes import (
     ALL_CLASSES,
@@ -192,10 +192,7 @@ def generate_refexp_split(
         "categories": [{"id": k + 1, "name": n} for k, n in enumerate(ALL_CLASSES)],
     }
     for path, obj in ((json_file, data), (marker, params)):  # json first, marker last
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(json_file), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
+        atomic_write_json(path, obj)
     return json_file, image_root
 
 

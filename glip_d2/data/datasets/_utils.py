@@ -23,6 +23,7 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog
 
+from ...atomic_file import atomic_write
 from ...safe_pickle import restricted_load
 
 __all__ = [
@@ -173,16 +174,13 @@ def cached_parse(
         return None
     result = parse()
     if path is not None:
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as f:
-                pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
+            atomic_write(
+                path, lambda f: pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL),
+                binary=True,
+            )
         except OSError as error:
             logger.warning(f"Could not write the parse cache {path} ({error}); continuing without.")
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return result
 
 

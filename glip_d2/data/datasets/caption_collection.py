@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ...atomic_file import atomic_write
+
 __all__ = ["CaptionRecord", "read_caption_collection", "resolve_image_path", "shard_records"]
 
 # Accepted column / key names, first match wins.
@@ -173,12 +175,13 @@ def write_caption_collection(json_file: str, path: str) -> int:
             f"{json_file}: {len(missing)} images have no 'caption' (first ids {missing[:5]}); only "
             "captioned images make a pseudo-labelling collection."
         )
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f):
         for im in images:
             f.write(
                 json.dumps({"file_name": im["file_name"], "caption": im["caption"], "id": im["id"]})
                 + "\n"
             )
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return len(images)

@@ -1,0 +1,52 @@
+"""Files written whole or not at all.
+
+What a process writes goes to a temporary file beside the target, is flushed to disk, and only
+then takes the target's name (``os.replace``, atomic on POSIX): a reader or a resumed run never
+sees half a file, and a command stopped mid-write keeps the last complete one. The temporary
+file is removed when anything fails.
+
+It is a leaf module (nothing of glip_d2 imported), so the data side, the self-training parts and
+the tools can all use it.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Callable, Iterator
+
+__all__ = ["complete_temp_file", "atomic_write", "atomic_write_json"]
+
+
+@contextlib.contextmanager
+def complete_temp_file(
+    path: str, write: Callable[[IO], Any], binary: bool = False
+) -> Iterator[str]:
+    """A temporary file beside ``path`` (in the same folder, so a rename cannot cross file
+    systems) holding what ``write(file)`` wrote, on disk; it is removed on leaving unless the
+    caller moved it away (to ``path``, or by a hard link)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
+    try:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write(path: str, write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file (text, UTF-8, unless ``binary``), then rename it
+    to ``path``."""
+    with complete_temp_file(path, write, binary) as tmp:
+        os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj: Any, **dump_kwargs) -> None:
+    """``json.dump(obj, file, **dump_kwargs)`` into ``path``, atomically."""
+    atomic_write(path, lambda f: json.dump(obj, f, **dump_kwargs))

@@ -1,0 +1,38 @@
+"""glip_d2.atomic_file: a target is replaced whole or left as it was, and no temporary file is
+left behind either way."""
+import json
+import os
+
+import pytest
+
+from glip_d2.atomic_file import atomic_write, atomic_write_json
+
+
+def _leftovers(folder):
+    return sorted(n for n in os.listdir(folder) if n.endswith(".tmp"))
+
+
+def test_a_failing_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_json(str(path), {"done": [1, 2]})
+
+    def write_half(f):
+        f.write('{"done": [1, 2, ')
+        raise KeyboardInterrupt  # a command stopped mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), write_half)
+    assert json.loads(path.read_text()) == {"done": [1, 2]}
+    assert _leftovers(tmp_path) == []
+
+
+def test_writes_text_as_utf8_binary_as_given_and_creates_the_folder(tmp_path):
+    text = tmp_path / "new" / "captions.jsonl"
+    atomic_write(str(text), lambda f: f.write("café\n"))
+    assert text.read_bytes() == "café\n".encode("utf-8")
+    blob = tmp_path / "cache.pkl"
+    atomic_write(str(blob), lambda f: f.write(b"\x00\xff"), binary=True)
+    assert blob.read_bytes() == b"\x00\xff"
+    atomic_write_json(str(tmp_path / "a.json"), [1], indent=1)
+    assert (tmp_path / "a.json").read_text() == "[\n 1\n]"
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "new") == []
