@@ -11,6 +11,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ...text import load_tokenizer, tokenize
+from ..fusion import check_pyramid_levels
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
 from ..heads.itc import ImageTextContrastiveHead
 from ..heads.itm import ImageTextMatchingHead, hard_negatives, shifted_negatives
@@ -82,6 +83,29 @@ def _alignment_heads(cfg, backbone, language_dim: int) -> Dict[str, Optional[nn.
             )
         itm = ImageTextMatchingHead(language_dim, losses.ITM_NEGATIVES, losses.ITM_WEIGHT)
     return {"itc_head": itc, "itm_head": itm}
+
+
+def check_feature_strides(cfg, shapes) -> None:
+    """The one-stage head reads ``MODEL.GLIP.IN_FEATURES`` through the VL-DyHead tower (which
+    needs consecutive levels, finest first) and places its anchors at
+    ``MODEL.ATSS.ANCHOR_STRIDES``, which must be those features' strides.
+
+    Raises:
+        ValueError: levels out of order or with a gap (before: a size mismatch at the first
+            forward), or anchor strides that are not the features' (before: accepted silently,
+            with every anchor at the wrong place, e.g. twice its position on a P2-P6 backbone).
+    """
+    names = list(cfg.MODEL.GLIP.IN_FEATURES)
+    strides = [int(shapes[f].stride) for f in names]
+    check_pyramid_levels("MODEL.GLIP.IN_FEATURES", names, strides)
+    anchor_strides = [int(s) for s in cfg.MODEL.ATSS.ANCHOR_STRIDES]
+    if anchor_strides != strides:
+        raise ValueError(
+            f"MODEL.ATSS.ANCHOR_STRIDES {anchor_strides} disagree with the strides {strides} of "
+            f"MODEL.GLIP.IN_FEATURES {names} ({cfg.MODEL.BACKBONE.NAME}): the anchors would sit "
+            f"at the wrong places. Set MODEL.ATSS.ANCHOR_STRIDES to {strides} (and "
+            f"ANCHOR_SIZES to e.g. {[8 * s for s in strides]}, 8 strides as in ATSS)."
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -199,6 +223,7 @@ class GLIP(PromptingMixin, nn.Module):
                 f"MODEL.GLIP.IN_FEATURES {missing} are not produced by backbone "
                 f"{cfg.MODEL.BACKBONE.NAME} (it gives {list(backbone.output_shape())})"
             )
+        check_feature_strides(cfg, backbone.output_shape())
         head = GLIPATSSHead(cfg, language_dim=language_backbone.language_dim)
         tok_name = lb.TOKENIZER_TYPE or lb.MODEL_TYPE
         tokenizer = load_tokenizer(resolve_text_model_path(tok_name))
