@@ -19,15 +19,21 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
     """``{dataset name: descriptions}`` of ``DATASETS.CLASS_DESCRIPTIONS`` (read once per call).
 
     Raises:
-        ValueError: for an entry that is not ``[dataset_name, file or JSON]`` or a file that
-            cannot be parsed.
+        ValueError: for an entry that is not ``[dataset_name, file or JSON]``, a dataset named
+            twice, or a file that cannot be parsed.
     """
     out = {}
     for entry in cfg.DATASETS.get("CLASS_DESCRIPTIONS", []):
-        if len(entry) != 2 or not all(isinstance(e, str) for e in entry):
+        # a bare string of two characters would pass the length test as [char, char]
+        if isinstance(entry, str) or len(entry) != 2 or not all(isinstance(e, str) for e in entry):
             raise ValueError(
-                f"DATASETS.CLASS_DESCRIPTIONS entry {list(entry)!r} must be [dataset_name, "
+                f"DATASETS.CLASS_DESCRIPTIONS entry {entry!r} must be [dataset_name, "
                 "descriptions file or inline JSON]."
+            )
+        if entry[0] in out:  # one of the two would be silently ignored
+            raise ValueError(
+                f"DATASETS.CLASS_DESCRIPTIONS names dataset {entry[0]!r} twice; give each "
+                "dataset one descriptions entry."
             )
         out[entry[0]] = load_descriptions(entry[1])
     return out

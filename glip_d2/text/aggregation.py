@@ -17,9 +17,10 @@ def aggregate_token_scores(
     """Score each label by the scores of its tokens.
 
     ``"mean"`` is the official ``SCORE_AGG: MEAN`` (``convert_grounding_to_od_logits``): the
-    average over the label's tokens, computed as sum then divide. ``"max"`` takes the best token,
-    ``"min"`` the worst (a name is as present as its least-present word) and ``"geo_mean"`` the
-    geometric mean (scores are probabilities; they are clamped at 1e-12 before the log).
+    average over the label's tokens, computed as sum then divide in at least float32.
+    ``"max"`` takes the best token, ``"min"`` the worst (a name is as present as its
+    least-present word) and ``"geo_mean"`` the geometric mean (scores are probabilities; they are
+    clamped at 1e-12 before the log).
 
     Args:
         token_scores: ``(..., T)`` scores per token, e.g. sigmoid of the dot-product logits.
@@ -59,9 +60,13 @@ def aggregate_token_scores(
             "inside the scored tokens."
         )
     if mode == "mean":
-        weights = mask.to(token_scores.dtype).t()  # (T, L)
-        divisor = counts.clamp(min=1).to(token_scores.dtype)
-        return token_scores @ weights / divisor  # an empty label: 0 / 1
+        # In at least float32, as torch's mean accumulates: a float16 sum of large logits (the
+        # head clamps them at +-50000) would overflow to inf where the official mean is finite.
+        dtype = torch.promote_types(token_scores.dtype, torch.float32)
+        weights = mask.to(dtype).t()  # (T, L)
+        divisor = counts.clamp(min=1).to(dtype)
+        mean = token_scores.to(dtype) @ weights / divisor  # an empty label: 0 / 1
+        return mean.to(token_scores.dtype)
     if mode == "geo_mean":
         return _geometric_mean(token_scores, mask, counts).masked_fill(empty, 0.0)
     gathered = token_scores[..., _label_token_index(mask)]  # (..., L, K)

@@ -88,7 +88,8 @@ def load_descriptions(source: Union[str, "os.PathLike", Sequence, Mapping]) -> U
     string used as suffix).
 
     Raises:
-        ValueError: if the file cannot be parsed or holds neither a list nor a mapping.
+        ValueError: if the file cannot be parsed, holds neither a list nor a mapping, or holds a
+            malformed description (the message names the file).
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -119,6 +120,15 @@ def load_descriptions(source: Union[str, "os.PathLike", Sequence, Mapping]) -> U
             ) from e
     else:
         raise TypeError(f"Class descriptions must be a path or JSON text, got {type(source).__name__}.")
+    try:
+        return _parsed_descriptions(data)
+    except (TypeError, ValueError) as e:
+        if isinstance(source, str) and os.path.isfile(source):  # say which file to fix
+            raise ValueError(f"Class descriptions {source!r}: {e}") from e
+        raise
+
+
+def _parsed_descriptions(data) -> Union[List, Dict]:
     if isinstance(data, (list, tuple)):
         return [d if isinstance(d, str) else as_description(d, i).to_dict() for i, d in enumerate(data)]
     if isinstance(data, Mapping):
