@@ -25,9 +25,12 @@ def label_scores(token_probs: torch.Tensor, positive_map: torch.Tensor, mode: st
 
 def label_scores_from_logits(token_logits: torch.Tensor, positive_map: torch.Tensor, mode: str = "MEAN"):
     """(N, T) token logits and (L, T') bool label->token map -> (N, L) label scores in [0, 1].
-    MEAN_LOGIT: a label without tokens gets sigmoid(0) = 0.5, like its mean of no logits."""
+    A label with no token among the T scores 0 in every mode (MEAN_LOGIT too: sigmoid of its
+    empty mean, 0.5, would pass the score threshold at every location)."""
     if mode.upper() == "MEAN_LOGIT":
-        return aggregate_token_scores(token_logits, positive_map, "mean", empty_label="zero").sigmoid()
+        scores = aggregate_token_scores(token_logits, positive_map, "mean", empty_label="zero").sigmoid()
+        scored = positive_map[:, : token_logits.shape[-1]].to(scores.device).any(dim=1)  # (L,)
+        return scores.masked_fill(~scored, 0.0)
     return label_scores(token_logits.sigmoid(), positive_map, mode)
 
 
