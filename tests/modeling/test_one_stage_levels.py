@@ -30,3 +30,19 @@ def test_consecutive_levels_with_their_strides_build():
     model = build_model(cfg)
     assert model.in_features == ["p4", "p5", "p6"]
     assert model.head.anchor_strides == [16, 32, 64]
+
+
+def test_an_unknown_score_aggregation_is_refused_at_build_not_at_the_first_evaluation():
+    cfg = tiny_cfg()
+    cfg.MODEL.ATSS.SCORE_AGG = "MEDIAN"
+    with pytest.raises(ValueError, match=r"MODEL.ATSS.SCORE_AGG 'MEDIAN' is not one of"):
+        build_model(cfg)
+
+
+def test_an_unknown_roi_score_aggregation_is_refused_at_build():
+    from tests.roi.roi_helpers import two_stage_cfg
+
+    cfg = two_stage_cfg()
+    cfg.MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG = "MEAN_LOGIT"  # a one-stage mode only
+    with pytest.raises(ValueError, match=r"MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG 'MEAN_LOGIT'"):
+        build_model(cfg)

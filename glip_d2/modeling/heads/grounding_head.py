@@ -20,7 +20,7 @@ from .losses import (
     token_sigmoid_focal_loss,
     token_softmax_loss,
 )
-from .postprocess import select_detections
+from .postprocess import SCORE_AGGREGATIONS, select_detections
 from .region_word import RegionWordScorer
 
 
@@ -150,6 +150,8 @@ class GLIPATSSHead(nn.Module):
             self.loss_weights["loss_phrase"] = phrase_weight
         if contrastive_weight > 0:  # GLIPv2 inter-image region-word contrastive loss
             self.loss_weights["loss_contrastive"] = contrastive_weight
+        if score_agg.upper() not in SCORE_AGGREGATIONS:  # else: an error at the first test
+            raise ValueError(f"MODEL.ATSS.SCORE_AGG {score_agg!r} is not one of {SCORE_AGGREGATIONS}.")
         self.test_args = dict(
             score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, nms_thresh=nms_thresh,
             detections_per_img=detections_per_img, score_agg=score_agg,

@@ -28,6 +28,7 @@ from torch import nn
 
 from ...text import aggregate_token_scores
 from ..heads.losses import token_sigmoid_focal_loss
+from ..heads.postprocess import PROBABILITY_AGGREGATIONS
 from ..heads.region_word import RegionWordScorer
 from .text_inputs import EncodedPrompt, RegionTextInputs
 
@@ -129,6 +130,11 @@ class LanguageAwareBoxPredictor(nn.Module):
             self.background = nn.Parameter(torch.randn(language_dim) / math.sqrt(language_dim))
         self.box2box_transform = box2box_transform
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        if score_agg.upper() not in PROBABILITY_AGGREGATIONS:  # else: an error at the first test
+            raise ValueError(
+                f"MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG {score_agg!r} is not one of "
+                f"{PROBABILITY_AGGREGATIONS}."
+            )
         self.score_agg = score_agg
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
