@@ -332,3 +332,18 @@ def test_no_pair_gives_a_zero_loss_not_a_crash():
     loss.backward()
     assert same_text_positives(["a", "b", "a"]).tolist() == [
         [True, False, True], [False, True, False], [True, False, True]]
+
+
+def test_itm_without_a_mismatched_pair_warns_once_that_it_trains_nothing(caplog):
+    """One caption image per worker (here: one caption input and a detection prompt) gives ITM
+    no negative: loss_itm is 0, and the log says so once instead of training nothing silently."""
+    import logging
+
+    m = _model(ITM_WEIGHT=2.0, ITM_NEGATIVES="shift")
+    batch = [_batch(m)[0], _batch(m)[2]]
+    with caplog.at_level(logging.WARNING, logger="glip_d2.modeling.meta_arch.glip"):
+        first = m(batch)
+        m(batch)
+    assert first["loss_itm"].item() == 0.0
+    warned = [r for r in caplog.records if "no mismatched pair" in r.getMessage()]
+    assert len(warned) == 1

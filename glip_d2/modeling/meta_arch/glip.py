@@ -359,6 +359,13 @@ class GLIP(PromptingMixin, nn.Module):
         pairs = [(rows[i], rows[j]) for i, j in enumerate(picks) if j is not None]
         positive = fused_text[torch.as_tensor(rows, dtype=torch.long, device=self.device), 0]
         if not pairs:
+            if not getattr(self, "_warned_no_itm_pair", False):  # once per model
+                self._warned_no_itm_pair = True
+                logger.warning(
+                    "MODEL.GLIP.LOSSES.ITM_WEIGHT: a batch had no mismatched pair (it needs two "
+                    "different captions among a worker's images), so loss_itm is 0 there; with "
+                    "one caption image per worker ITM trains nothing (docs/glipv2_xvlm.md)."
+                )
             return self.itm_head.loss(positive, positive[:0])
         image = torch.as_tensor([i for i, _ in pairs], device=self.device)
         text = torch.as_tensor([t for _, t in pairs], device=self.device)
