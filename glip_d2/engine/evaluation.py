@@ -52,7 +52,30 @@ def _coco_evaluator(dataset_name: str, **kwargs) -> COCOEvaluator:
     if not fast:
         logger.info("detectron2._C has no compiled COCO evaluation ops: %s is scored with "
                     "pycocotools' COCOeval (same AP, slower).", dataset_name)
-    return COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs)
+    evaluator = COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs)
+    _score_vocabulary_only(evaluator, dataset_name)
+    return evaluator
+
+
+def _score_vocabulary_only(evaluator: COCOEvaluator, dataset_name: str) -> None:
+    """Leave the json's categories that the dataset's vocabulary does not name out of COCOeval.
+
+    A registration may skip categories of its json (a raw Roboflow export's background entry 0,
+    which ODinW leaves out; the loader refuses annotations of a skipped category). COCOeval
+    scores every category of the json, and COCOEvaluator then fails (AssertionError) matching
+    the per-category APs to ``thing_classes``.
+    """
+    id_map = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
+    api = getattr(evaluator, "_coco_api", None)
+    if not id_map or api is None:
+        return
+    categories = api.dataset.get("categories", [])
+    dropped = sorted(c["id"] for c in categories if c["id"] not in id_map)
+    if dropped:
+        logger.info(f"{dataset_name}: json categories {dropped} are not in the vocabulary; AP "
+                    "is over the others.")
+        api.dataset["categories"] = [c for c in categories if c["id"] in id_map]
+        api.cats = {c["id"]: c for c in api.dataset["categories"]}
 
 
 def _benchmark_options(cfg) -> CfgNode:

@@ -85,7 +85,8 @@ class FixedAPEvaluator(DatasetEvaluator):
     """FixedAP on an LVIS-format dataset (metadata ``json_file``), ``comm.gather``-ed like
     Detectron2's evaluators.
 
-    Results: ``{"fixed_ap": {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}}``.
+    Results: ``{"fixed_ap": {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}}``;
+    empty for a json without annotations (LVIS test-dev: only the results file is written).
     """
 
     def __init__(
@@ -186,6 +187,11 @@ class FixedAPEvaluator(DatasetEvaluator):
             path = os.path.join(self._output_dir, "lvis_fixed_ap_results.json")
             with PathManager.open(path, "w") as f:
                 json.dump(results, f)
+        if not self._lvis_api.get_ann_ids():
+            # a json without annotations (LVIS test-dev): the results file is for the evaluation
+            # server; LVISEval would report -100 for every metric
+            logger.info("[FixedAP] The json has no annotations: results written, not evaluated.")
+            return OrderedDict()
         metrics = fixed_ap_results(self._lvis_api, results)
         logger.info(f"[FixedAP] {metrics}")
         return OrderedDict(fixed_ap=metrics)

@@ -55,6 +55,22 @@ class StandardLVISEvaluator(LVISEvaluator):
     300 by default as in the LVIS protocol) that works with current numpy and stores at most
     ``max_dets_per_image`` detections per image."""
 
+    def __init__(self, dataset_name, *args, max_dets_per_image=None, **kwargs):
+        """As ``LVISEvaluator``; ``max_dets_per_image``: None = 300, -1 = no cap (the LVIS API's
+        meaning).
+
+        Raises:
+            ValueError: for another value below 1 (0 would drop every detection and fail only
+                after the whole inference).
+        """
+        cap = max_dets_per_image
+        if cap is not None and not (isinstance(cap, int) and (cap >= 1 or cap == -1)):
+            raise ValueError(
+                "TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE must be a positive integer (the LVIS "
+                f"protocol's is 300) or -1 (no cap); got {max_dets_per_image!r}."
+            )
+        super().__init__(dataset_name, *args, max_dets_per_image=max_dets_per_image, **kwargs)
+
     def process(self, inputs, outputs):
         cap = self._max_dets_per_image or 300
         capped = []

@@ -48,12 +48,18 @@ def apply_protocol(cfg, name: str):
     """Merge a protocol fragment into ``cfg`` (in place; returns it).
 
     Raises:
-        ValueError: for an unknown protocol, or a fragment with ``_BASE_`` (a protocol must fit
-            any model, so it cannot inherit one).
+        ValueError: for an unknown protocol, a file that is no mapping of config keys (empty, a
+            list), or a fragment with ``_BASE_`` (a protocol must fit any model, so it cannot
+            inherit one).
     """
     path = get_protocol_file(name)
     with open(path) as f:
-        fragment = yaml.safe_load(f) or {}
+        fragment = yaml.safe_load(f)
+    if not isinstance(fragment, dict) or not fragment:
+        raise ValueError(
+            f"Protocol {path} is empty or not a mapping of config keys; a protocol sets "
+            "evaluation keys such as DATASETS.TEST (see configs/protocols/*.yaml)."
+        )
     if "_BASE_" in fragment:
         raise ValueError(
             f"Protocol {path} has a _BASE_; a protocol is a fragment applied on top of a model "
