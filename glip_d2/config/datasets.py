@@ -25,7 +25,9 @@ def add_dataset_config(cfg):
     _C.DATASETS.CAPTIONS = []
     # Relative sampling probability of each DATASETS.TRAIN entry (one per entry, e.g. (1, 1) to
     # draw human-labelled and pseudo-labelled data equally often whatever their sizes);
-    # () = plain concatenation, images drawn in proportion to the dataset sizes.
+    # () = plain concatenation, images drawn in proportion to the dataset sizes. Within a dataset
+    # images are uniform, or by category repeat factors with DATALOADER.SAMPLER_TRAIN
+    # RepeatFactorTrainingSampler (Detectron2's Weighted*TrainingSampler: use these ratios).
     _C.DATASETS.TRAIN_RATIOS = ()
     # Checks of the training records when first loaded (glip_d2/data/validate.py): "full" (files
     # exist, json sizes match the image headers, spans map to tokens, category names tokenize),

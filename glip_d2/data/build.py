@@ -3,8 +3,9 @@ checks at first load, and a data stream that resumes exactly (:mod:`glip_d2.data
 
 import logging
 
+import torch
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
-from detectron2.data.samplers import TrainingSampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 
 from .few_shot import sample_few_shot
@@ -17,14 +18,88 @@ __all__ = ["build_grounding_train_loader", "load_checked_train_dicts"]
 logger = logging.getLogger(__name__)
 
 
+# Detectron2 samplers that read DATASETS.TRAIN_REPEAT_FACTOR, a key its get_cfg() does not define,
+# and reload DATASETS.TRAIN themselves (without the checks, skipped records and few-shot subsets
+# of load_checked_train_dicts): glip_d2 offers the same through TRAIN_RATIOS.
+_WEIGHTED_SAMPLERS = ("WeightedTrainingSampler", "WeightedCategoryTrainingSampler")
+
+
 def _default_sampler(cfg, dataset):
-    """The sampler Detectron2 builds for DATALOADER.SAMPLER_TRAIN (TrainingSampler, repeat
-    factors, ...), through its own config function."""
+    """The sampler Detectron2 builds for DATALOADER.SAMPLER_TRAIN (TrainingSampler,
+    RandomSubsetTrainingSampler, ...), through its own config function."""
     try:
         from detectron2.data.build import _train_loader_from_config
     except ImportError:  # a Detectron2 without it: the default sampler
         return TrainingSampler(len(dataset))
     return _train_loader_from_config(cfg, mapper=lambda d: d, dataset=dataset)["sampler"]
+
+
+def _category_repeat_factors(cfg, parts) -> torch.Tensor:
+    """Detectron2's category repeat factors (DATALOADER.REPEAT_THRESHOLD / REPEAT_SQRT), counted
+    within each dataset: category ids are contiguous per dataset, so id 0 of one dataset is
+    another class than id 0 of the next (Detectron2's WeightedCategoryTrainingSampler counts per
+    dataset too). A record without "annotations" (a caption collection) has factor 1; an
+    annotation without "category_id" (grounding) counts as category 0, as the mapper reads it."""
+    factors = [
+        RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            [
+                {"annotations": [{"category_id": a.get("category_id", 0)} for a in annos]}
+                for annos in (d.get("annotations") or [] for d in part)
+            ],
+            cfg.DATALOADER.REPEAT_THRESHOLD,
+            sqrt=cfg.DATALOADER.get("REPEAT_SQRT", True),
+        )
+        for part in parts
+    ]
+    return torch.cat(factors)
+
+
+def _build_sampler(cfg, parts, dataset, names, ratios, seed):
+    """The sampler of DATALOADER.SAMPLER_TRAIN and DATASETS.TRAIN_RATIOS over the records `parts`
+    (one list per DATASETS.TRAIN entry; `dataset` is their concatenation).
+
+    * no ratios: Detectron2's sampler; RepeatFactorTrainingSampler with the repeat factors of
+      :func:`_category_repeat_factors` (for one dataset exactly Detectron2's);
+    * ratios: :class:`DatasetRatioTrainingSampler`, images uniform within each dataset, or by
+      their category repeat factors with RepeatFactorTrainingSampler.
+
+    Raises:
+        ValueError: for Detectron2's Weighted*TrainingSampler (their route in glip_d2 is
+            TRAIN_RATIOS), and for a sampler that TRAIN_RATIOS would silently replace.
+    """
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name in _WEIGHTED_SAMPLERS:
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {name} is not supported by glip_d2's training loader (it "
+            "reads DATASETS.TRAIN_REPEAT_FACTOR, which this Detectron2's config lacks, and reloads "
+            "the datasets without glip_d2's record checks). Use DATASETS.TRAIN_RATIOS: one share "
+            "per dataset (Detectron2's factor w per image of an n-image dataset is the ratio "
+            "w * n); add DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler for "
+            "WeightedCategoryTrainingSampler's category balancing within each dataset."
+        )
+    repeat = name == "RepeatFactorTrainingSampler"
+    if ratios:
+        if not repeat and name != "TrainingSampler":
+            raise ValueError(
+                f"DATASETS.TRAIN_RATIOS draws from the datasets by ratio, which does not combine "
+                f"with DATALOADER.SAMPLER_TRAIN {name}; use TrainingSampler (images uniform within "
+                "each dataset) or RepeatFactorTrainingSampler (by category repeat factors), or "
+                "drop TRAIN_RATIOS."
+            )
+        sizes = [len(p) for p in parts]
+        total = sum(ratios)
+        shares = zip(names, sizes, ratios)
+        logger.info(
+            "Training datasets drawn by ratio: "
+            + ", ".join(f"{n} ({s} images, {r / total:.1%})" for n, s, r in shares)
+            + (", images by category repeat factors" if repeat else "")
+        )
+        weights = _category_repeat_factors(cfg, parts) if repeat else None
+        return DatasetRatioTrainingSampler(sizes, ratios, seed=seed, image_weights=weights)
+    if repeat:
+        # seed as Detectron2's own config function gives it (cfg.SEED, -1 included)
+        return RepeatFactorTrainingSampler(_category_repeat_factors(cfg, parts), seed=cfg.SEED)
+    return _default_sampler(cfg, dataset)
 
 
 def load_checked_train_dicts(cfg, mapper):
@@ -89,8 +164,11 @@ def build_grounding_train_loader(cfg, mapper):
     Without ``DATASETS.TRAIN_RATIOS`` images are drawn by Detectron2's sampler over the
     concatenated datasets; with it the datasets of ``DATASETS.TRAIN`` are drawn with those
     relative probabilities (:class:`DatasetRatioTrainingSampler`) instead of in proportion to
-    their sizes. Records are checked when loaded (:func:`load_checked_train_dicts`) and tagged
-    with their ``"dataset_name"``, so each is prompted with its own dataset's category names.
+    their sizes. ``RepeatFactorTrainingSampler`` counts category frequencies within each dataset
+    and combines with ratios; Detectron2's ``Weighted*TrainingSampler`` are refused (see
+    :func:`_build_sampler`). Records are checked when loaded (:func:`load_checked_train_dicts`)
+    and tagged with their ``"dataset_name"``, so each is prompted with its own dataset's category
+    names.
     """
     ratios = tuple(cfg.DATASETS.get("TRAIN_RATIOS", ()))
     names = list(cfg.DATASETS.TRAIN)
@@ -102,16 +180,7 @@ def build_grounding_train_loader(cfg, mapper):
     _tag_with_dataset(parts, names)
     dataset = [d for p in parts for d in p]
     seed = cfg.SEED if cfg.SEED >= 0 else None
-    if ratios:
-        sizes = [len(p) for p in parts]
-        total = sum(ratios)
-        logger.info(
-            "Training datasets drawn by ratio: "
-            + ", ".join(f"{n} ({s} images, {r / total:.1%})" for n, s, r in zip(names, sizes, ratios))
-        )
-        sampler = DatasetRatioTrainingSampler(sizes, ratios, seed=seed)
-    else:
-        sampler = _default_sampler(cfg, dataset)
+    sampler = _build_sampler(cfg, parts, dataset, names, ratios, seed)
     world_size = comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise ValueError(

@@ -5,13 +5,10 @@ Neither replaces a registration; Detectron2's builtin names (``coco_2017_train``
 ``lvis_v1_val``, ...) are already registered and stay as they are.
 """
 
-import json
 import logging
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
-from detectron2.utils.file_io import PathManager
 
 from ..text import clean_name
 
@@ -87,9 +84,12 @@ def register_grounding_instances(
 
 
 def _json_thing_classes(json_file: str):
-    with PathManager.open(json_file, encoding="utf-8") as f:
-        categories = sorted(json.load(f)["categories"], key=lambda c: c["id"])
-    return [c["name"] for c in categories], {c["id"]: i for i, c in enumerate(categories)}
+    # Through the validating (and caching) parser of load_detection_json: a category without a
+    # name or a repeated id is a DatasetFormatError naming the file, never a shifted id map.
+    from .datasets.coco_json import _cached_categories, category_metadata
+
+    meta = category_metadata(_cached_categories(json_file, (), eager=True))
+    return meta["thing_classes"], meta["thing_dataset_id_to_contiguous_id"]
 
 
 def _load_tagged(json_file: str, image_root: str, name: str) -> List[dict]:
@@ -112,8 +112,9 @@ def register_detection_as_grounding(
     and additionally:
 
     * ``thing_classes`` (and ``thing_dataset_id_to_contiguous_id``) are recorded at
-      registration, read from the json's categories unless ``metadata`` gives them, so a model
-      can build its vocabulary before the dataset is loaded; ``thing_classes_clean`` holds the
+      registration, read from the json's categories unless ``metadata`` gives them (the json is
+      then parsed and validated now, the parse cached for the load), so a model can build its
+      vocabulary before the dataset is loaded; ``thing_classes_clean`` holds the
       names as they appear in prompts (:func:`~glip_d2.text.clean_name`). Names given without
       an id map are the json's categories in id order (one name each);
     * the json is loaded by :func:`~glip_d2.data.datasets.coco_json.load_detection_json`
@@ -128,7 +129,8 @@ def register_detection_as_grounding(
         image_root: directory of the images.
 
     Raises:
-        ValueError: if ``name`` is already registered.
+        ValueError: if ``name`` is already registered, or (``DatasetFormatError``, naming the
+            file and the record) the json read now is malformed.
     """
     _refuse_existing(name)
     metadata = dict(metadata or {})

@@ -20,10 +20,12 @@ A record whose mapping fails (missing or unreadable image, size mismatch, a span
 token, a field of the wrong type, ... : any exception of the mapper) raises
 :class:`~glip_d2.data.validate.BadRecordError` naming it; with
 ``skip_bad_records`` it is dropped, counted and logged, and a replacement is drawn
-deterministically from ``(seed, position)``.
+deterministically from ``(seed, position)``, among the records the sampler draws from and as it
+weighs them (never from a dataset of ratio 0 or outside a random subset).
 """
 
 import hashlib
+import itertools
 import logging
 import random
 from contextlib import contextmanager
@@ -76,6 +78,21 @@ def _subset_of(sampler) -> Optional[List[int]]:
     return None if subset is None else torch.as_tensor(subset).tolist()
 
 
+def _draw_weights(sampler, size: int) -> Optional[List[float]]:
+    """How often the sampler draws each record, relatively (None = all equally): the index
+    probabilities of DatasetRatioTrainingSampler, the repeat factors of Detectron2's
+    RepeatFactorTrainingSampler, the subset of its RandomSubsetTrainingSampler."""
+    weights = getattr(sampler, "weights", None)
+    if weights is None and hasattr(sampler, "_int_part") and hasattr(sampler, "_frac_part"):
+        weights = sampler._int_part + sampler._frac_part
+    if weights is None and _subset_of(sampler) is not None:
+        weights = torch.zeros(size, dtype=torch.float64)
+        weights[torch.as_tensor(_subset_of(sampler), dtype=torch.int64)] = 1.0
+    if weights is None or len(weights) != size:
+        return None
+    return torch.as_tensor(weights, dtype=torch.float64).tolist()
+
+
 class _PositionedStream(IterableDataset):
     """(position, mapped record, records skipped) for the positions of this worker, in order."""
 
@@ -88,6 +105,16 @@ class _PositionedStream(IterableDataset):
         self.start = loader._start
         self.skip = frozenset(loader._skip)
         self.skip_bad = loader.skip_bad_records
+        self._cum_weights = None  # of the replacement draw, computed when first needed
+
+    def _replacement(self, rng: random.Random) -> int:
+        """A record index to replace a bad one, drawn as the sampler weighs the records."""
+        if self._cum_weights is None:
+            weights = _draw_weights(self.sampler, len(self.dataset))
+            self._cum_weights = [] if weights is None else list(itertools.accumulate(weights))
+        if not self._cum_weights:
+            return rng.randrange(len(self.dataset))
+        return rng.choices(range(len(self.dataset)), cum_weights=self._cum_weights)[0]
 
     def __iter__(self):
         info = get_worker_info()
@@ -118,9 +145,10 @@ class _PositionedStream(IterableDataset):
             if data is not None:
                 return position, data, skipped
             # None (a mapper filtered the record) or a skipped bad record: a replacement drawn
-            # from (seed, position, attempt), like Detectron2's MapDataset but reproducible.
+            # from (seed, position, attempt), like Detectron2's MapDataset but reproducible, and
+            # only among the records the sampler draws (a ratio-0 dataset stays out).
             rng = random.Random(_item_seed(self.seed, self.rank, position, attempt + 1))
-            index = rng.randrange(len(self.dataset))
+            index = self._replacement(rng)
         raise RuntimeError(
             f"{_MAX_RETRIES} records in a row could not be mapped at stream position {position}; "
             f"the last problems: {skipped[-3:]}. Check the training data."

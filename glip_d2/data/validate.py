@@ -4,8 +4,9 @@
 Per record (``DATASETS.CHECK_RECORDS``):
 
 * ``"quick"``: the image file exists; ``height`` / ``width`` are positive integers; every
-  annotation span of a grounding record maps to at least one token of the caption (a span over
-  whitespace or invisible characters only maps to none); a detection dataset's category names
+  annotation span of a grounding record is a ``[start, end)`` pair inside the caption and maps
+  to at least one token of it (a span over whitespace or invisible characters only maps to
+  none); a detection dataset's category names
   are non-empty and tokenize to at least one token;
 * ``"full"`` (default): also reads each image's header and compares its size with the
   record's ``height`` / ``width`` (about 0.1 ms per local image);
@@ -17,6 +18,7 @@ what every prompt of the dataset means.
 """
 
 import logging
+import numbers
 import os
 from typing import List, Optional, Sequence
 
@@ -50,18 +52,26 @@ def describe_record(record: dict) -> str:
 
 
 def _span_problems(record: dict, tokenizer, max_query_len: int) -> List[str]:
-    from ..text import span_to_token_range, tokenize
+    from ..text import span_to_token_range, tokenize, validate_spans
 
     caption = record.get("caption")
     if not isinstance(caption, str) or not caption.strip():
         return [f"empty caption {caption!r}"]
-    spans = [
-        (k, tuple(s))
-        for k, anno in enumerate(record.get("annotations") or [])
-        for s in anno.get("tokens_positive") or []
-    ]
+    # First the spans' form and range (what the mapper's validate_spans rejects), so the token
+    # arithmetic below only sees [start, end) pairs inside the caption.
+    problems, spans = [], []
+    for k, anno in enumerate(record.get("annotations") or []):
+        given = anno.get("tokens_positive") or []
+        try:
+            spans += [(k, s) for s in validate_spans(caption, given)]
+        except ValueError as error:
+            problems.append(f"annotation #{k}: {error}")
+        except TypeError:  # not iterable
+            problems.append(
+                f"annotation #{k}: tokens_positive {given!r} is not a list of [start, end] spans"
+            )
     if not spans:
-        return []
+        return problems
     tokenized = tokenize(tokenizer, [caption], max_query_len, pad_to_max=False)
     encoding = tokenized.encodings[0]
     truncated = len(encoding.ids) >= max_query_len
@@ -70,7 +80,6 @@ def _span_problems(record: dict, tokenizer, max_query_len: int) -> List[str]:
          if not special),
         default=0,
     )
-    problems = []
     for k, (start, end) in spans:
         if truncated and start >= covered:
             continue  # past the token limit: the mapper drops it (and logs it), by design
@@ -103,7 +112,10 @@ def check_record(
     h, w = record.get("height"), record.get("width")
     # records without sizes (caption collections) get them from the image when mapped
     sizes_given = h is not None or w is not None
-    sizes_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w))
+    # numpy integers too (records built with numpy / pandas): Detectron2 compares them with ==
+    sizes_ok = all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in (h, w)
+    )
     if sizes_given and not sizes_ok:
         problems.append(f"height/width {h!r}/{w!r} are not positive integers")
     if not isinstance(file_name, str) or not os.path.isfile(file_name):
