@@ -5,19 +5,21 @@
 #   TEACHER_KIND=two_stage (default): the language-aware Faster R-CNN of scripts/demo_two_stage.sh
 #   TEACHER_KIND=one_stage:           the one-stage demo GLIP of scripts/demo.sh (GLIP's own recipe)
 #   STUDENT=two_stage (default) | one_stage: the student's architecture (the same two demo models)
-# TEACHER=<checkpoint>, PSEUDO=<dir>, OUT=<dir> override the defaults; extra args go to the
-# student's training (flags such as --resume first, then KEY VALUE config overrides).
+# TEACHER=<checkpoint>, PSEUDO=<dir>, OUT=<dir> override the defaults (relative paths start at the
+# repository); extra args go to the student's training (flags such as --resume first, then KEY
+# VALUE config overrides). Only the default teacher is trained when missing: a TEACHER given that
+# does not exist is refused before anything runs.
 set -e
 TEACHER_KIND=${TEACHER_KIND:-two_stage}
 STUDENT=${STUDENT:-two_stage}
 case $TEACHER_KIND in
   two_stage) TEACHER_CONFIG=configs/two_stage/demo_faster_rcnn_shapes.yaml
-             TEACHER=${TEACHER:-output/demo_two_stage_shapes/model_final.pth}
+             DEFAULT_TEACHER=output/demo_two_stage_shapes/model_final.pth
              TEACHER_TRAIN=scripts/demo_two_stage.sh
              TEACHER_ARGS=(--score-thresh 0.2)
              PSEUDO=${PSEUDO:-output/pseudo_shapes} ;;
   one_stage) TEACHER_CONFIG=configs/demo_glip_tiny_shapes.yaml
-             TEACHER=${TEACHER:-output/demo_shapes/model_final.pth}
+             DEFAULT_TEACHER=output/demo_shapes/model_final.pth
              TEACHER_TRAIN=scripts/demo.sh
              # a phrase scored by the MEAN of its tokens: the demo's MIN (right for class names
              # like "blue cross") scores "a small blue cross" by "a", and grounds 9 % of phrases
@@ -25,6 +27,14 @@ case $TEACHER_KIND in
              PSEUDO=${PSEUDO:-output/pseudo_shapes_glip} ;;
   *) echo "TEACHER_KIND must be two_stage or one_stage, got '$TEACHER_KIND'" >&2; exit 2 ;;
 esac
+TEACHER=${TEACHER:-$DEFAULT_TEACHER}
+# a checkpoint the caller named must be there: training the demo teacher into its folder would
+# label with another model (or leave the named file missing until the pseudo-labeller fails)
+if [ "$TEACHER" != "$DEFAULT_TEACHER" ] && ! (cd "$(dirname "$0")/.." && [ -f "$TEACHER" ]); then
+  echo "TEACHER=$TEACHER: no such checkpoint (relative paths start at the repository). Give an" \
+       "existing checkpoint, or leave TEACHER unset to use (and first train) $DEFAULT_TEACHER." >&2
+  exit 2
+fi
 case $STUDENT in
   two_stage) STUDENT_CONFIG=configs/two_stage/demo_faster_rcnn_shapes_student.yaml ;;
   one_stage) STUDENT_CONFIG=configs/demo_glip_tiny_shapes_student.yaml ;;
@@ -63,6 +73,10 @@ PY
   --output-dir "$PSEUDO" --max-boxes-per-phrase 3 --format both "${TEACHER_ARGS[@]}"
 .venv/bin/python scripts/pseudo_label_quality.py "$PSEUDO/pseudo_labels.json" \
   "$SHAPES/annotations/train.json"
+# PSEUDO inside the Python string literal yacs reads: its backslashes and quotes escaped
+bs='\' q="'"
+pseudo_literal=${PSEUDO//"$bs"/"$bs$bs"}
+pseudo_literal=${pseudo_literal//"$q"/"$bs$q"}
 .venv/bin/python train_net.py --config-file "$STUDENT_CONFIG" "$@" \
-  DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$PSEUDO']]" OUTPUT_DIR "$OUT"
+  DATASETS.PSEUDO_LABELS "[['shapes_train_pseudo', '$pseudo_literal']]" OUTPUT_DIR "$OUT"
 .venv/bin/python scripts/print_ap.py "$OUT"

@@ -106,11 +106,25 @@ def build_concept_pool(
 
 
 def read_concept_file(path: str) -> List[str]:
-    """One concept per line; blank lines and lines starting with '#' are skipped."""
+    """One concept per line, stripped; blank lines and comment lines (starting with '#', after
+    any leading spaces) are skipped. A '#' later in a line is part of the concept."""
     with open(path, encoding="utf-8") as f:
         return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def write_concept_file(path: str, concepts: List[str]) -> None:
+    """Write `concepts` one per line, as :func:`read_concept_file` reads them back.
+
+    Raises:
+        ValueError: for a concept that would not read back as itself (blank, with a line break
+            or surrounding spaces, or starting with '#', which reads as a comment); nothing is
+            written then.
+    """
+    for i, c in enumerate(concepts):
+        if not c.strip() or c != c.strip() or "\n" in c or "\r" in c or c.startswith("#"):
+            raise ValueError(
+                f"Concept {i} {c!r} would not read back from {path} (one stripped concept per "
+                "line; blank lines and lines starting with '#' are skipped); remove or rename it."
+            )
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(concepts) + "\n")

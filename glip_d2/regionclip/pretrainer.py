@@ -106,7 +106,8 @@ class RegionCLIPPretrainer(nn.Module):
 
     Training returns {"loss_region_contrastive", "loss_region_distill"}, plus
     "loss_image_text" when `image_text_weight` > 0 and some input has a "caption" (over the
-    captioned inputs of the batch); inference returns
+    captioned inputs of the batch; with several processes always, 0 on a batch without a
+    caption, so that every process reports the same losses); inference returns
     instances whose `pred_classes` index `concepts` (zero-shot region classification of the
     proposals by the student).
 
@@ -311,6 +312,10 @@ class RegionCLIPPretrainer(nn.Module):
         # Images without a caption take no part in the image-text loss; the others still
         # contrast with each other.
         captioned = [i for i, x in enumerate(batched_inputs) if x.get("caption")]
+        if self.loss_weight["loss_image_text"] > 0 and not captioned and comm.get_world_size() > 1:
+            # every process must report the same losses: Detectron2 averages each of rank 0's
+            # loss names over the ranks (a KeyError where another rank had no caption)
+            losses["loss_image_text"] = student.sum() * 0.0
         if self.loss_weight["loss_image_text"] > 0 and captioned:
             whole = [
                 torch.tensor([[0.0, 0.0, float(w), float(h)]], device=self.device)

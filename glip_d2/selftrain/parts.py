@@ -116,13 +116,23 @@ class PartStore:
             }
             raise ValueError(
                 f"{self.output_dir} holds a run with other settings (old, new): {diff}. "
-                "Resume with the same settings or use a new --output-dir."
+                "Resume with the same settings or use a new --output-dir"
+                + (
+                    " (another format of a finished run: --finalize-only --format)."
+                    if "output_format" in diff
+                    else "."
+                )
             )
 
     def recorded_layout(self) -> Optional[Dict]:
-        """``{"num_shards", "part_size"}`` of the run recorded in run.json (None: no run.json)."""
+        """What merging the run needs of run.json: ``{"num_shards", "part_size",
+        "output_format", "image_root"}`` (None: no run.json; a value the run did not record:
+        None)."""
         old = self._recorded_settings()
-        return None if old is None else {k: old.get(k) for k in ("num_shards", "part_size")}
+        if old is None:
+            return None
+        keys = ("num_shards", "part_size", "output_format", "image_root")
+        return {k: old.get(k) for k in keys}
 
     @property
     def _run_json(self) -> str:

@@ -11,8 +11,11 @@ machine each) and are resumable: results go to per-shard part files written atom
 skips finished parts, and the merged output is written once every shard has finished (by
 whichever shard finishes last, or --finalize-only): `--format mdetr` (default) writes the
 MDETR-style json `<output-dir>/pseudo_labels.json`, `--format odvg` the ODVG grounding lines
-`<output-dir>/pseudo_labels.odvg.jsonl`, `--format both` both. Register the output as a
-grounding dataset for the student with `register_pseudo_labels(name, dir)`
+`<output-dir>/pseudo_labels.odvg.jsonl`, `--format both` both. The format and the image root
+are settings of the run, like the teacher's: every shard and resume gives the same, and
+--finalize-only takes the run's unless given others (the same parts in another format, or the
+images moved). Register the output as a grounding dataset for the student with
+`register_pseudo_labels(name, dir)`
 (`glip_d2.data.datasets.pseudo_labels`) or the config key `DATASETS.PSEUDO_LABELS`
 ([[name, output_dir], ...]).
 
@@ -25,6 +28,7 @@ own test thresholds (ROI_HEADS.SCORE_THRESH_TEST, ATSS.INFERENCE_TH) lowered to 
 """
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -81,7 +85,9 @@ def run_pseudo_labelling(
         settings: anything that changes the result (teacher, thresholds); a resumed run must
             give the same.
         progress: show a tqdm progress bar.
-        output_format: "mdetr", "odvg" or "both" (the merged files, see the module docstring).
+        output_format: "mdetr", "odvg" or "both" (the merged files, see the module docstring);
+            recorded with the settings, so that whichever shard finishes last writes the run's
+            format (another format of a finished run: ``PartStore.finalize``, --finalize-only).
 
     Returns:
         the summary (images, images_with_boxes, phrases, grounded_phrases, boxes) when the final
@@ -90,9 +96,17 @@ def run_pseudo_labelling(
     from tqdm import tqdm
 
     mine = shard_records(records, shard, num_shards)  # checks the numbers before run.json
+    if output_format not in FORMATS:  # before run.json records it
+        raise ValueError(
+            f"Unknown pseudo-label format {output_format!r}; use one of {sorted(FORMATS)}."
+        )
     store = PartStore(output_dir, num_shards=num_shards, part_size=part_size)
     settings = dict(
         settings or {},
+        output_format=output_format,
+        # the labels are of the images under this root: a shard reading another root would
+        # merge labels of other images of the same names
+        image_root=image_root,
         teacher_score_thresh=teacher.score_thresh,
         max_boxes_per_phrase=teacher.max_boxes_per_phrase,
         nlp_backend=teacher.nlp_backend,
@@ -101,6 +115,9 @@ def run_pseudo_labelling(
     digest = getattr(teacher, "weights_sha256", None)
     if digest is not None:  # the checkpoint's content: its path may hold a retrained teacher
         settings["teacher_weights_sha256"] = digest
+    digest = getattr(teacher, "config_sha256", None)
+    if digest is not None:  # the config's content: the file at its path may have been edited
+        settings["teacher_config_sha256"] = digest
     store.check_settings(settings)
     store.clean_stale(shard)
     chunks = store.chunks(mine)
@@ -155,6 +172,18 @@ def warn_on_weakest_token_scores(cfg) -> bool:
             f"pseudo-labelling pass {weakest[0]} MEAN as an override."
         )
     return bool(weakest)
+
+
+def check_score_thresh(score_thresh: float) -> float:
+    """Refuse a --score-thresh outside [0, 1], the range of the teachers' scores: below 0 its
+    square would raise ``ATSS.INFERENCE_TH`` (:func:`lower_test_thresholds`), above 1 nothing is
+    kept."""
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(
+            f"--score-thresh {score_thresh} is outside [0, 1], the range of the teacher's scores; "
+            "give 0 to keep every box the teacher finds."
+        )
+    return score_thresh
 
 
 def lower_test_thresholds(cfg, score_thresh: float) -> Dict[str, Tuple[float, float]]:
@@ -246,6 +275,8 @@ def build_teacher(args) -> GroundingTeacher:
         cfg.MODEL.WEIGHTS = args.weights
     lower_test_thresholds(cfg, args.score_thresh)
     cfg.freeze()
+    # the whole merged config, _BASE_ files included, for the run's settings
+    config_sha256 = hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
     warn_on_weakest_token_scores(cfg)
     model = build_model(cfg)
     weights = load_teacher_weights(model, cfg)
@@ -259,6 +290,7 @@ def build_teacher(args) -> GroundingTeacher:
         nlp_backend=args.nlp,
         weights=weights,
         weights_sha256=weights_digest(cfg.MODEL.WEIGHTS),
+        config_sha256=config_sha256,
     )
 
 
@@ -272,7 +304,9 @@ def parse_args(argv=None):
         "--input", required=True, help=".jsonl or .csv/.tsv with file_name, caption[, id]"
     )
     p.add_argument(
-        "--image-root", default=None, help="folder of relative image paths (default: the input's)"
+        "--image-root",
+        default=None,
+        help="folder of relative image paths (default: the input's; --finalize-only: the run's)",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument("--shard", type=int, default=0)
@@ -292,9 +326,10 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--format",
-        default="mdetr",
+        default=None,
         choices=sorted(FORMATS),
-        help="merged output: MDETR-style json, ODVG jsonl, or both",
+        help="merged output: MDETR-style json, ODVG jsonl, or both; default mdetr "
+        "(--finalize-only: the run's)",
     )
     p.add_argument("--finalize-only", action="store_true", help="only merge finished shards")
     p.add_argument("--no-progress", action="store_true")
@@ -308,8 +343,14 @@ _LAYOUT_DEFAULTS = {"num_shards": 1, "part_size": 64}
 def _finalize_store(args) -> PartStore:
     """The part store of the run in --output-dir, laid out as run.json records it (the parts
     are only found with the run's --num-shards and --part-size; other values given are
-    refused, not read as "the input changed")."""
+    refused, not read as "the input changed"). Without --format or --image-root,
+    ``args.format`` / ``args.image_root`` become the run's (one given is written instead: the
+    same parts in another format, or the images moved since the run)."""
     recorded = PartStore(args.output_dir).recorded_layout() or {}
+    if args.format is None:
+        args.format = recorded.get("output_format") or "mdetr"
+    if args.image_root is None:
+        args.image_root = recorded.get("image_root")
     layout = {}
     for key, default in _LAYOUT_DEFAULTS.items():
         given, old = getattr(args, key), recorded.get(key)
@@ -329,19 +370,23 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
     records = read_caption_collection(args.input)
+    if args.finalize_only:
+        store = _finalize_store(args)  # the run's --format and --image-root, unless given
     # absolute, as the default is: the output records it, and a student trained from another
     # folder would resolve a relative root against that folder
     image_root = os.path.abspath(
         args.image_root if args.image_root is not None else os.path.dirname(args.input)
     )
     if args.finalize_only:
-        store = _finalize_store(args)
         summary = store.finalize(records, image_root, output_format=args.format)
     else:
+        if args.format is None:
+            args.format = "mdetr"
         for key, default in _LAYOUT_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, default)
         shard_records([], args.shard, args.num_shards)  # wrong numbers: before the teacher
+        check_score_thresh(args.score_thresh)
         teacher = teacher or build_teacher(args)
         settings = {
             "input": os.path.abspath(args.input),

@@ -25,7 +25,7 @@ class GroundingTeacher:
         model: the teacher, in eval mode, with `tokenizer` and `max_query_len` attributes.
         min_size, max_size: test-time resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
         input_format: image format the model expects (INPUT.FORMAT).
-        score_thresh: keep boxes whose phrase score is at least this.
+        score_thresh: keep boxes whose phrase score is at least this, in [0, 1].
         max_boxes_per_phrase: at most this many boxes per phrase, best first (<= 0: no limit).
         nlp_backend: noun-phrase extractor of `glip_d2.nlp` ("auto", "spacy", "simple"); "auto"
             is resolved here to the one this machine has, so the run's settings record which one
@@ -36,6 +36,8 @@ class GroundingTeacher:
         weights_sha256: SHA-256 of the checkpoint file the weights came from (None: not known),
             recorded with the run's settings too: a checkpoint retrained in place (same path)
             must not label the rest of a run that an older one started.
+        config_sha256: SHA-256 of the model's merged config (None: not known), recorded with the
+            run's settings for the same reason: a config file edited between shards.
 
     The model's own test threshold (``ROI_HEADS.SCORE_THRESH_TEST``, ``ATSS.INFERENCE_TH``)
     applies first: `score_thresh` below it keeps nothing more (warned here; ``build_teacher``
@@ -54,15 +56,19 @@ class GroundingTeacher:
         nlp_backend: str = "auto",
         weights: Optional[str] = None,
         weights_sha256: Optional[str] = None,
+        config_sha256: Optional[str] = None,
     ):
         self.model = model.eval()
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
         self.input_format = input_format
+        if not 0.0 <= score_thresh <= 1.0:  # the range of the scores
+            raise ValueError(f"score_thresh {score_thresh} is outside [0, 1].")
         self.score_thresh = score_thresh
         self.max_boxes_per_phrase = max_boxes_per_phrase
         self.nlp_backend = resolve_backend(nlp_backend)
         self.weights = weights
         self.weights_sha256 = weights_sha256
+        self.config_sha256 = config_sha256
         _warn_on_higher_model_thresholds(self.model, score_thresh)
 
     def phrases(self, caption: str) -> Tuple[List[Tuple[str, Tuple[int, int]]], int]:
