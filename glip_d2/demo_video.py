@@ -10,6 +10,8 @@ __all__ = ["run_video", "video_output_error", "video_output_path"]
 
 # Codec by output extension (OpenCV's FourCC codes).
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+# Video formats not written: an --output with one of these names a video, not a folder.
+_OTHER_VIDEO_EXTENSIONS = (".mov", ".webm", ".m4v", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp")
 
 
 def _names_a_video(output: str) -> bool:
@@ -33,11 +35,15 @@ def video_output_path(output: str, video: str) -> str:
 
 def video_output_error(output: str, video: str) -> Optional[str]:
     """Why the annotated video cannot be written as ``output`` says (None: it can), checked
-    before any frame is read: an existing file where a folder is meant, a folder where a video
-    file is meant, or the input video itself."""
+    before any frame is read: a video format that is not written (.mov, .webm, ...), an
+    existing file where a folder is meant, a folder where a video file is meant, or the input
+    video itself."""
     from .demo import _overwritten_input
 
     kinds = "a folder (created if missing) or a .mp4 / .avi / .mkv file"
+    ext = os.path.splitext(output)[1]
+    if ext.lower() in _OTHER_VIDEO_EXTENSIONS and not os.path.isdir(output):
+        return f"--output {output!r}: {ext} is not a video format written here; give {kinds}"
     if _names_a_video(output):
         if os.path.isdir(output):
             return f"--output {output!r} is an existing folder; give {kinds}"

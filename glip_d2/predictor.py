@@ -221,7 +221,8 @@ class GLIPPredictor:
                 "demo_glip_tiny_shapes" (with ``trained=False``).
             trained: load the model's checkpoint (from the cache, else downloaded once);
                 False = random weights (also no backbone initialisation the config names, such
-                as a two-stage config's ImageNet weights: nothing is loaded or downloaded).
+                as a two-stage config's ImageNet weights, nor the pretrained text encoder:
+                nothing is loaded or downloaded).
             device: "cpu", "cuda", ...; None = the config's (CPU when CUDA is absent).
             kwargs: passed to :class:`GLIPPredictor` (``input_format``, ``confidence_threshold``).
         """
@@ -230,6 +231,7 @@ class GLIPPredictor:
         cfg = model_zoo.get_config(name, trained=trained)
         if not trained:  # as model_zoo.get(trained=False), which loads nothing
             cfg.MODEL.WEIGHTS = ""
+            cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = False
         if device is not None:
             cfg.MODEL.DEVICE = str(device)
         return cls(cfg, **kwargs)
@@ -277,7 +279,7 @@ class GLIPPredictor:
         """
         single = not isinstance(image, (list, tuple))
         images = [_load_if_path(x) for x in ([image] if single else list(image))]
-        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        if top_k is not None and not _is_count(top_k):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
         if not images:
             raise ValueError("Got an empty list of images.")
@@ -553,6 +555,8 @@ def locate_phrases(caption: str, phrases: Sequence) -> List[Span]:
         else:
             try:
                 span = tuple(int(v) for v in p)
+                if span != tuple(p):  # int() would truncate 2.5 to 2
+                    span = ()
             except (TypeError, ValueError):
                 span = ()
             if len(span) != 2 or not 0 <= span[0] < span[1] <= len(caption):
@@ -578,6 +582,16 @@ def _find(caption: str, text: str, taken: Sequence[Span]) -> Optional[Span]:
             if all(e <= ts or s >= te for ts, te in taken):
                 return s, e
     return None
+
+
+def _is_count(value) -> bool:
+    """A positive integer (also 3.0 or a numpy integer), not a bool, nan, inf or a string."""
+    if isinstance(value, (bool, str)):
+        return False
+    try:
+        return int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _check_threshold(value) -> float:

@@ -19,7 +19,7 @@ import os
 from typing import List
 
 from .catalog import MODELS, OFFICIAL_URL_ROOT, ModelZooEntry
-from .download import cache_dir, download, sha256_of, verify_cached
+from .download import cache_dir, download, download_lock, sha256_of, verify_cached
 from .protocols import apply_protocol, get_protocol_file, list_protocols
 
 __all__ = [
@@ -109,7 +109,8 @@ def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
     """Local path of a zoo model's checkpoint: from the cache, or downloaded into it.
 
     A cached file is checked against the table's digest, when one is pinned, the first time
-    it is used (:func:`verify_cached`).
+    it is used (:func:`verify_cached`). Processes that ask for one missing checkpoint at once
+    download it once: the others wait for that download (:func:`download_lock`).
 
     Raises:
         FileNotFoundError: if the file is not cached and cannot be downloaded (no URL, or
@@ -127,7 +128,10 @@ def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
             f"The checkpoint of {name!r} ({entry.file_name}) is not in the cache: {how} at "
             f"{path} (or set GLIP_D2_CACHE to the folder that holds it). {entry.description}."
         )
-    return download(entry.url, path, entry.sha256)
+    with download_lock(path):
+        if os.path.isfile(path):  # another process downloaded it while this one waited
+            return verify_cached(path, entry.sha256) if entry.sha256 else path
+        return download(entry.url, path, entry.sha256)
 
 
 def get_config(name: str, trained: bool = False):
@@ -162,7 +166,8 @@ def get(name: str, trained: bool = False, device=None):
 
     Args:
         name: a config name or a model name.
-        trained: load the model's checkpoint (cache or download); False = random weights. The
+        trained: load the model's checkpoint (cache or download); False = random weights
+            (nothing is loaded, not even the pretrained text encoder the config names). The
             model gets what ``train_net.py --eval-only`` evaluates: the checkpoint's EMA of the
             weights (its "ema" entry) when the config sets ``TEST.USE_EMA`` and it has one, else
             its raw weights.
@@ -176,6 +181,8 @@ def get(name: str, trained: bool = False, device=None):
     from ..engine import load_eval_weights
 
     cfg = get_config(name, trained=trained)
+    if not trained:
+        cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = False
     if device is not None:
         cfg.MODEL.DEVICE = resolve_device(str(device))
     model = build_model(cfg)

@@ -1,4 +1,5 @@
 """The checkpoint cache and downloads with a progress bar and a sha256 check."""
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -12,7 +13,12 @@ from typing import Optional
 
 from tqdm import tqdm
 
-__all__ = ["cache_dir", "download", "sha256_of", "verify_cached"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, concurrent downloads each fetch
+    fcntl = None
+
+__all__ = ["cache_dir", "download", "download_lock", "sha256_of", "verify_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,69 @@ def _declared(headers, name: str) -> Optional[str]:
 def cache_dir() -> str:
     """The checkpoint cache: ``$GLIP_D2_CACHE``, default ``~/.cache/glip_d2``."""
     return os.path.expanduser(os.environ.get("GLIP_D2_CACHE") or os.path.join("~", ".cache", "glip_d2"))
+
+
+@contextlib.contextmanager
+def download_lock(path: str):
+    """Hold an exclusive lock on ``<path>.lock`` (waiting while another process holds it), so that
+    processes asking for one missing checkpoint at once download it once: the others wait, then
+    find the file. Once it is held no live process writes ``path``, so the temporary files of
+    downloads that were killed (a signal or a crash runs no cleanup) are removed. The lock file
+    is removed on release. Without file locks (Windows, a cache that refuses them) nothing is
+    locked and nothing removed."""
+    name = path + ".lock"
+    lock = _acquire(name) if fcntl is not None else None
+    if lock is not None:
+        _remove_partial_downloads(path)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                os.remove(name)  # while still holding it: a waiter then sees it is stale
+            lock.close()  # releases the lock
+
+
+def _acquire(name: str):
+    """An open file of ``name`` holding its exclusive lock; None if the file system refuses."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
+        while True:
+            f = open(name, "a")
+            try:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    logger.info(f"Waiting for another process downloading {name[:-5]} ...")
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                try:  # the holder before removed the file it locked: lock the current one
+                    if os.path.samestat(os.fstat(f.fileno()), os.stat(name)):
+                        return f
+                except FileNotFoundError:
+                    pass
+            except BaseException:
+                f.close()
+                raise
+            f.close()
+    except OSError as e:  # a read-only cache or a file system without locks
+        logger.debug(f"No download lock {name} ({e}).")
+        return None
+
+
+def _partial_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def _remove_partial_downloads(path: str) -> None:
+    """Remove the temporary files :func:`download` made for ``path`` (``.<name>.XXXXXXXX.part``,
+    tempfile's 8 random characters), not those of another file whose name starts alike."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_partial_prefix(path)) + r"[a-z0-9_]{8}\.part")
+    for n in os.listdir(folder):
+        if pattern.fullmatch(n):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, n))
+                logger.info(f"Removed {n}, the partial download of a process that was killed.")
 
 
 def sha256_of(path: str) -> str:
@@ -170,7 +239,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_partial_prefix(path), suffix=".part")
     try:
         h = hashlib.sha256()
         redirects = _KeepRedirectHeaders()
