@@ -27,7 +27,6 @@ or that would overwrite an input).
 
 import argparse
 import glob
-import json
 import logging
 import os
 import sys
@@ -35,6 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .atomic_file import atomic_write_json
 
 __all__ = ["ImageReadError", "collect_inputs", "get_parser", "main", "read_image_file", "setup_cfg"]
 
@@ -423,18 +424,6 @@ def _check_query(predictor, query: Dict) -> None:
         predictor.set_vocabulary(query["vocabulary"])
 
 
-def _write_json(results: List[Dict], path: str) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(results, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _build_predictor(args, report):
     """The predictor the arguments describe, or None after reporting why it cannot be built."""
     from .predictor import GLIPPredictor
@@ -529,7 +518,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             done += 1
     finally:  # also after an interrupt: what succeeded is kept
         if args.output:
-            _write_json(results, os.path.join(args.output, "detections.json"))
+            atomic_write_json(os.path.join(args.output, "detections.json"), results)
             report(
                 f"Wrote {done} drawings and {len(results)} detections to {args.output}"
                 + (f"; {failed} of {len(paths)} images failed" if failed else "")

@@ -15,14 +15,13 @@ on the inputs (images sorted by id, annotation ids numbered in that order), not 
 was split or interrupted.
 """
 
-import contextlib
 import glob
 import hashlib
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
+from ..atomic_file import atomic_write, complete_temp_file
 from ..data.datasets.caption_collection import CaptionRecord, shard_records
 from ..data.datasets.pseudo_labels import FINAL_JSON, FINAL_ODVG, SUMMARY_JSON
 
@@ -33,45 +32,20 @@ FORMATS = {"mdetr": (FINAL_JSON,), "odvg": (FINAL_ODVG,), "both": (FINAL_JSON, F
 
 
 def atomic_write_json(path: str, obj) -> None:
-    """Write ``obj`` as json to ``path`` so that ``path`` never holds a partial file."""
-    _atomic_write(path, lambda f: _dump_json(obj, f))
+    """Write ``obj`` as json (keys sorted, compact) to ``path`` so that ``path`` never holds a
+    partial file."""
+    atomic_write(path, lambda f: _dump_json(obj, f))
 
 
 def _dump_json(obj, f) -> None:
     json.dump(obj, f, sort_keys=True, separators=(",", ":"))
 
 
-@contextlib.contextmanager
-def _complete_temp_file(path: str, write):
-    """A temporary file beside ``path`` holding what ``write(file)`` wrote, on disk; it is
-    removed on leaving unless the caller moved it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        yield tmp
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
-    with _complete_temp_file(path, write) as tmp:
-        os.replace(tmp, path)
-
-
 def _create_json(path: str, obj) -> bool:
     """Create ``path`` holding ``obj`` as json, complete, unless it exists already (then False):
     of shards started at the same time, exactly one records the run's settings and the others
     compare theirs with it (a plain rename would let the last one silently replace them)."""
-    with _complete_temp_file(path, lambda f: _dump_json(obj, f)) as tmp:
+    with complete_temp_file(path, lambda f: _dump_json(obj, f)) as tmp:
         try:
             os.link(tmp, path)  # fails if path exists, never replaces it
         except FileExistsError:
@@ -281,7 +255,7 @@ class PartStore:
                 },
             )
         if FINAL_ODVG in FORMATS[output_format]:
-            _atomic_write(
+            atomic_write(
                 os.path.join(self.output_dir, FINAL_ODVG),
                 lambda f: _write_odvg(f, images, annotations),
             )
