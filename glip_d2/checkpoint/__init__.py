@@ -3,6 +3,7 @@ from .checkpointer import (
     atomic_torch_save,
     check_coverage,
     check_prompt_tuning,
+    check_shapes,
     check_variant,
     describe_variant,
     read_checkpoint,

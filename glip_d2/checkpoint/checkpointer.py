@@ -24,6 +24,7 @@ __all__ = [
     "atomic_torch_save",
     "check_coverage",
     "check_prompt_tuning",
+    "check_shapes",
     "check_variant",
     "describe_variant",
     "read_checkpoint",
@@ -462,6 +463,39 @@ def check_coverage(
     )
 
 
+def check_shapes(model: nn.Module, sd: Dict[str, object], source: str = "The checkpoint") -> None:
+    """Refuse, for inference, a checkpoint with a tensor of another shape than the model's.
+
+    Detectron2 skips such a tensor with a warning and leaves the model's initialisation in its
+    place: what fine-tuning into another head wants (``partial_init_ok``, not checked then), but
+    at inference that part of the model computes with random weights. :func:`check_variant`
+    names the variants of full GLIP checkpoints first; this covers every other tensor (e.g. the
+    box head of a two-stage model, the text encoder).
+
+    Raises:
+        ValueError: naming the tensors and both shapes.
+    """
+    own = unwrap_model(model).state_dict()
+    wrong = sorted(
+        k
+        for k, v in sd.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    )
+    if not wrong:
+        return
+    shown = ", ".join(
+        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})" for k in wrong[:4]
+    )
+    raise ValueError(
+        f"{source} has {len(wrong)} tensors with another shape than the model's: {shown}"
+        + (", ..." if len(wrong) > 4 else "")
+        + "; loaded for inference, they would stay at their random initialisation. Use the "
+        "config the checkpoint was trained with, or, to fine-tune it into this model, load it "
+        "as a training initialisation (train_net.py training; "
+        "GLIPCheckpointer(partial_init_ok=True)), where they start from their initialisation."
+    )
+
+
 class GLIPCheckpointer(DetectionCheckpointer):
     """`MODEL.WEIGHTS` may be a glip_d2 checkpoint, a Detectron2 one, a `.safetensors` file or an
     official GLIP `.pth` (`{"model": {"module.backbone.body...": ...}}`), detected and converted
@@ -469,7 +503,9 @@ class GLIPCheckpointer(DetectionCheckpointer):
     `torch.load(weights_only=True)`, Detectron2 model-zoo `.pkl` files with a restricted
     unpickler that builds numpy arrays and plain containers only (`glip_d2/safe_pickle.py`).
     A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`), and
-    so does a checkpoint that provides too little of the model (:func:`check_coverage`).
+    so does a checkpoint that provides too little of the model (:func:`check_coverage`) and,
+    unless ``partial_init_ok``, one with a tensor of another shape than the model's
+    (:func:`check_shapes`).
     As with Detectron2's checkpointer, a path ending with ``?matching_heuristics=True`` matches
     the checkpoint's names to the model's by suffix (e.g. backbone weights saved without the
     "backbone." prefix); any other query is an error.
@@ -479,8 +515,8 @@ class GLIPCheckpointer(DetectionCheckpointer):
     Args (beyond Detectron2's):
         partial_init_ok: accept a checkpoint that initialises a part of the model only (ImageNet
             backbone weights for training, or a GLIP checkpoint fine-tuned into a config with
-            other head options: see :func:`check_variant`); inference entry points leave it
-            False.
+            other head options: see :func:`check_variant`; tensors of another shape are then
+            skipped with Detectron2's warning); inference entry points leave it False.
         min_fraction: see :func:`check_coverage`.
     """
 
@@ -584,6 +620,8 @@ class GLIPCheckpointer(DetectionCheckpointer):
             min_fraction=self.min_fraction,
             partial_init_ok=self.partial_init_ok,
         )
+        if not self.partial_init_ok:
+            check_shapes(self.model, view, source=f"Checkpoint {self._loading or 'file'}")
         logger.info(
             f"Checkpoint covers {stats['matched']:.1%} of the model's parameters "
             f"({stats['used']:.1%} of its tensors used)."

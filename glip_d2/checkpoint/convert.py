@@ -26,6 +26,7 @@ import torch
 from .checkpointer import (
     atomic_torch_save,
     check_coverage,
+    check_shapes,
     check_variant,
     read_checkpoint,
     to_glip_d2_state_dict,
@@ -143,8 +144,9 @@ def compare_with_model(
     model, sd: Dict[str, torch.Tensor], extra: Optional[Dict] = None
 ) -> Dict[str, List[str]]:
     """Keys of the model's state dict absent from ``sd`` ("missing") and the reverse
-    ("unexpected"), after :func:`check_variant` (which raises on another GLIP variant) and
-    :func:`check_coverage` (which raises when ``sd`` provides under half of the model).
+    ("unexpected"), after :func:`check_variant` (which raises on another GLIP variant),
+    :func:`check_coverage` (which raises when ``sd`` provides under half of the model) and
+    :func:`check_shapes` (which raises on a tensor of another shape than the model's).
 
     With ``extra["matching_heuristics"]`` the names are first matched to the model's as the
     checkpointer will match them on load (Detectron2's heuristics), and the checks see the result.
@@ -158,6 +160,7 @@ def compare_with_model(
         )
     check_variant(model, sd)
     check_coverage(model, sd, source="The converted checkpoint")
+    check_shapes(model, sd, source="The converted checkpoint")
     own = model.state_dict()
     return {
         "missing": sorted(k for k in own if k not in sd),
@@ -185,9 +188,10 @@ def convert_checkpoint(
         with a config "missing" / "unexpected".
 
     Raises:
-        ValueError: when the checkpoint is another GLIP variant than the config or provides
-            under half of its model's parameters, ``dst`` has an unsupported extension, or a
-            ``.safetensors`` ``dst`` cannot keep the input's entries.
+        ValueError: when the checkpoint is another GLIP variant than the config, provides
+            under half of its model's parameters or has a tensor of another shape than it;
+            when ``dst`` has an unsupported extension, or a ``.safetensors`` ``dst`` cannot
+            keep the input's entries.
         FileNotFoundError, RuntimeError: when ``src`` cannot be read.
     """
     if not dst.endswith(_FORMATS):

@@ -80,11 +80,25 @@ class ModelEMA(nn.Module):
         return {k: v.clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state, strict=True):
+        """Restore the entries ``state`` has with the model's shape; an entry of another shape
+        (the checkpointer skips such a model tensor when fine-tuning) is logged and left to
+        :meth:`start_from`, as an entry the checkpoint lacks."""
         state = _own_keys(state)
+        wrong_shape = []
         for k, v in state.items():
-            if k in self.shadow:
-                self.shadow[k].copy_(v)
-                self._restored.add(k)
+            if k not in self.shadow:
+                continue
+            own = tuple(self.shadow[k].shape)
+            if tuple(v.shape) != own:
+                wrong_shape.append(f"{k} (checkpoint {tuple(v.shape)} vs model {own})")
+                continue
+            self.shadow[k].copy_(v)
+            self._restored.add(k)
+        if wrong_shape:
+            logger.warning(
+                "EMA entries of the checkpoint with another shape than the model's are not "
+                f"restored: {', '.join(wrong_shape)}."
+            )
 
     def swap_into(self, model: nn.Module):
         """Put EMA weights into `model` (or the model a DDP `model` wraps); returns the previous

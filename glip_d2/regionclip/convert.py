@@ -104,7 +104,7 @@ def student_weights(checkpoint: Dict, use_ema: bool) -> Tuple[Dict[str, torch.Te
 
     The rule of ``train_net.py --eval-only`` (:func:`glip_d2.engine.load_ema_for_eval`): the
     "ema" entry when `use_ema` (TEST.USE_EMA) and the checkpoint has one, else "model"; a bare
-    state dict is taken as it is.
+    state dict is taken as it is. A DDP wrapper's "module." prefix (on every key) is removed.
 
     Returns:
         (state dict, "ema" or "model").
@@ -112,12 +112,12 @@ def student_weights(checkpoint: Dict, use_ema: bool) -> Tuple[Dict[str, torch.Te
     from ..engine.ema import _own_keys  # EMA weights saved with a DDP prefix by old versions
 
     if "model" not in checkpoint:
-        return checkpoint, "model"
+        return _own_keys(checkpoint), "model"
     if use_ema and checkpoint.get("ema"):
         return _own_keys(checkpoint["ema"]), "ema"
     if checkpoint.get("ema"):
         logger.info("TEST.USE_EMA is off: the student's raw weights, not its EMA, are converted.")
-    return checkpoint["model"], "model"
+    return _own_keys(checkpoint["model"]), "model"
 
 
 def main(argv=None) -> Dict[str, List[str]]:
@@ -125,6 +125,7 @@ def main(argv=None) -> Dict[str, List[str]]:
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
+    from ..checkpoint.checkpointer import atomic_torch_save, read_checkpoint
     from ..config import add_glip_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +139,8 @@ def main(argv=None) -> Dict[str, List[str]]:
     cfg.merge_from_file(args.detector_config)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(args.opts))
     detector = build_model(cfg)
-    checkpoint = torch.load(args.student, map_location="cpu", weights_only=True)
+    # weights_only / the restricted unpickler; an unreadable file is an error naming it
+    checkpoint = read_checkpoint(args.student)
     student_sd, used = student_weights(checkpoint, cfg.TEST.USE_EMA)
     sd, report = regionclip_to_detector_state_dict(student_sd, detector)
     if not sd:
@@ -146,7 +148,8 @@ def main(argv=None) -> Dict[str, List[str]]:
             f"No tensor of {args.student} maps onto the detector of {args.detector_config}; is it "
             "a RegionCLIPPretrainer checkpoint of the same backbone?"
         )
-    torch.save({"model": sd, "__author__": "glip_d2.regionclip.convert"}, args.output)
+    # a failed write (a full disk) leaves no partial file to be loaded later as MODEL.WEIGHTS
+    atomic_torch_save({"model": sd, "__author__": "glip_d2.regionclip.convert"}, args.output)
     print(
         f"{args.output} (the student's {'EMA' if used == 'ema' else 'raw'} weights): "
         f"{len(report['loaded'])} tensors loaded, "
