@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.selftrain_script import run_demo_selftrain
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITE = os.path.join(ROOT, "benchmarks", "run_gpu_suite.sh")
 
@@ -143,35 +145,12 @@ exit 0
 
 
 def _selftrain(tmp_path, **env):
-    """scripts/demo_selftrain.sh in a copy of the repository whose .venv/bin/python is a stub
-    that logs its arguments and the datasets root it sees (nothing installed or trained)."""
-    import hashlib
-
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    for name in ("demo_selftrain.sh", "env.sh"):
-        shutil.copy(os.path.join(ROOT, "scripts", name), repo / "scripts" / name)
-    for name in ("requirements.txt", "setup.py"):
-        shutil.copy(os.path.join(ROOT, name), repo / name)
-    (repo / ".venv" / "bin").mkdir(parents=True)
-    stub = _stub(repo / ".venv" / "bin" / "python", SCRIPT_STUB)
-    digest = hashlib.sha256(
-        (repo / "requirements.txt").read_bytes() + (repo / "setup.py").read_bytes()
-    ).hexdigest()[:16]
-    (repo / ".venv" / ".glip_d2_installed").write_text(digest + "\n")
+    """scripts/demo_selftrain.sh with a stub python that logs its arguments and the datasets root
+    it sees, and an existing teacher (nothing installed or trained)."""
     teacher = tmp_path / "teacher.pth"
     teacher.write_text("")
-    log = tmp_path / "calls.log"
-    log.write_text("")
-    full_env = dict(os.environ, STUB_LOG=str(log), PYTHON=str(stub), TEACHER=str(teacher), **env)
-    proc = subprocess.run(
-        ["bash", str(repo / "scripts" / "demo_selftrain.sh")],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return proc, [line.split("|") for line in log.read_text().splitlines()]
+    proc, lines = run_demo_selftrain(tmp_path, SCRIPT_STUB, dict(TEACHER=str(teacher), **env))
+    return proc, [line.split("|") for line in lines]
 
 
 @needs_bash

@@ -3,17 +3,13 @@ paths, the pseudo-labelling run's recorded output format, the teacher's box sele
 concept file's comment lines."""
 
 import ast
-import hashlib
 import json
 import os
 import shutil
-import stat
-import subprocess
 
-import numpy as np
 import pytest
-import torch
-from torch import nn
+
+from tests.selftrain_script import run_demo_selftrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,41 +25,11 @@ exit 0
 """
 
 
-def _stub(path, text=STUB):
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return path
-
-
 def _selftrain(tmp_path, **env):
-    """scripts/demo_selftrain.sh in a copy of the repository whose .venv/bin/python and
-    teacher-training script are stubs that log their arguments (nothing installed or trained).
-    Returns (process, [argument list per call])."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    for name in ("demo_selftrain.sh", "env.sh"):
-        shutil.copy(os.path.join(ROOT, "scripts", name), repo / "scripts" / name)
-    _stub(repo / "scripts" / "demo_two_stage.sh")
-    for name in ("requirements.txt", "setup.py"):
-        shutil.copy(os.path.join(ROOT, name), repo / name)
-    (repo / ".venv" / "bin").mkdir(parents=True)
-    stub = _stub(repo / ".venv" / "bin" / "python")
-    digest = hashlib.sha256(
-        (repo / "requirements.txt").read_bytes() + (repo / "setup.py").read_bytes()
-    ).hexdigest()[:16]
-    (repo / ".venv" / ".glip_d2_installed").write_text(digest + "\n")
-    log = tmp_path / "calls.log"
-    log.write_text("")
-    full_env = dict(os.environ, STUB_LOG=str(log), PYTHON=str(stub), **env)
-    full_env.pop("DETECTRON2_DATASETS", None)
-    proc = subprocess.run(
-        ["bash", str(repo / "scripts" / "demo_selftrain.sh")],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return proc, [line.split("\x1f") for line in log.read_text().splitlines()]
+    """scripts/demo_selftrain.sh with python and the teacher-training script stubs that log
+    their arguments (nothing installed or trained). Returns (process, [argument list per call])."""
+    proc, lines = run_demo_selftrain(tmp_path, STUB, env, teacher_train_stub=STUB)
+    return proc, [line.split("\x1f") for line in lines]
 
 
 @needs_bash
