@@ -11,7 +11,6 @@ import pytest
 
 from tests.selftrain_script import run_demo_selftrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
