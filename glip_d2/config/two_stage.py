@@ -52,14 +52,17 @@ def add_two_stage_config(cfg):
     # Teacher region features from "crops" (image crops resized to the CLIP input size) or
     # "roi_align" (RoIAlign on the teacher's patch-token grid, RegionCLIP's cheaper variant).
     _C.MODEL.REGIONCLIP.TEACHER_REGION_INPUT = "crops"
-    # Concept pool file (one noun phrase per line); "" = noun phrases of DATASETS.TRAIN captions.
+    # Concept pool file (one noun phrase per line; blank lines and lines starting with "#" are
+    # skipped); "" = noun phrases of DATASETS.TRAIN captions.
     _C.MODEL.REGIONCLIP.CONCEPT_FILE = ""
-    # Keep the most frequent concepts up to this many (0 = all).
+    # Concepts kept (0 = all): the most frequent ones mined from the captions, or the first ones
+    # of a CONCEPT_FILE.
     _C.MODEL.REGIONCLIP.MAX_CONCEPTS = 0
     # Noun phrases that mine the pool from captions (glip_d2.nlp): "auto" (spaCy when it and its
     # model are installed, else the simple split), "spacy" or "simple". The two give different
     # pools: a run whose processes mine different pools is refused; a fixed backend (or a
-    # CONCEPT_FILE) makes the pool, and so the classes, the same on every machine.
+    # CONCEPT_FILE) makes the pool, and so the classes, the same on every machine. Unused with a
+    # CONCEPT_FILE.
     _C.MODEL.REGIONCLIP.NOUN_PHRASES = "auto"
     # RPN proposals per image that get a pseudo concept label.
     _C.MODEL.REGIONCLIP.PROPOSALS_PER_IMAGE = 32
