@@ -30,9 +30,19 @@ the padded batch; returns normalised (cx, cy, w, h) in [0, 1] of each image's ow
 
 
 def build_text_box_head(cfg, language_dim: int):
-    """The configured text-to-box head, or None when MODEL.GLIP.TEXT_BOX_HEAD.NAME is ""."""
+    """The configured text-to-box head, or None when MODEL.GLIP.TEXT_BOX_HEAD.NAME is "".
+
+    Raises:
+        ValueError: for TEXT_BOX_HEAD.PREDICT without a head (it was ignored: a referring
+            expression evaluation scored the grounding detections instead).
+    """
     name = cfg.MODEL.GLIP.TEXT_BOX_HEAD.NAME
     if not name:
+        if cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT:
+            raise ValueError(
+                "MODEL.GLIP.TEXT_BOX_HEAD.PREDICT answers captions with the text-to-box head, "
+                "but TEXT_BOX_HEAD.NAME is empty: set NAME (e.g. XVLMBoxHead) or PREDICT False."
+            )
         return None
     return TEXT_BOX_HEAD_REGISTRY.get(name)(cfg, language_dim=language_dim)
 

@@ -1,5 +1,7 @@
-"""One-stage GLIP's pyramid levels: MODEL.GLIP.IN_FEATURES must be consecutive levels, finest first
-(the VL-DyHead tower mixes neighbours), and MODEL.ATSS.ANCHOR_STRIDES their strides."""
+"""Configurations refused when the model is built, not at the first forward or evaluation:
+one-stage GLIP's pyramid levels (MODEL.GLIP.IN_FEATURES consecutive, finest first, as the
+VL-DyHead tower mixes neighbours; MODEL.ATSS.ANCHOR_STRIDES their strides), unknown score
+aggregations, TEXT_BOX_HEAD.PREDICT without a head."""
 import pytest
 from detectron2.modeling import build_model
 
@@ -45,4 +47,12 @@ def test_an_unknown_roi_score_aggregation_is_refused_at_build():
     cfg = two_stage_cfg()
     cfg.MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG = "MEAN_LOGIT"  # a one-stage mode only
     with pytest.raises(ValueError, match=r"MODEL.LANGUAGE_ROI_HEADS.SCORE_AGG 'MEAN_LOGIT'"):
+        build_model(cfg)
+
+
+def test_text_box_predict_without_a_text_box_head_is_refused():
+    # it was ignored: a referring-expression evaluation scored the grounding detections instead
+    cfg = tiny_cfg()
+    cfg.MODEL.GLIP.TEXT_BOX_HEAD.PREDICT = True
+    with pytest.raises(ValueError, match="TEXT_BOX_HEAD.PREDICT .*TEXT_BOX_HEAD.NAME is empty"):
         build_model(cfg)
