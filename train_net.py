@@ -11,6 +11,7 @@ import weakref
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
+import yaml
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_argument_parser,
@@ -25,9 +26,9 @@ from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
-                            build_glip_writers, check_datasets_present, check_fixed_vocabulary,
-                            check_training_device, create_glip_ddp_model, ema_weights, enable_exact_resume,
-                            build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
+                            build_glip_writers, check_datasets_present, check_device, check_fixed_vocabulary,
+                            check_process_count, check_training_device, create_glip_ddp_model, ema_weights,
+                            enable_exact_resume, build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
                             log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, resolve_schedule,
                             set_test_vocabulary)
 from glip_d2.evaluation import odinw_suite_summary
@@ -152,15 +153,32 @@ def load_cfg(args):
         raise FileNotFoundError(f"Config file {args.config_file!r} does not exist.")
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    # yacs reports a misspelt key as a KeyError (file) or AssertionError (overrides), which the
+    # command line turned into a traceback; they are configuration errors like a type mismatch
+    try:
+        cfg.merge_from_file(args.config_file)
+    except (KeyError, AssertionError, yaml.YAMLError) as e:
+        raise ValueError(f"Config file {args.config_file!r} (or a _BASE_ of it): {_reason(e)}") from e
     if getattr(args, "protocol", ""):  # evaluation protocol on top of the model config
-        apply_protocol(cfg, args.protocol)
-    cfg.merge_from_list(args.opts)
+        try:
+            apply_protocol(cfg, args.protocol)
+        except (KeyError, AssertionError, yaml.YAMLError) as e:
+            raise ValueError(f"Protocol {args.protocol!r}: {_reason(e)}") from e
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:
+        raise ValueError(f"Config overrides {' '.join(args.opts)!r}: {_reason(e)} (overrides are "
+                         "KEY VALUE pairs of existing config keys).") from e
     # DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS entries; evaluating needs only the test sets'
     only = list(cfg.DATASETS.TEST) if getattr(args, "eval_only", False) else None
     register_datasets_from_config(cfg, only=only)
     cfg.freeze()
     return cfg
+
+
+def _reason(error: Exception) -> str:
+    """An exception's message without the quotes ``str`` puts around a KeyError's."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def setup(args):
@@ -190,9 +208,18 @@ def check_setup(cfg, args):
                          "model would be evaluated with random weights.")
 
 
+def check_machine(cfg, args):
+    """Errors of this machine for the config, before any process starts: a MODEL.DEVICE it does
+    not have (Detectron2 failed in every process when it moved the model there), more
+    ``--num-gpus`` than its GPUs (Detectron2's launch asserted in every process)."""
+    check_device(cfg)
+    check_process_count(getattr(args, "num_gpus", 1))
+
+
 def main(args):
     cfg = setup(args)
     check_setup(cfg, args)
+    check_machine(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpoint = GLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -219,7 +246,9 @@ def cli(argv=None):
     """The command line: configuration errors are one message (exit 2) before any process starts."""
     args = argument_parser().parse_args(argv)
     try:
-        check_setup(load_cfg(args), args)
+        cfg = load_cfg(args)
+        check_setup(cfg, args)
+        check_machine(cfg, args)
     except (OSError, ValueError) as e:  # missing config or json, malformed json, missing dataset, AMP on CPU
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -20,16 +20,28 @@ from detectron2.modeling import build_model
 
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
+from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.evaluation.name_accuracy import name_accuracy_at_positives
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count: an integer of at least 1 (0 or less stopped the tools with a
+    traceback, or, as a slice end, silently left images out)."""
+    value = int(text)  # a ValueError is argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def load_cpu_model(config_file: str, opts, weights: str = "", num_workers: int = None):
     """(cfg, model) on the CPU from a config file and overrides, with `weights` loaded (empty =
-    the model at initialisation, seeded). Shared by the diagnostics in tools/."""
+    the model at initialisation, seeded), and the config's DATASETS.CUSTOM / CAPTIONS /
+    PSEUDO_LABELS registered as train_net.py does. Shared by the diagnostics in tools/."""
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
+    register_datasets_from_config(cfg)  # else a dataset of the config is "not registered"
     cfg.MODEL.DEVICE = "cpu"
     if num_workers is not None:
         cfg.DATALOADER.NUM_WORKERS = num_workers
@@ -91,8 +103,8 @@ def main():
     parser.add_argument("--dataset", default="shapes_train")
     parser.add_argument("--vocabulary-from", default="shapes_val_novel",
                         help="dataset whose thing_classes form the prompt (all 25 shapes names)")
-    parser.add_argument("--num-images", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--num-images", type=positive_int, default=200)
+    parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--probe", action="store_true",
                         help="also fit a linear classifier of the name on the tower features at "
                              "positives (first 70%% of the images) and report its held-out accuracy")

@@ -19,6 +19,20 @@ from glip_d2.data import builtin  # noqa: F401  (registers the shapes_* datasets
 from glip_d2.data.visualize import draw_dataset_dict
 
 
+def _positive(kind):
+    """argparse type: a number of ``kind`` above 0 (0 stopped the drawing with a traceback, a
+    negative --num silently left images out)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+        return value
+
+    parse.__name__ = f"positive_{kind.__name__}"
+    return parse
+
+
 def _caption_strip(caption: str, width: int, lines: int = 3) -> np.ndarray:
     """White (h, width, 3) RGB strip with the wrapped caption."""
     strip = np.full((14 * lines + 6, width, 3), 255, np.uint8)
@@ -34,15 +48,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="shapes_train_grounding", help="registered dataset name")
     parser.add_argument("--out", default="shapes.png", help="output PNG path")
-    parser.add_argument("--num", type=int, default=8, help="number of images to draw")
-    parser.add_argument("--cols", type=int, default=4, help="images per row")
-    parser.add_argument("--scale", type=float, default=2.0, help="drawing scale per image")
+    parser.add_argument("--num", type=_positive(int), default=8, help="number of images to draw")
+    parser.add_argument("--cols", type=_positive(int), default=4, help="images per row")
+    parser.add_argument("--scale", type=_positive(float), default=2.0, help="drawing scale per image")
     parser.add_argument(
         "--quantize", type=int, default=0, help="reduce to this many colours (small files); 0=off"
     )
     args = parser.parse_args()
 
     dicts = DatasetCatalog.get(args.split)[: args.num]
+    if not dicts:
+        parser.error(f"dataset {args.split!r} has no images to draw")
     metadata = MetadataCatalog.get(args.split)
     tiles = []
     for d in dicts:

@@ -5,7 +5,8 @@ import logging
 from typing import Sequence
 
 from detectron2.solver import build_lr_scheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
+from fvcore.common.param_scheduler import (CompositeParamScheduler, MultiStepParamScheduler,
+                                           ParamScheduler)
 
 __all__ = ["build_glip_lr_scheduler", "keep_fractional_steps", "resolve_schedule"]
 
@@ -144,16 +145,21 @@ def build_glip_lr_scheduler(cfg, optimizer):
 
 
 def _exact_steps(scheduler, max_iter: int):
-    """Make the LR steps fall on ``SOLVER.STEPS`` exactly, however long the run.
+    """Make the LR steps and the end of the warmup fall on their iterations exactly, however
+    long the run.
 
     fvcore's ``MultiStepParamScheduler`` finds the step of iteration ``it`` as
     ``int((it / MAX_ITER + 1e-6) * MAX_ITER)``: from a million iterations on the 1e-6 is a whole
     iteration, so GLIP-L's LR dropped at iteration 669,999 instead of 670,000 (official: 670,000).
+    The warmup (Detectron2's ``WarmupParamScheduler``, an fvcore ``CompositeParamScheduler``)
+    ends by the same test: beyond a million iterations its last iterations ran at the full LR
+    (a 2M-iteration run with 2000 constant warmup iterations: iteration 1999 at 1000x the LR).
     Here the epsilon is at most half an iteration (fvcore's 1e-6 stays for runs below 500k
     iterations): it absorbs the float error of ``it / MAX_ITER`` and never reaches the next
     iteration.
     """
+    epsilon = min(ParamScheduler.WHERE_EPSILON, 0.5 / max(1, max_iter))
     multiplier = getattr(scheduler, "_multiplier", None)
-    for inner in getattr(multiplier, "_schedulers", [multiplier]):
-        if isinstance(inner, MultiStepParamScheduler):
-            inner.WHERE_EPSILON = min(MultiStepParamScheduler.WHERE_EPSILON, 0.5 / max(1, max_iter))
+    for inner in [multiplier, *getattr(multiplier, "_schedulers", [])]:
+        if isinstance(inner, (MultiStepParamScheduler, CompositeParamScheduler)):
+            inner.WHERE_EPSILON = epsilon
