@@ -26,8 +26,9 @@ from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
-                            build_glip_writers, check_datasets_present, check_device, check_fixed_vocabulary,
-                            check_process_count, check_training_device, create_glip_ddp_model, ema_weights,
+                            build_glip_writers, check_benchmark_options, check_datasets_present, check_device,
+                            check_fixed_vocabulary, check_process_count, check_training_device,
+                            create_glip_ddp_model, ema_weights,
                             enable_exact_resume, build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
                             log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, resolve_schedule,
                             set_test_vocabulary)
@@ -192,8 +193,9 @@ def setup(args):
 
 def check_setup(cfg, args):
     """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
-    fixed vocabulary that is not a test set's class list)."""
+    fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values)."""
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    check_benchmark_options(cfg)  # else found by the first evaluation, after training
     if len(cfg.MODEL.GLIP.VOCABULARY):  # else found by the first evaluation, after training
         for name in cfg.DATASETS.TEST:
             check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)

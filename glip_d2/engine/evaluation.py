@@ -23,7 +23,8 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..config import add_dataset_config
 from ..text import apply_descriptions
-from ..evaluation import FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator
+from ..evaluation import (FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator,
+                          check_lvis_cap, check_refcoco_match)
 
 # Datasets whose inputs carry their own caption: no vocabulary prompt.
 GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
@@ -85,6 +86,27 @@ def _benchmark_options(cfg) -> CfgNode:
     return add_dataset_config(CfgNode({"DATASETS": CfgNode(), "TEST": CfgNode()})).TEST.BENCHMARK
 
 
+def _coco_max_dets(opts) -> int:
+    max_dets = opts.COCO_MAX_DETS_PER_IMAGE
+    if not isinstance(max_dets, int) or max_dets < 1:
+        raise ValueError(f"TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE must be a positive integer "
+                         f"(COCO's standard is 100); got {max_dets!r}.")
+    return max_dets
+
+
+def check_benchmark_options(cfg) -> None:
+    """The ``TEST.BENCHMARK`` values the evaluators check, checked before training: evaluators
+    are built at the first evaluation, after the whole training when ``TEST.EVAL_PERIOD`` is 0.
+
+    Raises:
+        ValueError: naming the key, as the evaluator would.
+    """
+    opts = _benchmark_options(cfg)
+    _coco_max_dets(opts)
+    check_lvis_cap(opts.LVIS_MAX_DETS_PER_IMAGE)
+    check_refcoco_match(opts.get("REFCOCO_MATCH", "giou"))
+
+
 def _ensure_vocabulary_metadata(dataset_name: str) -> None:
     """Load a lazily registered dataset once, so its metadata has the category names and the
     id map (the evaluators map ``pred_classes`` back to dataset ids with it)."""
@@ -119,10 +141,7 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     if kind in ("coco", "odinw"):
         # COCO's standard maxDets, not the model's cap (MODEL.ATSS.DETECTIONS_PER_IMG 300 scored
         # AP at 300 detections, a number no paper reports)
-        max_dets = opts.COCO_MAX_DETS_PER_IMAGE
-        if not isinstance(max_dets, int) or max_dets < 1:
-            raise ValueError(f"TEST.BENCHMARK.COCO_MAX_DETS_PER_IMAGE must be a positive integer "
-                             f"(COCO's standard is 100); got {max_dets!r}.")
+        max_dets = _coco_max_dets(opts)
         return _coco_evaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
     if kind == "lvis":
         evaluators = [

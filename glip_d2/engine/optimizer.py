@@ -105,9 +105,14 @@ def build_glip_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     GLIP); other clip types are Detectron2's per-parameter clipping.
 
     Raises:
-        ValueError: for an optimizer name other than "SGD" or "ADAMW".
+        ValueError: for an optimizer name other than "SGD" or "ADAMW", or a SOLVER.PARAM_GROUPS
+            rule other than PARAM_GROUP_RULES (also under SGD, which does not use it).
     """
     name = cfg.SOLVER.OPTIMIZER.upper()
+    if cfg.SOLVER.PARAM_GROUPS not in PARAM_GROUP_RULES:  # also under SGD, where it is not used
+        raise ValueError(
+            f"SOLVER.PARAM_GROUPS must be one of {PARAM_GROUP_RULES}, got {cfg.SOLVER.PARAM_GROUPS!r}"
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ValueError(
@@ -126,6 +131,11 @@ def build_glip_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             g.pop("name")
         cls, kw = torch.optim.AdamW, {}
     elif name == "SGD":
+        logger.info(
+            "SGD: Detectron2's parameter groups (WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, "
+            "WEIGHT_DECAY_BIAS; the text encoder at LANG_LR_FACTOR); SOLVER.PARAM_GROUPS "
+            f"{cfg.SOLVER.PARAM_GROUPS!r} is ADAMW's."
+        )
         groups = _sgd_param_groups(cfg, model)
         cls = torch.optim.SGD
         kw = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV,

@@ -7,15 +7,17 @@ through :class:`StandardLVISEvaluator`, which only makes it run on current numpy
 
 from .fixed_ap import FixedAPEvaluator, fixed_ap_results
 from .flickr import FlickrEvaluator
-from .lvis_standard import StandardLVISEvaluator, lvis_numpy_compat
+from .lvis_standard import StandardLVISEvaluator, check_lvis_cap, lvis_numpy_compat
 from .odinw import odinw_suite_summary
-from .refcoco import RefExpEvaluator
+from .refcoco import RefExpEvaluator, check_refcoco_match
 
 __all__ = [
     "FixedAPEvaluator",
     "FlickrEvaluator",
     "RefExpEvaluator",
     "StandardLVISEvaluator",
+    "check_lvis_cap",
+    "check_refcoco_match",
     "fixed_ap_results",
     "lvis_numpy_compat",
     "odinw_suite_summary",

@@ -19,7 +19,7 @@ from detectron2.evaluation import LVISEvaluator
 
 from .lvis_progress import lvis_progress
 
-__all__ = ["lvis_numpy_compat", "StandardLVISEvaluator"]
+__all__ = ["check_lvis_cap", "lvis_numpy_compat", "StandardLVISEvaluator"]
 
 
 class _NumpyWithFloat:
@@ -50,6 +50,16 @@ def lvis_numpy_compat():
         lvis_eval.np = original
 
 
+def check_lvis_cap(cap) -> None:
+    """Raise ValueError unless ``cap`` (TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE) is None (300), -1
+    (no cap, the LVIS API's meaning) or a positive integer."""
+    if cap is not None and not (isinstance(cap, int) and (cap >= 1 or cap == -1)):
+        raise ValueError(
+            "TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE must be a positive integer (the LVIS "
+            f"protocol's is 300) or -1 (no cap); got {cap!r}."
+        )
+
+
 class StandardLVISEvaluator(LVISEvaluator):
     """``LVISEvaluator`` (AP, AP50, AP75, APs/m/l, APr, APc, APf; ``max_dets_per_image`` per image,
     300 by default as in the LVIS protocol) that works with current numpy and stores at most
@@ -63,12 +73,7 @@ class StandardLVISEvaluator(LVISEvaluator):
             ValueError: for another value below 1 (0 would drop every detection and fail only
                 after the whole inference).
         """
-        cap = max_dets_per_image
-        if cap is not None and not (isinstance(cap, int) and (cap >= 1 or cap == -1)):
-            raise ValueError(
-                "TEST.BENCHMARK.LVIS_MAX_DETS_PER_IMAGE must be a positive integer (the LVIS "
-                f"protocol's is 300) or -1 (no cap); got {max_dets_per_image!r}."
-            )
+        check_lvis_cap(max_dets_per_image)
         super().__init__(dataset_name, *args, max_dets_per_image=max_dets_per_image, **kwargs)
 
     def process(self, inputs, outputs):

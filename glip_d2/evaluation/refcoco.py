@@ -18,9 +18,15 @@ from detectron2.data import DatasetCatalog
 from .phrases import hits_at_k, phrase_boxes
 from .ranked import RankedPhraseEvaluator
 
-__all__ = ["RefExpEvaluator"]
+__all__ = ["RefExpEvaluator", "check_refcoco_match"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_refcoco_match(match: str) -> None:
+    """Raise ValueError unless ``match`` (TEST.BENCHMARK.REFCOCO_MATCH) is "giou" or "iou"."""
+    if match not in ("giou", "iou"):
+        raise ValueError(f"TEST.BENCHMARK.REFCOCO_MATCH must be 'giou' or 'iou', got {match!r}.")
 
 
 class RefExpEvaluator(RankedPhraseEvaluator):
@@ -32,10 +38,7 @@ class RefExpEvaluator(RankedPhraseEvaluator):
     def __init__(self, dataset_name: str, *args, match: str = "giou", **kwargs):
         """``match``: "giou" (MDETR's and official GLIP's evaluator) or "iou"; other arguments
         as :class:`RankedPhraseEvaluator`."""
-        if match not in ("giou", "iou"):
-            raise ValueError(
-                f"TEST.BENCHMARK.REFCOCO_MATCH must be 'giou' or 'iou', got {match!r}."
-            )
+        check_refcoco_match(match)
         super().__init__(dataset_name, *args, **kwargs)
         self._match = match
 
