@@ -42,8 +42,9 @@ T = TypeVar("T")
 # Bump when the structure of cached objects or the validation of a parse changes, so old cache
 # files are ignored (2: stricter types, duplicate ids and "ignore" refused; 3: malformed
 # segmentations refused, ODVG multi-box regions and label maps with any integer keys; 4: MDETR
-# and ODVG sizes checked as integers, 480.0 stored as 480).
-_CACHE_VERSION = 4
+# and ODVG sizes checked as integers, 480.0 stored as 480; 5: an RLE's size checked against its
+# image's).
+_CACHE_VERSION = 5
 # The only class (besides containers and numpy arrays) that parsed records hold.
 _CACHE_GLOBALS = (("detectron2.structures.boxes", "BoxMode"),)
 

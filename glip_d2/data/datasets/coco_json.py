@@ -190,7 +190,7 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
             annotation of an unknown image or category, a malformed or negative-size box, an
             id, category_id, height or width that is not an integer (floats, strings and
             booleans are not converted), an iscrowd other than 0 / 1, ``"ignore"`` set, or a
-            segmentation that is neither a list of polygons nor an RLE.
+            segmentation that is neither a list of polygons nor an RLE of its image's size.
     """
     with PathManager.open(json_file, encoding="utf-8") as f:
         data = json.load(f)
@@ -240,7 +240,12 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
     segmentations = {}
     for i, anno in enumerate(annos):
         if anno.get("segmentation"):
-            _check_segmentation(anno["segmentation"], lambda: _anno_where(json_file, i, anno))
+            k = int(img_idx[i])
+            _check_segmentation(
+                anno["segmentation"],
+                lambda: _anno_where(json_file, i, anno),
+                [int(heights[k]), int(widths[k])],
+            )
             segmentations[i] = anno["segmentation"]
     return {
         "categories": sorted(categories.items()),
@@ -259,11 +264,13 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
     }
 
 
-def _check_segmentation(segm, where: Callable[[], str]) -> None:
+def _check_segmentation(segm, where: Callable[[], str], image_size: List[int]) -> None:
     """A segmentation must be COCO's: a list of polygons (each a flat list of numbers) or an RLE
-    ``{"size": [h, w], "counts": ...}``. Anything else is refused rather than read: a single
-    flat polygon (``[x1, y1, x2, y2, ...]``, a common export mistake) would otherwise count as
-    "no valid polygon" and its annotation, box included, would be dropped."""
+    ``{"size": [h, w], "counts": ...}`` of its image's ``image_size`` ``[height, width]``.
+    Anything else is refused rather than read: a single flat polygon (``[x1, y1, x2, y2, ...]``,
+    a common export mistake) would otherwise count as "no valid polygon" and its annotation, box
+    included, would be dropped; an RLE of another size failed in the mapper with a bare
+    AssertionError (or, flipped only, became a mask of the wrong size)."""
     if isinstance(segm, dict):
         size = segm.get("size")
         if (
@@ -272,6 +279,11 @@ def _check_segmentation(segm, where: Callable[[], str]) -> None:
             and len(size) == 2
             and _types_are(size, {int})
         ):
+            if size != image_size:
+                raise DatasetFormatError(
+                    f"{where()}: segmentation is an RLE of size {size}, but its image is "
+                    f"[height, width] = {image_size}; fix the RLE or the image's size."
+                )
             return
         raise DatasetFormatError(
             f"{where()}: segmentation {_short(segm)} is not an RLE "

@@ -133,10 +133,12 @@ def register_datasets_from_config(cfg, only: Optional[Sequence[str]] = None) -> 
             still checked for its form.
 
     Returns:
-        the names registered now (entries registered before with the same files are skipped).
+        the names registered now (entries registered before with the same files and format are
+        skipped).
 
     Raises:
-        ValueError: on a malformed entry, or a name registered before with other files.
+        ValueError: on a malformed entry, or a name registered before with other files or
+            another format.
         FileNotFoundError: when an entry's json or collection file does not exist.
     """
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
@@ -155,11 +157,13 @@ def register_datasets_from_config(cfg, only: Optional[Sequence[str]] = None) -> 
             )
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
-            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+            # The format is the evaluator type ("coco" or "lvis") a CUSTOM entry registers with.
+            known = (meta.get("json_file"), meta.get("image_root"), meta.get("evaluator_type"))
+            if known == (json_file, image_root, fmt):
                 continue
             raise ValueError(
                 f"DATASETS.CUSTOM names {name!r}, which is already registered with "
-                f"json_file={meta.get('json_file')!r}, image_root={meta.get('image_root')!r}; "
+                f"json_file={known[0]!r}, image_root={known[1]!r}, format {known[2]!r}; "
                 "pick another name."
             )
         _require_file("DATASETS.CUSTOM", entry, entry[1], root)

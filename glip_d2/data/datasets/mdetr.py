@@ -82,6 +82,15 @@ def _missing(record, keys, where: str) -> None:
         raise DatasetFormatError(f"{where} lacks {missing} (it has {sorted(record)}).")
 
 
+def _size(value, what: str, where: str) -> int:
+    """An image height or width as an int. 480.0 is 480, as in the COCO-format loader, and so is
+    "480": MDETR's Flickr30k jsons (``final_flickr_*GT_*.json``, part of GoldG) carry the sizes of
+    the Flickr30k Entities xml as strings. Anything else that is not an integer is refused."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    return check_int(value, what, where)
+
+
 def parse_mdetr_json(json_file: str) -> List[dict]:
     """Parse and validate an MDETR json into dicts (``file_name`` not yet joined to a root).
 
@@ -89,7 +98,8 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
         DatasetFormatError: naming the record, for a missing key, an empty caption, a duplicate
             image id, an annotation of an unknown image, a malformed or negative-size box, a
             span outside its caption, an iscrowd other than 0 / 1, or a phrase id, height or
-            width that is not an integer.
+            width that is not an integer (sizes may be strings of digits, as in MDETR's Flickr30k
+            jsons).
     """
     with PathManager.open(json_file, encoding="utf-8") as f:
         data = json.load(f)
@@ -107,9 +117,8 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
             raise DatasetFormatError(f"{where}: image id {image_id!r} appears twice.")
         record = {
             "file_name": image["file_name"],
-            # 480.0 is 480, as in the COCO-format loader (record checks want an int)
-            "height": check_int(image["height"], "height", where),
-            "width": check_int(image["width"], "width", where),
+            "height": _size(image["height"], "height", where),
+            "width": _size(image["width"], "width", where),
             "image_id": image_id,
             "caption": caption,
         }
