@@ -2,9 +2,10 @@
 
 From one checkpoint: zero-shot AP, then for each tuning mode (``prompt``, ``linear``, ``full``;
 MODEL.GLIP.TUNING), each k (DATASETS.FEW_SHOT) and each seed (DATASETS.FEW_SHOT_SEED) a short
-fine-tuning run and its AP. Writes ``results.json`` (every run, written after each, so an
-interrupted command resumes with ``--resume``), ``table.md`` / ``table.json`` (mean ± std AP
-over seeds) and ``plot.png`` (AP vs shots per mode, zero-shot as a line)::
+fine-tuning run and its AP. Writes ``results.json`` (every run with its settings, written
+after each, so an interrupted command resumes with ``--resume``, which refuses runs measured
+with other settings), ``table.md`` / ``table.json`` (mean ± std AP over seeds) and
+``plot.png`` (AP vs shots per mode, zero-shot as a line)::
 
     python -m glip_d2.data_efficiency --config-file configs/demo_glip_tiny_shapes.yaml \\
         --weights output/demo_shapes/model_final.pth \\
@@ -57,7 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test-images", type=int, default=0,
                    help="evaluate on the first N test images only (0 = all)")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot evaluation")
-    p.add_argument("--resume", action="store_true", help="keep the runs already in results.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in results.json (measured with the same settings)")
     p.add_argument("--save-checkpoints", action="store_true",
                    help="save each run's final model (a prompt run's holds the learned prompt)")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
@@ -322,6 +324,48 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
                      "--seeds and --max-test-images >= 0.")
 
 
+def _settings(cfg, args, mode: Optional[str], lr: Dict[str, float]) -> Dict:
+    """What one record's AP depends on besides its mode, k and seed: the resolved config
+    (--config-file, --opts, --weights, the test set with --max-test-images; MODEL.DEVICE left
+    out), and for a tuned run the training set, iterations, batch size and the mode's LR."""
+    import hashlib
+
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.DEVICE = ""
+    c.DATASETS.TRAIN, c.SOLVER.IMS_PER_BATCH = (), 0  # below, for the runs they matter to
+    out = {"config_sha256": hashlib.sha256(c.dump().encode()).hexdigest()[:16],
+           "weights": cfg.MODEL.WEIGHTS, "test_dataset": args.test_dataset,
+           "max_test_images": args.max_test_images}
+    if mode is not None:
+        out.update(train_dataset=args.train_dataset, iters=args.iters,
+                   batch_size=args.batch_size, lr=lr[mode])
+    return out
+
+
+def _check_resumed(parser, records: List[Dict], path: str, cfg, args, lr) -> None:
+    """Stop (exit status 2) when a record of ``path`` was measured with other settings than
+    this command's: --resume would table it beside the new runs as if measured alike."""
+    for r in records:
+        mode = None if r.get("mode") == "zero-shot" else r.get("mode")
+        if "settings" not in r:
+            parser.error(f"{path} has runs without their settings (written before glip_d2 "
+                         "recorded them), so --resume cannot tell whether they were measured "
+                         "like this command's runs: drop --resume or choose another --output-dir.")
+        if mode is not None and mode not in lr:
+            parser.error(f"{path}: run {r.get('mode')} k={r.get('shots')} has an unknown mode.")
+        want = _settings(cfg, args, mode, lr)
+        diff = [f"{key} {r['settings'].get(key)!r} -> {want[key]!r}" for key in want
+                if r["settings"].get(key) != want[key]]
+        if diff:
+            what = ", ".join(diff).replace(
+                "config_sha256", "resolved config (--config-file, --opts or glip_d2's defaults)")
+            parser.error(f"{path}: run {r['mode']} k={r['shots']} seed={r['seed']} was measured "
+                         f"with other settings ({what}); --resume would table it beside this "
+                         "command's runs. Repeat the earlier settings, drop --resume, or choose "
+                         "another --output-dir.")
+
+
 def main(argv=None) -> Dict:
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -342,6 +386,7 @@ def main(argv=None) -> Dict:
     done = {(r["mode"], r["shots"], r["seed"]) for r in records}
     cfg = _base_cfg(args)
     cfg.DATASETS.TEST = (_test_subset(args.test_dataset, args.max_test_images),)
+    _check_resumed(parser, records, results_path, cfg, args, lr)
 
     def save():
         # written beside and renamed: a command stopped mid-write keeps the last complete file,
@@ -360,8 +405,10 @@ def main(argv=None) -> Dict:
         if mode is not None:
             run_cfg.SOLVER.BASE_LR = lr[mode]
         name = "zero_shot" if mode is None else f"{mode}_k{k}_seed{seed}"
-        records.append(run_one(run_cfg, mode, k, seed, args.iters,
-                               os.path.join(args.output_dir, name), args.save_checkpoints))
+        record = run_one(run_cfg, mode, k, seed, args.iters,
+                         os.path.join(args.output_dir, name), args.save_checkpoints)
+        record["settings"] = _settings(cfg, args, mode, lr)  # what --resume checks
+        records.append(record)
         save()
     if not jobs or all(j in done for j in [(m or "zero-shot", k, s) for m, k, s in jobs]):
         save()

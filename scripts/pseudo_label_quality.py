@@ -8,7 +8,8 @@ run at a low --score-thresh read at higher ones; its top boxes per phrase are ke
 
 A pseudo box is correct when it overlaps a human box of that image with IoU >= 0.5 and its phrase
 names that box's colour and shape ("a small blue cross" names "blue cross"); a human box is covered
-when some correct pseudo box matches it.
+when some correct pseudo box matches it. Images are paired by file name, and only the human boxes
+of the pseudo-labelled images count (a run over part of the images is measured on that part).
 """
 import collections
 import json
@@ -28,9 +29,19 @@ def main(pseudo_json, human_json, thresholds=(None,)):
     human = json.load(open(human_json))
     pseudo = json.load(open(pseudo_json))
     names = {c["id"]: c["name"].split() for c in human["categories"]}
+    human_id = {im["file_name"]: im["id"] for im in human["images"]}
+    # the images are paired by file name (a collection without the dataset's ids numbers its
+    # images afresh), and only the labelled images' human boxes count (a shard, a subset)
+    missing = [im["file_name"] for im in pseudo["images"] if im["file_name"] not in human_id]
+    if missing:
+        sys.exit(f"{pseudo_json}: {len(missing)} images are not in {human_json} "
+                 f"(first: {missing[0]}); compare pseudo-labels with the json of the same images.")
+    to_human = {im["id"]: human_id[im["file_name"]] for im in pseudo["images"]}
+    labelled = set(to_human.values())
     boxes = collections.defaultdict(list)
     for a in human["annotations"]:
-        boxes[a["image_id"]].append(a)
+        if a["image_id"] in labelled:
+            boxes[a["image_id"]].append(a)
     captions = {im["id"]: im["caption"] for im in pseudo["images"]}
     n_human = sum(map(len, boxes.values()))
     for min_score in thresholds:
@@ -40,7 +51,7 @@ def main(pseudo_json, human_json, thresholds=(None,)):
             (start, end), = a["tokens_positive"]
             phrase = captions[a["image_id"]][start:end]
             hits = [
-                h["id"] for h in boxes[a["image_id"]]
+                h["id"] for h in boxes[to_human[a["image_id"]]]
                 if iou(a["bbox"], h["bbox"]) >= 0.5 and all(w in phrase for w in names[h["category_id"]])
             ]
             correct += bool(hits)

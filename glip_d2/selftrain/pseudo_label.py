@@ -5,8 +5,8 @@
         --output-dir output/pseudo --shard 0 --num-shards 4 [KEY VALUE ...config overrides]
 
 For every image the caption's noun phrases (`glip_d2.nlp`: spaCy when installed, else a split at
-commas, periods and "and") are grounded by the teacher; boxes scoring at least --score-thresh
-(at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
+commas, periods, semicolons and "and") are grounded by the teacher; boxes scoring at least
+--score-thresh (at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
 machine each) and are resumable: results go to per-shard part files written atomically, a rerun
 skips finished parts, and the merged output is written once every shard has finished (by
 whichever shard finishes last, or --finalize-only): `--format mdetr` (default) writes the
