@@ -154,7 +154,8 @@ def add_glip_config(cfg):
     _C.MODEL.LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN = False
     # Use the mean of the last N hidden layers as token features (official N_LAYERS = 1).
     _C.MODEL.LANGUAGE_BACKBONE.N_LAYERS = 1
-    # Encoder layers kept (tests: a smaller random encoder); <= 0 keeps the HF config's number.
+    # Encoder layers kept (tests: a smaller random encoder); <= 0 keeps the HF config's number;
+    # with LOAD_PRETRAINED at most the checkpoint's depth.
     _C.MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS = -1
     # HF attention implementation: "eager" (the only one GLIP-era transformers had; parity) or
     # "sdpa".

@@ -11,6 +11,7 @@ sizes a Swin stage has ceil(H / stride) rows, so 2x upsampling overshoots (e.g. 
 like the official code and works for any size.
 """
 
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -67,19 +68,24 @@ def build_retinanet_style_fpn(bottom_up: Backbone, in_features: Sequence[str], c
     This is GLIP's "*-FPN-RETINANET" neck for any bottom-up `Backbone` (Swin, ResNet with
     in_features ["res3", "res4", "res5"], ...). Detectron2's own
     `build_retinanet_resnet_fpn_backbone` differs: its P6 comes from C5 (res5), not P5.
+    The two extra levels always come from the coarsest FPN output (P5 above; over strides
+    4/8/16 they are P5/P6 from P4).
 
     Args:
         bottom_up: backbone producing `in_features`.
-        in_features: three consecutive features, high to low resolution.
+        in_features: consecutive features (three in GLIP), high to low resolution.
         cfg: reads MODEL.FPN.OUT_CHANNELS, MODEL.FPN.NORM and MODEL.FPN.FUSE_TYPE.
     """
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    # Detectron2 names an FPN output "p<log2 stride>"; a fixed "p5" was the wrong level (or a
+    # top-block output itself) when the coarsest input is not at stride 32.
+    coarsest = int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))
     return GLIPFPN(
         bottom_up=bottom_up,
         in_features=list(in_features),
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(out_channels, out_channels, in_feature="p5"),
+        top_block=LastLevelP6P7(out_channels, out_channels, in_feature=f"p{coarsest}"),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
 

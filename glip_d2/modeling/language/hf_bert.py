@@ -104,6 +104,15 @@ class HFBertLanguageBackbone(nn.Module):
 
         path = resolve_text_model_path(model_type)
         config = _load_bert_config(path)
+        if load_pretrained and num_hidden_layers > config.num_hidden_layers:
+            # transformers would add the missing layers with random weights on top of the
+            # pretrained ones (one warning in the log), and the text features would be noise
+            raise ValueError(
+                f"MODEL.LANGUAGE_BACKBONE.NUM_HIDDEN_LAYERS is {num_hidden_layers}, but the "
+                f"pretrained text encoder {model_type!r} has {config.num_hidden_layers} layers: "
+                f"keep at most {config.num_hidden_layers} (or -1 for all of them), or set "
+                "LOAD_PRETRAINED False for a larger random encoder."
+            )
         if num_hidden_layers > 0:
             config.num_hidden_layers = num_hidden_layers
         if not 1 <= num_layers_used <= config.num_hidden_layers:
