@@ -4,8 +4,10 @@ Two ways to classify a region, chosen by MODEL.LANGUAGE_ROI_HEADS.CLS_LOSS:
 
 * **tokens** ("focal" / "bce", GLIP): a logit per (region, token) of the prompt; a foreground
   region's targets are the tokens naming its GT box, a background region's are all zero (the
-  scorer's bias0 plays the background). At test time a label's score is the mean (or max) of its
-  tokens' probabilities, exactly like the one-stage GLIP head.
+  scorer's bias0 plays the background). The focal loss is normalised by the foreground regions
+  counted over all DDP processes (as GLIP's), so N processes train as one on their whole batch.
+  At test time a label's score is the mean (or max) of its tokens' probabilities, exactly like
+  the one-stage GLIP head.
 * **phrases** ("softmax", RegionCLIP / Detic): a label is embedded as the mean feature of its
   tokens; a region gets a softmax over the labels plus a learned background embedding. In
   training the labels are the distinct GT phrases of the whole batch (identified by their token
@@ -18,12 +20,14 @@ import math
 from typing import Dict, List, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Instances
+from detectron2.utils import comm
 from torch import nn
 
 from ...text import aggregate_token_scores
@@ -47,6 +51,18 @@ def _fit_width(pmap: torch.Tensor, width: int) -> torch.Tensor:
     if pmap.shape[1] >= width:
         return pmap[:, :width]
     return F.pad(pmap, (0, width - pmap.shape[1]))
+
+
+def _mean_over_workers(count: int, device: torch.device) -> float:
+    """`count` summed over the DDP processes, divided by their number (GLIP's ``num_pos_avg``).
+    A loss normalised by it gives DDP's averaged gradient equal to one process's on the whole
+    batch; every process must call this (one all-reduce)."""
+    world = comm.get_world_size()
+    if world == 1 or not dist.is_initialized():
+        return float(count)
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    return total.item() / world
 
 
 def _mean_token_features(label_map: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -254,8 +270,8 @@ class LanguageAwareBoxPredictor(nn.Module):
                 total = total + F.binary_cross_entropy_with_logits(
                     logits[keep], targets[keep].float(), reduction="sum"
                 )
-        if self.cls_loss == "focal":  # GLIP: normalised by the number of positives
-            return total / max(int(fg.sum()), 1)
+        if self.cls_loss == "focal":  # GLIP: by the positives, averaged over the processes
+            return total / max(_mean_over_workers(int(fg.sum()), regions.device), 1.0)
         return total / max(regions.shape[0], 1)  # Detic: per region
 
     def batch_phrases(self, text: RegionTextInputs) -> Tuple[torch.Tensor, List[torch.Tensor]]:
