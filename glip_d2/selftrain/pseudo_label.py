@@ -6,8 +6,8 @@
 
 For every image the caption's noun phrases (`glip_d2.nlp`: spaCy when installed, else a split at
 commas, periods, semicolons and "and") are grounded by the teacher; boxes scoring at least
---score-thresh (at most --max-boxes-per-phrase per phrase) are kept. Shards run independently (one process or
-machine each) and are resumable: results go to per-shard part files written atomically, a rerun
+--score-thresh (at most --max-boxes-per-phrase per phrase) are kept. Shards run independently
+(one process or machine each) and are resumable: results go to per-shard part files written atomically, a rerun
 skips finished parts, and the merged output is written once every shard has finished (by
 whichever shard finishes last, or --finalize-only): `--format mdetr` (default) writes the
 MDETR-style json `<output-dir>/pseudo_labels.json`, `--format odvg` the ODVG grounding lines
