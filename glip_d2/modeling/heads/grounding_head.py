@@ -2,7 +2,6 @@
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
@@ -17,6 +16,7 @@ from .losses import (
     centerness_targets,
     giou_loss,
     phrase_sigmoid_focal_loss,
+    reduce_sum,
     token_sigmoid_focal_loss,
     token_softmax_loss,
 )
@@ -33,13 +33,6 @@ class Scale(nn.Module):
 
     def forward(self, x):
         return x * self.scale
-
-
-def _reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if comm.get_world_size() > 1 and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
 
 
 class GLIPATSSHead(nn.Module):
@@ -288,7 +281,7 @@ class GLIPATSSHead(nn.Module):
         box_reg = torch.cat([r.permute(0, 2, 3, 1).reshape(r.shape[0], -1, 4) for r in out["box_regression"]], 1)
         ctr = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1) for c in out["centerness"]], 1)
         num_gpus = comm.get_world_size()
-        num_pos = _reduce_sum(pos_mask.sum().float().reshape(1)).item()
+        num_pos = reduce_sum(pos_mask.sum().float().reshape(1)).item()
         num_pos_avg = max(num_pos / num_gpus, 1.0)
 
         loss_cls = token_sigmoid_focal_loss(
@@ -298,14 +291,14 @@ class GLIPATSSHead(nn.Module):
             anc = flat_anchors.unsqueeze(0).expand_as(reg_targets)[pos_mask]
             reg_t = reg_targets[pos_mask]
             ctr_t = centerness_targets(box_coder.decode(reg_t, anc), anc)
-            ctr_sum = _reduce_sum(ctr_t.sum().detach().reshape(1)).item() / num_gpus
+            ctr_sum = reduce_sum(ctr_t.sum().detach().reshape(1)).item() / num_gpus
             loss_reg = giou_loss(box_reg[pos_mask].float(), reg_t, anc, ctr_t) / max(ctr_sum, 1e-6)
             loss_ctr = nn.functional.binary_cross_entropy_with_logits(
                 ctr[pos_mask].float(), ctr_t, reduction="sum"
             ) / num_pos_avg
         else:
             # the other workers all-reduce their centerness sums: join with 0 (as official)
-            _reduce_sum(ctr.new_zeros(1, dtype=torch.float32))
+            reduce_sum(ctr.new_zeros(1, dtype=torch.float32))
             loss_reg = box_reg.sum() * 0.0
             loss_ctr = ctr.sum() * 0.0
         raw = dict(loss_cls=loss_cls, loss_box_reg=loss_reg, loss_centerness=loss_ctr)

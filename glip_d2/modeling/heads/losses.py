@@ -1,9 +1,22 @@
 """GLIP's ATSS losses: token-level sigmoid focal loss, centerness-weighted GIoU, centerness BCE."""
 
 import torch
+import torch.distributed as dist
+from detectron2.utils import comm
 from torchvision.ops import sigmoid_focal_loss
 
 from . import box_coder
+
+
+def reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the DDP processes (a copy; ``x`` itself with one process). Every process
+    must call it: the loss normalisers (GLIP's ``num_pos_avg``) of the one-stage head and the ROI
+    box predictor.
+    """
+    if comm.get_world_size() > 1 and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
 
 
 def token_sigmoid_focal_loss(logits, targets, text_mask, alpha: float = 0.25, gamma: float = 2.0):

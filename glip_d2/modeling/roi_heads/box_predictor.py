@@ -20,7 +20,6 @@ import math
 from typing import Dict, List, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
@@ -31,7 +30,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from ...text import aggregate_token_scores
-from ..heads.losses import token_sigmoid_focal_loss
+from ..heads.losses import reduce_sum, token_sigmoid_focal_loss
 from ..heads.postprocess import PROBABILITY_AGGREGATIONS
 from ..heads.region_word import RegionWordScorer
 from .text_inputs import EncodedPrompt, RegionTextInputs
@@ -51,18 +50,6 @@ def _fit_width(pmap: torch.Tensor, width: int) -> torch.Tensor:
     if pmap.shape[1] >= width:
         return pmap[:, :width]
     return F.pad(pmap, (0, width - pmap.shape[1]))
-
-
-def _mean_over_workers(count: int, device: torch.device) -> float:
-    """`count` summed over the DDP processes, divided by their number (GLIP's ``num_pos_avg``).
-    A loss normalised by it gives DDP's averaged gradient equal to one process's on the whole
-    batch; every process must call this (one all-reduce)."""
-    world = comm.get_world_size()
-    if world == 1 or not dist.is_initialized():
-        return float(count)
-    total = torch.tensor([float(count)], device=device)
-    dist.all_reduce(total)
-    return total.item() / world
 
 
 def _mean_token_features(label_map: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -271,7 +258,9 @@ class LanguageAwareBoxPredictor(nn.Module):
                     logits[keep], targets[keep].float(), reduction="sum"
                 )
         if self.cls_loss == "focal":  # GLIP: by the positives, averaged over the processes
-            return total / max(_mean_over_workers(int(fg.sum()), regions.device), 1.0)
+            # GLIP's num_pos_avg: DDP's averaged gradient is then one process's on the whole batch
+            num_pos = reduce_sum(fg.sum().float().reshape(1)).item() / comm.get_world_size()
+            return total / max(num_pos, 1.0)
         return total / max(regions.shape[0], 1)  # Detic: per region
 
     def batch_phrases(self, text: RegionTextInputs) -> Tuple[torch.Tensor, List[torch.Tensor]]:
