@@ -1,10 +1,13 @@
 """glip_d2.model_zoo: shipped configs by name, the checkpoint cache, downloads with a checksum,
-and configs packaged by the build (an installed package needs no checkout)."""
+the official checkpoints' pinned digests, and configs packaged by the build (an installed package
+needs no checkout)."""
 
+import dataclasses
 import functools
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,8 @@ import pytest
 import torch
 
 from glip_d2 import model_zoo
-from glip_d2.model_zoo import MODELS, ModelZooEntry
+from glip_d2.model_zoo import MODELS, OFFICIAL_URL_ROOT, ModelZooEntry
+from glip_d2.model_zoo.download import DeclaredDigestError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = b"glip_d2 model zoo test payload\n" * 1000
@@ -190,9 +194,10 @@ def test_download_is_checked_against_the_digest_the_hub_declares(server, cache, 
     with pytest.raises(ValueError, match=f"has sha256 {sha}, the server declared {wrong}"):
         model_zoo.get_checkpoint("test_model")
     assert os.listdir(cache) == []
-    # a pinned digest is checked as well as the declared one
+    # a pinned digest is checked as well as the declared one (a declared digest that is not
+    # the pinned one is refused before the download: tests/test_model_zoo_pinned.py)
     _add_model(monkeypatch, server + f"hub/{sha}/abc123/weights.pth", "1" * 64)
-    with pytest.raises(ValueError, match="expected 1111"):
+    with pytest.raises(ValueError, match="but 1111.* is pinned"):
         model_zoo.get_checkpoint("test_model")
     assert os.listdir(cache) == []
 
@@ -223,9 +228,12 @@ def test_a_text_page_instead_of_the_file_is_refused_and_not_cached(server, cache
     assert os.listdir(cache) == []
 
 
-def test_trained_config_takes_the_text_encoder_from_the_checkpoint(cache):
+def test_trained_config_takes_the_text_encoder_from_the_checkpoint(cache, monkeypatch):
     cache.mkdir()
     (cache / "glip_tiny_model_o365_goldg_cc_sbu.pth").write_bytes(b"")
+    # a placeholder for the official file: pin its digest, as the table pins the real file's
+    monkeypatch.setitem(MODELS, "glip_tiny", dataclasses.replace(
+        MODELS["glip_tiny"], sha256=hashlib.sha256(b"").hexdigest()))
     cfg = model_zoo.get_config("glip_tiny", trained=True)  # no bert-base-uncased needed
     assert cfg.MODEL.WEIGHTS == str(cache / "glip_tiny_model_o365_goldg_cc_sbu.pth")
     assert not cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED
@@ -340,3 +348,63 @@ def test_a_file_replaced_with_an_old_modification_time_is_hashed_again(cache, mo
     os.replace(other, path)
     with pytest.raises(ValueError, match="test_model.pth has sha256 .* but " + sha):
         model_zoo.get_checkpoint("test_model")
+
+
+# The official checkpoints' digests are pinned; a server that declares another digest for a
+# pinned file is refused before its body is downloaded.
+_DOWNLOAD = sys.modules["glip_d2.model_zoo.download"]
+
+
+def test_every_official_checkpoint_has_a_pinned_sha256():
+    official = [e for e in MODELS.values() if e.url.startswith(OFFICIAL_URL_ROOT)]
+    assert {e.name for e in official} == {
+        "glip_a_tiny_o365", "glip_tiny_o365", "glip_tiny_o365_goldg", "glip_tiny", "glip_large"}
+    for entry in official:
+        assert entry.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", entry.sha256), entry.name
+    assert len({e.sha256 for e in official}) == len(official)  # five files, five digests
+    # the parity model's file, as its hub LFS pointer names it
+    assert MODELS["glip_tiny_o365_goldg"].sha256.startswith("4274770c817b9666")
+
+
+def test_a_cached_official_file_with_another_digest_is_refused(cache):
+    cache.mkdir()
+    (cache / "glip_large_model.pth").write_bytes(PAYLOAD)
+    with pytest.raises(ValueError, match="glip_large_model.pth has sha256 .* but dcb01782.*Delete it"):
+        model_zoo.get_checkpoint("glip_large", download_if_missing=False)
+    assert (cache / "glip_large_model.pth").read_bytes() == PAYLOAD  # the user's file is kept
+
+
+def _spy_progress_bars(monkeypatch):
+    bars = []
+    real = _DOWNLOAD.tqdm
+
+    def spy(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_DOWNLOAD, "tqdm", spy)
+    return bars
+
+
+def test_a_declared_digest_that_is_not_the_pinned_one_is_refused_before_downloading(
+        server, cache, monkeypatch):
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    pinned = "1" * 64
+    _add_model(monkeypatch, server + f"hub/{sha}/abc123/weights.pth", pinned)
+    bars = _spy_progress_bars(monkeypatch)
+    with pytest.raises(DeclaredDigestError,
+                       match=f"declared by the server to have sha256 {sha}, but {pinned} is pinned"
+                             ".*Nothing was downloaded.*MODEL.WEIGHTS"):
+        model_zoo.get_checkpoint("test_model")
+    assert bars == []  # refused on the headers: the body was never read
+    assert os.listdir(cache) == []
+
+
+def test_pinned_and_declared_digests_that_agree_download(server, cache, monkeypatch):
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    _add_model(monkeypatch, server + f"hub/{sha.upper()}/abc123/weights.pth", sha)
+    bars = _spy_progress_bars(monkeypatch)
+    path = model_zoo.get_checkpoint("test_model")
+    assert bars == ["test_model.pth"]
+    assert model_zoo.sha256_of(path) == sha
+    assert sorted(os.listdir(cache)) == ["test_model.pth", "test_model.pth.sha256"]

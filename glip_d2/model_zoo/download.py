@@ -207,6 +207,29 @@ def _refuse_text(response, url: str, path: str) -> None:
         )
 
 
+class DeclaredDigestError(ValueError):
+    """The server declares a sha256 for the file that is not the pinned one."""
+
+
+def _declared_sha256(headers) -> Optional[str]:
+    """The sha256 the server declares for the file (the hub's ``X-Linked-Etag``), if it is one."""
+    declared = _declared(headers, "X-Linked-Etag")
+    return declared if declared and _SHA256.fullmatch(declared) else None
+
+
+def _refuse_declared_mismatch(headers, sha256: Optional[str], url: str, path: str) -> None:
+    # before the body is read: a pinned checkpoint is gigabytes that would be refused anyway
+    declared = _declared_sha256(headers)
+    if sha256 is not None and declared is not None and declared != sha256.lower():
+        raise DeclaredDigestError(
+            f"{url} is declared by the server to have sha256 {declared}, but {sha256.lower()} is "
+            "pinned for it: the file on the server is not the one this table was made for. "
+            "Nothing was downloaded. To use the server's file anyway, download it yourself and "
+            f"pass its path as the weights (MODEL.WEIGHTS) instead of the zoo name; {path} must "
+            "hold the pinned file."
+        )
+
+
 def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: float = 30.0,
              progress: bool = True) -> str:
     """Download ``url`` to ``path`` atomically, checking its sha256.
@@ -235,7 +258,8 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
             ends short of the size the server declared, or is a text page
             (:class:`NotACheckpointError`).
         ValueError: if the file's sha256 differs from ``sha256`` or from the digest the server
-            declared.
+            declared, or (before anything is downloaded) if the server declares a digest that
+            is not ``sha256``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -249,6 +273,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
                 with urllib.request.build_opener(redirects).open(url, timeout=timeout) as response:
                     chain = [*redirects.headers, response.headers]
                     _refuse_text(response, url, path)
+                    _refuse_declared_mismatch(chain, sha256, url, path)
                     total = int(_declared(chain, "X-Linked-Size") or
                                 response.headers.get("Content-Length") or 0) or None
                     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
@@ -258,6 +283,8 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
                             h.update(block)
                             size += len(block)
                             bar.update(len(block))
+            except DeclaredDigestError:
+                raise
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
                 raise RuntimeError(
                     f"Could not download {url} ({type(e).__name__}: {e}). Download it by hand "
@@ -267,8 +294,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
             raise RuntimeError(f"The download of {url} ended after {size} of {total} bytes. "
                                "Nothing was saved; try again.")
         digest = h.hexdigest()
-        declared = _declared(chain, "X-Linked-Etag")
-        declared = declared if declared and _SHA256.fullmatch(declared) else None
+        declared = _declared_sha256(chain)
         for expected, source in ((sha256, "expected"), (declared, "the server declared")):
             if expected is not None and digest != expected.lower():
                 raise ValueError(
