@@ -5,16 +5,38 @@ then takes the target's name (``os.replace``, atomic on POSIX): a reader or a re
 sees half a file, and a command stopped mid-write keeps the last complete one. The temporary
 file is removed when anything fails.
 
-It is a leaf module (nothing of glip_d2 imported), so the data side, the self-training parts and
-the tools can all use it.
+The temporary file gets the mode any new file gets (0666 less the umask), so the target is as
+readable as one written in place; :func:`tempfile.mkstemp` would make it private (0600), and
+setting the mode afterwards would need the umask, which only a process-wide ``os.umask`` call
+reads, racing other threads.
+
+It is a leaf module (nothing of glip_d2 imported), so the data side, the self-training parts, the
+model zoo and the tools can all use it.
 """
 import contextlib
 import json
 import os
-import tempfile
-from typing import IO, Any, Callable, Iterator
+import secrets
+from typing import IO, Any, Callable, Iterator, Tuple
 
-__all__ = ["complete_temp_file", "atomic_write", "atomic_write_json"]
+__all__ = ["new_file", "complete_temp_file", "atomic_write", "atomic_write_json"]
+
+
+def new_file(directory: str, prefix: str, suffix: str) -> Tuple[int, str]:
+    """Create a new file ``<directory>/<prefix><8 random characters><suffix>``, open for writing
+    (as :func:`tempfile.mkstemp`, but with the mode a new file gets: 0666 less the umask).
+
+    Returns:
+        (file descriptor, path).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(directory, prefix + secrets.token_hex(4) + suffix)
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No new file name {prefix}XXXXXXXX{suffix} was free in {directory}.")
 
 
 @contextlib.contextmanager
@@ -26,9 +48,7 @@ def complete_temp_file(
     caller moved it away (to ``path``, or by a hard link)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
+    fd, tmp = new_file(directory, "." + os.path.basename(path) + ".", ".tmp")
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)

@@ -408,3 +408,15 @@ def test_pinned_and_declared_digests_that_agree_download(server, cache, monkeypa
     assert bars == ["test_model.pth"]
     assert model_zoo.sha256_of(path) == sha
     assert sorted(os.listdir(cache)) == ["test_model.pth", "test_model.pth.sha256"]
+
+
+def test_a_download_never_changes_the_process_umask(server, cache, monkeypatch):
+    """The downloaded file's mode came from os.umask(0) + os.umask(old): for that moment every
+    file another thread created was world-writable. The kernel now applies the umask."""
+    def no_umask(*args):
+        raise AssertionError("os.umask is process-wide: another thread may create files meanwhile")
+
+    _add_model(monkeypatch, server + "weights.pth", hashlib.sha256(PAYLOAD).hexdigest())
+    monkeypatch.setattr(os, "umask", no_umask)
+    path = model_zoo.get_checkpoint("test_model")
+    assert open(path, "rb").read() == PAYLOAD

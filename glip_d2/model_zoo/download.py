@@ -5,13 +5,14 @@ import http.client
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Optional
 
 from tqdm import tqdm
+
+from ..atomic_file import new_file
 
 try:
     import fcntl
@@ -108,7 +109,7 @@ def _partial_prefix(path: str) -> str:
 
 def _remove_partial_downloads(path: str) -> None:
     """Remove the temporary files :func:`download` made for ``path`` (``.<name>.XXXXXXXX.part``,
-    tempfile's 8 random characters), not those of another file whose name starts alike."""
+    8 random characters), not those of another file whose name starts alike."""
     folder = os.path.dirname(os.path.abspath(path))
     pattern = re.compile(re.escape(_partial_prefix(path)) + r"[a-z0-9_]{8}\.part")
     for n in os.listdir(folder):
@@ -263,7 +264,7 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_partial_prefix(path), suffix=".part")
+    fd, tmp = new_file(folder, _partial_prefix(path), ".part")
     try:
         h = hashlib.sha256()
         redirects = _KeepRedirectHeaders()
@@ -308,10 +309,6 @@ def download(url: str, path: str, sha256: Optional[str] = None, *, timeout: floa
                            f"{digest}.")
         elif sha256 is None:
             logger.info(f"Downloaded {url}{origin}: sha256 {digest}, as the server declared.")
-        # mkstemp made the file private (0600); give it the mode any new file gets (umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         _write_record(path, digest)
     finally:

@@ -36,3 +36,21 @@ def test_writes_text_as_utf8_binary_as_given_and_creates_the_folder(tmp_path):
     atomic_write_json(str(tmp_path / "a.json"), [1], indent=1)
     assert (tmp_path / "a.json").read_text() == "[\n 1\n]"
     assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "new") == []
+
+
+def test_the_target_gets_the_mode_of_a_new_file_without_touching_the_umask(tmp_path, monkeypatch):
+    """mkstemp's temporary file is private (0600), so every atomically written file was too; the
+    mode is now the umask's, read by the kernel, not by a process-wide os.umask call that races
+    other threads."""
+    umask = os.umask(0o022)
+    try:
+        def no_umask(*args):
+            raise AssertionError("os.umask is process-wide: another thread may create files meanwhile")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        atomic_write_json(str(tmp_path / "results.json"), {"done": []})
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    assert os.stat(tmp_path / "results.json").st_mode & 0o777 == 0o644
+    assert _leftovers(tmp_path) == []
