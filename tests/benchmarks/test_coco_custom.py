@@ -3,6 +3,7 @@
 import contextlib
 import io
 import sys
+import tracemalloc
 import types
 
 import numpy as np
@@ -157,6 +158,34 @@ def test_coco_repeated_annotation_ids_and_ignore_are_refused(tmp_path):
     data["annotations"][2]["ignore"] = 0
     parsed = parse_detection_json(write_json(tmp_path / "ok.json", data))
     assert parsed["ann_iscrowd"].tolist() == [0] * 5
+
+
+def test_repeated_ids_are_found_as_int64_and_beyond_it(tmp_path):
+    """Repeats are found on a sorted int64 array (a set of Objects365's 25M ids took ~1 GB);
+    ids beyond int64, and integral floats, are compared as Python numbers."""
+    from glip_d2.data.datasets.coco_json import _has_repeats
+
+    assert not _has_repeats([5, 1, 3]) and _has_repeats([5, 1, 3, 1])
+    assert not _has_repeats([]) and not _has_repeats([2 ** 63 - 1, -(2 ** 63)])
+    big = 2 ** 70
+    assert not _has_repeats([big, 1, big + 1]) and _has_repeats([big, 1, big])
+    assert _has_repeats([4, 4.0]) and not _has_repeats([4, 5.0])
+    ids = list(range(1_000_000))
+    tracemalloc.start()
+    try:
+        assert not _has_repeats(ids)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12e6, peak  # the int64 array (8 MB); the set took 40 MB
+    data = _json()
+    for a, i in zip(data["annotations"], range(5)):
+        a["id"] = big + i
+    assert len(parse_detection_json(write_json(tmp_path / "big.json", data))["ann_boxes"]) == 5
+    data["annotations"][4]["id"] = big + 1
+    with pytest.raises(DatasetFormatError, match=r"annotation id %d is also the id of annotation #1"
+                       % (big + 1)):
+        parse_detection_json(write_json(tmp_path / "big_dup.json", data))
 
 
 def test_custom_coco_from_config_only(tmp_path, monkeypatch):

@@ -123,6 +123,22 @@ def _all_integers(values) -> bool:
 _NO_ID = object()
 
 
+def _has_repeats(ids: list) -> bool:
+    """Whether a list of integers (ints or integral floats) holds a value twice.
+
+    Sorted as int64 when the values fit: a Python set of Objects365's 25M annotation ids took
+    about 1 GB at once, the array takes 200 MB (8 bytes an id)."""
+    if set(map(type, ids)) <= {int}:
+        try:
+            values = np.fromiter(ids, np.int64, len(ids))
+        except OverflowError:  # an id beyond int64: compared as Python ints below
+            pass
+        else:
+            values.sort()
+            return bool((values[1:] == values[:-1]).any())
+    return len(set(ids)) < len(ids)
+
+
 def _annotation_columns(json_file: str, annos: list, image_index: dict, categories: dict):
     """``(image index, boxes, category ids, iscrowd)`` columns when every annotation is
     well-formed, else None (then :func:`_raise_first_bad_annotation` names the first bad one).
@@ -150,7 +166,7 @@ def _annotation_columns(json_file: str, annos: list, image_index: dict, categori
     if not set(crowd_list) <= {0, 1}:
         return None
     ids = [i for i in ids if i is not _NO_ID]
-    if not _all_integers(ids) or (_unique_ids_required(json_file) and len(set(ids)) < len(ids)):
+    if not _all_integers(ids) or (_unique_ids_required(json_file) and _has_repeats(ids)):
         return None
     try:
         cat_ids = np.asarray(cat_list, dtype=np.int64).reshape(n)
