@@ -295,11 +295,14 @@ def _zeroed(model):
     return model
 
 
+def _same_sd(got, expected):
+    assert set(got) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
+
+
 def _assert_same(model, sd):
-    own = model.state_dict()
-    assert set(own) == set(sd)
-    for k, v in sd.items():
-        assert torch.equal(own[k], v), k
+    _same_sd(model.state_dict(), sd)
 
 
 def test_checkpointer_loads_an_official_file(tiny, target):

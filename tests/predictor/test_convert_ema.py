@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from glip_d2.checkpoint import GLIPCheckpointer, convert
 from glip_d2.engine import load_eval_weights
 from tests.helpers import tiny_cfg
-from tests.predictor.test_convert import _assert_same, _zeroed, to_official
+from tests.predictor.test_convert import _assert_same, _same_sd, _zeroed, to_official
 
 TRAINING_STATE = "training state, not needed to load the weights"
 
@@ -69,12 +69,6 @@ def target(tiny):
 
 def _load_pth(path):
     return torch.load(path, weights_only=True)
-
-
-def _same_sd(got, expected):
-    assert set(got) == set(expected)
-    for k, v in expected.items():
-        assert torch.equal(got[k], v), k
 
 
 def test_pth_output_keeps_the_ema_and_evaluates_like_the_input(tiny, target, capsys):
