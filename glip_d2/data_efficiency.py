@@ -106,20 +106,59 @@ def _test_subset(name: str, n: int) -> str:
     return sub
 
 
+def _set_test_vocabulary(cfg, model) -> None:
+    """Prompt ``model`` with the test dataset's class names (and descriptions), as train_net
+    does; a fixed MODEL.GLIP.VOCABULARY must be that dataset's class list, since the evaluator
+    reads each predicted label as the dataset's class index.
+
+    Raises:
+        ValueError: for a fixed vocabulary that is not the test dataset's class list.
+    """
+    from detectron2.data import MetadataCatalog
+
+    from .data.class_descriptions import class_descriptions_from_config
+    from .engine.evaluation import check_fixed_vocabulary, set_test_vocabulary
+
+    name = cfg.DATASETS.TEST[0]
+    if len(cfg.MODEL.GLIP.VOCABULARY):
+        check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
+        return
+    # a --max-test-images view is described like the dataset it is a view of
+    descriptions = class_descriptions_from_config(cfg)
+    source = MetadataCatalog.get(name).get("subset_of", name)
+    set_test_vocabulary(model, name, descriptions.get(name, descriptions.get(source)))
+
+
+def _check_prompt_is_tested(cfg, model, what: str) -> None:
+    """A prompt-tuning run must be evaluated with the prompt it tunes: another test prompt is
+    scored by the text encoder (zero-shot scores), which the table would show as prompt tuning.
+
+    Raises:
+        ValueError: when a test prompt is not the tuned one.
+    """
+    _set_test_vocabulary(cfg, model)
+    untuned = model.untuned_prompts()
+    if untuned:
+        raise ValueError(
+            f"{what}: the test prompt {untuned[0][:120]!r} of {cfg.DATASETS.TEST[0]!r} is not the "
+            f"prompt that prompt tuning learns (the class names of {cfg.DATASETS.TRAIN[0]!r} in "
+            "label order, with its DATASETS.CLASS_DESCRIPTIONS), so it would be scored by the "
+            "text encoder (zero-shot scores) and tabled as prompt tuning. Test on a dataset with "
+            "the training dataset's classes in its order and descriptions, in one prompt "
+            "(MODEL.GLIP.TEST_CHUNK_SIZE 0, MODEL.GLIP.VOCABULARY empty), or leave out "
+            "--modes prompt."
+        )
+
+
 def _evaluate(cfg, model, output_dir: str) -> Dict[str, float]:
-    from detectron2.data import MetadataCatalog, build_detection_test_loader
+    from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
 
     from .data import GroundingDatasetMapper
-    from .data.class_descriptions import class_descriptions_from_config
-    from .engine.evaluation import build_glip_evaluator, set_test_vocabulary
+    from .engine.evaluation import build_glip_evaluator
 
     name = cfg.DATASETS.TEST[0]
-    if not len(cfg.MODEL.GLIP.VOCABULARY):
-        # a --max-test-images view is described like the dataset it is a view of
-        descriptions = class_descriptions_from_config(cfg)
-        source = MetadataCatalog.get(name).get("subset_of", name)
-        set_test_vocabulary(model, name, descriptions.get(name, descriptions.get(source)))
+    _set_test_vocabulary(cfg, model)
     loader = build_detection_test_loader(
         cfg, name, mapper=GroundingDatasetMapper(cfg, is_train=False)
     )
@@ -193,6 +232,8 @@ def run_one(cfg, mode: Optional[str], shots: int, seed: int, iters: int, output_
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if it == 0 and mode == "prompt":  # the first step stored the tuned prompt
+                    _check_prompt_is_tested(cfg, model, f"{mode} k={shots} seed={seed}")
                 if it % 10 == 0 or it == iters - 1:
                     logger.info(f"{mode} k={shots} seed={seed} iter {it + 1}/{iters} loss {loss.item():.3f}")
         record["train_seconds"] = time.perf_counter() - start
@@ -314,7 +355,8 @@ def _parse_lr(items: Sequence[str]) -> Dict[str, float]:
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
     """Stop (exit status 2) on values that would run, but be tabled as something else: k = 0
     is DATASETS.FEW_SHOT off (all the data, tabled "0-shot"), 0 iterations leave the
-    zero-shot model tabled as tuned, and a negative seed is Detectron2's "random seed"."""
+    zero-shot model tabled as tuned, a negative seed is Detectron2's "random seed", and a
+    repeated mode, k or seed would run twice and count as two seeds."""
     bad = [f"{flag} {v}" for flag, values, low in (
         ("--shots", args.shots, 1), ("--iters", [args.iters], 1), ("--seeds", args.seeds, 0),
         ("--batch-size", [args.batch_size], 1), ("--max-test-images", [args.max_test_images], 0),
@@ -322,6 +364,13 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     if bad:
         parser.error(f"{', '.join(bad)}: --shots, --iters and --batch-size must be >= 1, "
                      "--seeds and --max-test-images >= 0.")
+    # a repeated value would run its points twice, tabled as two seeds (std 0 between copies)
+    repeated = [f"{flag} {v}" for flag, values in (
+        ("--modes", args.modes), ("--shots", args.shots), ("--seeds", args.seeds),
+    ) for v in sorted(set(values), key=values.index) if values.count(v) > 1]
+    if repeated:
+        parser.error(f"{', '.join(repeated)} given more than once: each value is one point of "
+                     "the table; give it once.")
 
 
 def _settings(cfg, args, mode: Optional[str], lr: Dict[str, float]) -> Dict:

@@ -160,6 +160,20 @@ class PromptingMixin:
             self._warn_untuned_prompt(captions[0])
         return tok, self.language_backbone(ids, mask)
 
+    def untuned_prompts(self) -> List[str]:
+        """The vocabulary's prompts that a prompt-tuned model scores with its text encoder, not
+        with the tuned prompt (zero-shot scores); [] without prompt tuning or before the prompt is
+        learned (the first training step)."""
+        tuned = getattr(self, "prompt_tuning", None)
+        if tuned is None or not tuned.initialized or self._chunks is None:
+            return []
+
+        def ids(caption):
+            return tokenize(self.tokenizer, [caption], max_length=self.max_query_len,
+                            pad_to_max=self.pad_to_max)["input_ids"]
+
+        return [c.caption for c in self._chunks if not tuned.matches(ids(c.caption))]
+
     def _warn_untuned_prompt(self, caption: str) -> None:
         """Once per model: a prompt-tuned model meets another prompt, which the text encoder
         encodes; its scores are the zero-shot model's, not what was tuned."""
@@ -175,11 +189,20 @@ class PromptingMixin:
 
     def _tuned_prompt_for_training(self, captions, ids, mask):
         tuned = self.prompt_tuning
-        if any(c != captions[0] for c in captions) or (tuned.initialized and not tuned.matches(ids)):
+        if any(c != captions[0] for c in captions):
             raise ValueError(
                 "Prompt tuning (MODEL.GLIP.TUNING prompt) learns one fixed prompt, but the "
                 f"training captions differ (e.g. {captions[0]!r}); train on one detection "
                 "dataset with the grounding mapper, which then names all classes in label order."
+            )
+        if tuned.initialized and not tuned.matches(ids):
+            raise ValueError(
+                "Prompt tuning (MODEL.GLIP.TUNING prompt) learns one fixed prompt, but the model "
+                f"already holds a tuned prompt ({int(tuned.length)} tokens) other than this "
+                f"batch's {captions[0]!r}: either it was loaded with the weights (a checkpoint "
+                "prompt-tuned on other classes; start from the checkpoint that tuning started "
+                "from instead) or earlier batches had another prompt (train on one detection "
+                "dataset)."
             )
         if not tuned.initialized:
             was_training = self.language_backbone.training
