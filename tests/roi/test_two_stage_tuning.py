@@ -151,3 +151,29 @@ def test_freeze_backbone_freezes_the_two_stage_backbone_and_keeps_it_in_eval_mod
     assert {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} == trainable
     assert not model.backbone.training
     assert model.proposal_generator.training and model.roi_heads.training
+
+
+@pytest.mark.parametrize("mode", ["prompt", "linear"])
+def test_batch_norms_of_frozen_heads_keep_their_statistics(mode):
+    """The frozen RPN / ROI heads stay in train mode (Detectron2 switches sampling and losses on
+    it), but a BatchNorm in them updated its running statistics under prompt or linear tuning,
+    so weights "frozen" by the mode still changed. Their BatchNorms are now in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(_with_bn(_cfg(mode))).train()
+    norm = model.roi_heads.box_head.conv1.norm
+    assert model.roi_heads.training and model.proposal_generator.training
+    assert not norm.training
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    with EventStorage():
+        model([_fixed_prompt_input(model, 0), _fixed_prompt_input(model, 1)])
+    for k, v in norm.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # full training still updates them
+    full = build_model(_with_bn(_cfg("full"))).train()
+    assert full.roi_heads.box_head.conv1.norm.training
+
+
+def _with_bn(cfg):
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 1, 16
+    cfg.MODEL.ROI_BOX_HEAD.NORM = "BN"
+    return cfg

@@ -115,11 +115,21 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
             frozen = ["backbone"] if freeze_backbone else []
         extractors = ("backbone", "language_backbone", "fusion")
         self._tuning_frozen = [m for m in frozen if m.split(".")[0] in extractors]
+        # in the frozen heads, which stay in train mode, BatchNorms would still update their
+        # running statistics: they are kept in eval mode
+        self._frozen_head_norms = [
+            f"{m}.{n}" if n else m
+            for m in frozen if m.split(".")[0] not in extractors
+            for n, module in self.get_submodule(m).named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ]
         self.train(self.training)
 
     def train(self, mode: bool = True):
         """A frozen text encoder (LANGUAGE_BACKBONE.FREEZE) stays in eval mode, without dropout,
-        as one-stage GLIP's frozen modules, unless ``text_dropout_when_frozen``."""
+        as one-stage GLIP's frozen modules, unless ``text_dropout_when_frozen``; so do the
+        extractors a tuning mode froze, and the BatchNorms of the heads it froze (the heads
+        themselves stay in train mode)."""
         super().train(mode)
         text = getattr(self, "language_backbone", None)  # None while GeneralizedRCNN is built
         params = list(text.parameters()) if text is not None else []
@@ -127,7 +137,8 @@ class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
         if mode and frozen and not self.text_dropout_when_frozen:
             text.eval()
         if mode:
-            for name in getattr(self, "_tuning_frozen", ()):
+            for name in (*getattr(self, "_tuning_frozen", ()),
+                         *getattr(self, "_frozen_head_norms", ())):
                 self.get_submodule(name).eval()
         return self
 
