@@ -286,7 +286,9 @@ class GroundingDatasetMapper:
             instances = instances[torch.as_tensor(in_prompt, dtype=torch.bool)]
             dataset_dict["caption"] = caption
             if self.phrase_maps:
-                phrases = [[label_spans[c]] for c in sorted(label_spans)]
+                # categories that read the same share one span (build_training_prompt): one row
+                spans_in_order = dict.fromkeys(label_spans[c] for c in sorted(label_spans))
+                phrases = [[span] for span in spans_in_order]
                 dataset_dict["phrase_map"] = self._positive_map(caption, phrases, image_id)[0]
         positive_map, keep = self._positive_map(caption, spans, image_id)
         if not all(keep):

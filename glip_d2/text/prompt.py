@@ -14,7 +14,9 @@ __all__ = ["clean_name", "build_detection_prompt"]
 
 # Greedy on purpose, like the official regex: "a_(b)_c_(d)" loses everything from "(b" to "d)".
 _PARENTHESES = re.compile(r"\(.*\)")
-_WHITESPACE = re.compile(r"\s+")
+# Whitespace as BERT's normaliser sees it: Python's \s less the control characters it calls
+# whitespace (\x0b, \x0c, \x1c-\x1f, \x85), which BERT drops instead ("hot\x0bdog" is "hotdog").
+_WHITESPACE = re.compile(r"[^\S\x0b\x0c\x1c-\x1f\x85]+")
 
 
 def clean_name(name: str) -> str:

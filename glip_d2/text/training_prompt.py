@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from .descriptions import as_description, entry_name
 from .prompt import build_detection_prompt, clean_name
-from .tokenization import count_tokens
+from .tokenization import check_text, count_tokens
 
 __all__ = ["build_training_prompt"]
 
@@ -44,8 +44,14 @@ def build_training_prompt(
 
     The chosen names are then shuffled together (``shuffle``) or sorted by category id. A caption
     always names at least one category: with no positive and no negative, one random category is
-    used. Unlike the official code, the number of negatives is fixed (no CONTROL_PROB draw), and a
-    positive that does not fit is dropped from the caption; its boxes must be dropped too.
+    used. Unlike the official code, the number of negatives is fixed (no CONTROL_PROB draw), a
+    positive that does not fit is dropped from the caption (its boxes must be dropped too), and
+    categories whose prompt reads the same (LVIS "bow_(weapon)" and "bow_(decorative_ribbons)"
+    are both "bow"; with a tokenizer, the same token ids: "café" and "cafe", or two names that are
+    both [UNK]) are named once: a positive shares that span, a negative is left out, so a box is
+    never told that its own words name something absent. The exception is the whole vocabulary in
+    label order (``shuffle=False``, ``num_negatives=-1``, no cap: the fixed prompt of prompt
+    tuning), which stays the test prompt: every category named at its own, fixed position.
 
     Args:
         category_names: contiguous category id -> name (e.g. from ``thing_classes``) or class
@@ -61,11 +67,11 @@ def build_training_prompt(
 
     Returns:
         ``(caption, spans)`` where ``spans`` maps every category id in the caption to its
-        ``[start, end)`` character span.
+        ``[start, end)`` character span (the same span for positives that read the same).
 
     Raises:
-        ValueError: if ``category_names`` is empty, a positive id is not in it, a name is
-            empty after :func:`clean_name`, or no chosen name fits ``max_len`` tokens.
+        ValueError: if ``category_names`` is empty, a positive id is not in it, or a chosen
+            name is empty after :func:`clean_name` or alone longer than ``max_len`` tokens.
     """
     if not category_names:
         raise ValueError("build_training_prompt got no category names; pass thing_classes.")
@@ -95,6 +101,11 @@ def build_training_prompt(
                 f"Category {category} ({category_names[category]!r}) has an empty name after "
                 "clean_name; give every category a non-empty name."
             )
+    same_text: Dict[int, int] = {}
+    if shuffle or num_negatives >= 0 or max_categories > 0:  # else: the fixed test prompt
+        candidates, same_text = _name_each_text_once(
+            candidates, set(positives), category_names, tokenizer
+        )
     if tokenizer is not None:
         candidates = _fit_token_budget(candidates, category_names, tokenizer, max_len, separator)
 
@@ -104,7 +115,32 @@ def build_training_prompt(
     else:
         ordered.sort()
     caption, spans = build_detection_prompt([category_names[i] for i in ordered], separator)
-    return caption, dict(zip(ordered, spans))
+    label_spans = dict(zip(ordered, spans))
+    for category, named_by in same_text.items():
+        if named_by in label_spans:
+            label_spans[category] = label_spans[named_by]
+    return caption, label_spans
+
+
+def _name_each_text_once(
+    candidates: List[int], positives, category_names, tokenizer
+) -> Tuple[List[int], Dict[int, int]]:
+    """``(candidates with one category per prompt text, positive -> earlier category of the same
+    text)``; the text is compared as token ids when there is a tokenizer. Positives come first, so
+    a positive is always named by a positive; a negative that reads like a positive would make the
+    positive's boxes learn that their own words are absent."""
+    first_of_text: Dict[object, int] = {}
+    kept, same_text = [], {}
+    for category in candidates:
+        text = _entry_text(category_names[category])
+        if tokenizer is not None:
+            text = _token_ids(tokenizer, text)
+        if text not in first_of_text:
+            first_of_text[text] = category
+            kept.append(category)
+        elif category in positives:
+            same_text[category] = first_of_text[text]
+    return kept, same_text
 
 
 def _fit_token_budget(
@@ -115,8 +151,12 @@ def _fit_token_budget(
     kept: List[int] = []
     used = _NUM_SPECIAL_TOKENS
     for category in candidates:
-        extra = _name_tokens(tokenizer, _entry_text(category_names[category]))
-        extra += sep_len if kept else 0
+        tokens = len(_token_ids(tokenizer, _entry_text(category_names[category])))
+        if tokens + _NUM_SPECIAL_TOKENS > max_len:
+            # Dropped like a name the budget has no room left for, its boxes would silently never
+            # be trained (and the test vocabulary refuses it).
+            _raise_too_long(category, category_names, tokens, max_len)
+        extra = tokens + (sep_len if kept else 0)
         if used + extra <= max_len:
             kept.append(category)
             used += extra
@@ -124,18 +164,14 @@ def _fit_token_budget(
     # and drop from the lowest priority in case a separator glues names together.
     while len(kept) > 1 and _caption_tokens(kept, category_names, tokenizer, separator) > max_len:
         kept.pop()
-    if not kept:
-        _raise_nothing_fits(candidates, category_names, tokenizer, max_len)
     return kept
 
 
-def _raise_nothing_fits(candidates: List[int], category_names, tokenizer, max_len: int) -> None:
-    first = candidates[0]
-    tokens = _name_tokens(tokenizer, _entry_text(category_names[first]))
+def _raise_too_long(category: int, category_names, tokens: int, max_len: int) -> None:
     raise ValueError(
-        f"No category name fits max_len={max_len} tokens ([CLS] and [SEP] included): category "
-        f"{first} ({category_names[first]!r}) alone is {tokens} tokens, and none of the "
-        f"{len(candidates) - 1} other chosen categories fits either. Shorten the names or raise "
+        f"Category {category} ({category_names[category]!r}) is {tokens} tokens: with [CLS] and "
+        f"[SEP] it does not fit max_len={max_len} tokens, so it could never be prompted, nor its "
+        "boxes trained. Shorten the name (or its class description) or raise "
         "MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN."
     )
 
@@ -146,9 +182,11 @@ def _entry_text(entry) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _name_tokens(tokenizer, text: str) -> int:
-    # Called for ~100 names per training image; names repeat across images.
-    return count_tokens(tokenizer, text)
+def _token_ids(tokenizer, text: str) -> Tuple[int, ...]:
+    """Token ids of ``text``, special tokens excluded. Called for ~100 names per training image;
+    names repeat across images."""
+    check_text(text)
+    return tuple(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
 
 
 def _caption_tokens(ids: List[int], category_names, tokenizer, separator: str) -> int:

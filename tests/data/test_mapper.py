@@ -303,3 +303,19 @@ def test_a_crop_with_masks_recomputes_the_boxes_from_the_cropped_masks(tmp_path)
     # without a crop the annotated box stays, as in Detectron2
     whole = GroundingDatasetMapper(True, augmentations=[], **kw)(d)["instances"]
     assert whole.gt_boxes.tensor.tolist() == [[0.0, 0.0, 24.0, 24.0]]
+
+
+def test_categories_that_read_the_same_give_one_phrase_row(image_file):
+    """Two categories that read the same share one span of the training prompt; the phrase map
+    had a row per category, so the phrase loss counted that phrase twice."""
+    path, _ = image_file
+    random.seed(1)
+    names = {0: "bow_(weapon)", 1: "cat", 2: "bow_(decorative_ribbons)", 3: "traffic light"}
+    annos = [_box(2, 4, 10, 8, category_id=0), _box(30, 6, 12, 12, category_id=2)]
+    out = _mapper(num_negatives=-1, phrase_maps=True, category_names=names)(
+        _detection_dict(path, annos))
+    tokens = load_tokenizer("bert-base-uncased")(out["caption"]).tokens()
+    phrases = sorted(" ".join(tokens[i] for i in row) for row in _rows(out["phrase_map"]))
+    assert phrases == ["bow", "cat", "traffic light"]
+    boxes = _rows(out["instances"].gt_positive_map)
+    assert len(boxes) == 2 and boxes[0] == boxes[1]  # both boxes ground the one "bow"

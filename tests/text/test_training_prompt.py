@@ -80,5 +80,5 @@ def test_empty_image_still_gets_a_prompt_and_errors():
 
 def test_no_name_fitting_the_token_budget_is_a_clear_error(tokenizer):
     names = {0: " ".join(["word"] * 30), 1: " ".join(["thing"] * 40)}
-    with pytest.raises(ValueError, match=r"No category name fits max_len=16 tokens.*category 0 .* 30 tokens"):
+    with pytest.raises(ValueError, match=r"Category 0 .* is 30 tokens: with \[CLS\] and \[SEP\] it does not fit max_len=16"):
         build_training_prompt(names, [0], rng=random.Random(0), tokenizer=tokenizer, max_len=16)
