@@ -140,24 +140,38 @@ def check_record(
     return problems
 
 
-def check_category_names(names: Sequence[str], tokenizer, source: str) -> None:
-    """Raise when a category name is empty or tokenizes to nothing (it could not be prompted).
+def check_category_names(
+    names: Sequence[str], tokenizer, source: str, max_query_len: Optional[int] = None
+) -> None:
+    """Raise when a category name is empty, tokenizes to nothing, or (with ``max_query_len``)
+    is alone longer than a prompt: it could not be prompted, and its boxes would never be
+    trained (the training prompt refuses it the first time it samples it).
 
     Raises:
         BadRecordError: naming the dataset and the categories.
     """
     from ..text import clean_name
 
-    bad = []
+    bad, long = [], []
     for i, name in enumerate(names):
         cleaned = clean_name(name) if isinstance(name, str) else ""
-        if not cleaned.strip() or not tokenizer(cleaned, add_special_tokens=False)["input_ids"]:
+        ids = tokenizer(cleaned, add_special_tokens=False)["input_ids"] if cleaned.strip() else []
+        if not ids:
             bad.append(f"#{i} {name!r}")
+        elif max_query_len is not None and len(ids) + 2 > max_query_len:  # + [CLS] and [SEP]
+            long.append(f"#{i} {name!r} ({len(ids)} tokens)")
     if bad:
         raise BadRecordError(
             f"{source}: category names that are empty or made of invisible characters only "
             f"cannot be put in a prompt: {', '.join(bad[:10])}"
             f"{' ...' if len(bad) > 10 else ''}. Rename them in the json's 'categories'."
+        )
+    if long:
+        raise BadRecordError(
+            f"{source}: category names longer than a whole prompt (MODEL.LANGUAGE_BACKBONE."
+            f"MAX_QUERY_LEN {max_query_len}, [CLS] and [SEP] included) cannot be put in one: "
+            f"{', '.join(long[:10])}{' ...' if len(long) > 10 else ''}. Shorten them in the "
+            "json's 'categories' or raise MAX_QUERY_LEN."
         )
 
 
@@ -189,7 +203,7 @@ def check_training_records(
     if level == "none":
         return dicts
     if category_names is not None and tokenizer is not None:
-        check_category_names(category_names, tokenizer, source)
+        check_category_names(category_names, tokenizer, source, max_query_len)
     kept, bad = [], []
     for i, record in enumerate(dicts):
         problems = check_record(

@@ -120,3 +120,12 @@ def test_empty_or_invisible_category_names_are_an_error(mapper_cfg, mapper, tmp_
         _build(mapper_cfg, mapper, name, SKIP_BAD_RECORDS=True)
     check_category_names(["cat", "dog"], mapper.tokenizer, "fine")
     assert MetadataCatalog.get(name).thing_classes[0] == "cat"
+
+
+def test_a_category_name_longer_than_a_prompt_is_an_error_at_load(mapper):
+    """Before, the first training prompt that sampled it raised, at whatever iteration."""
+    names = ["cat", "very " * 10 + "long dog"]
+    check_category_names(names, mapper.tokenizer, "fine", max_query_len=14)  # 12 + 2 fit
+    with pytest.raises(BadRecordError, match=r"mine: category names longer than a whole prompt "
+                       r"\(MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN 13.*#1 'very .* \(12 tokens\)"):
+        check_category_names(names, mapper.tokenizer, "mine", max_query_len=13)
