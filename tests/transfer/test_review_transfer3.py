@@ -10,27 +10,9 @@ from glip_d2.data import register_shapes_split
 from glip_d2.data.shapes import NOVEL_CLASSES
 from tests.helpers import make_input, tiny_cfg
 from tests.transfer.test_data_efficiency import tiny_shapes_cfg
+from tests.transfer.test_data_efficiency_runs import _VocabularyRecorder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _Recorder(torch.nn.Module):
-    """Stands in for the model in ``_evaluate``: detects nothing."""
-
-    def set_vocabulary(self, vocabulary):
-        self.vocabulary = list(vocabulary)
-
-    def forward(self, inputs):
-        from detectron2.structures import Boxes, Instances
-
-        out = []
-        for x in inputs:
-            inst = Instances((x["height"], x["width"]))
-            inst.pred_boxes = Boxes(torch.zeros(0, 4))
-            inst.scores = torch.zeros(0)
-            inst.pred_classes = torch.zeros(0, dtype=torch.long)
-            out.append({"instances": inst})
-        return out
 
 
 def test_a_fixed_vocabulary_that_is_not_the_test_class_list_is_refused(tmp_path, names):
@@ -45,9 +27,9 @@ def test_a_fixed_vocabulary_that_is_not_the_test_class_list_is_refused(tmp_path,
     cfg.DATASETS.TEST = (name,)
     cfg.MODEL.GLIP.VOCABULARY = list(reversed(NOVEL_CLASSES))
     with pytest.raises(ValueError, match="MODEL.GLIP.VOCABULARY"):
-        data_efficiency._evaluate(cfg, _Recorder(), str(tmp_path / "eval"))
+        data_efficiency._evaluate(cfg, _VocabularyRecorder(), str(tmp_path / "eval"))
     cfg.MODEL.GLIP.VOCABULARY = list(NOVEL_CLASSES)  # the dataset's own list is fine
-    assert set(data_efficiency._evaluate(cfg, _Recorder(), str(tmp_path / "eval2"))) == {
+    assert set(data_efficiency._evaluate(cfg, _VocabularyRecorder(), str(tmp_path / "eval2"))) == {
         "AP", "AP50"}  # no detections: NaN AP, but evaluated
 
 
