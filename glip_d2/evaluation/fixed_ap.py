@@ -9,7 +9,6 @@ computed with the LVIS API (``LVISResults(max_dets=-1)``), so APr/APc/APf come f
 frequency groups as usual.
 """
 
-import copy
 import itertools
 import json
 import logging
@@ -74,7 +73,10 @@ def fixed_ap_results(lvis_gt, results: list) -> dict:
     if not results:
         return {m: float("nan") for m in _METRICS}
     with lvis_numpy_compat(), lvis_progress("FixedAP evaluation"):
-        dets = LVISResults(lvis_gt, copy.deepcopy(results), max_dets=-1)  # no per-image cap
+        # LVISResults adds keys ("segmentation", "area", "id") to each result dict and changes
+        # nothing else in it: a copy of each dict keeps the caller's results as they were, at a
+        # tenth of a deep copy's time (20 s per million detections) and memory
+        dets = LVISResults(lvis_gt, [dict(r) for r in results], max_dets=-1)  # no per-image cap
         lvis_eval = LVISEval(lvis_gt, dets, iou_type="bbox")
         lvis_eval.params.max_dets = -1
         lvis_eval.run()
@@ -171,15 +173,20 @@ class FixedAPEvaluator(DatasetEvaluator):
                 "a lower INFERENCE_TH) could only raise their AP."
             )
         to_id = self._to_dataset_id
+        categories = columns["category"].tolist()
+        # whole columns to Python numbers at once (up to 12M rows: 1203 categories x 10,000)
         results = [
             {
                 "image_id": image_id,
-                "category_id": to_id[int(c)] if to_id else int(c) + 1,
-                "bbox": [float(v) for v in box],
-                "score": float(score),
+                "category_id": to_id[c] if to_id else c + 1,
+                "bbox": box,
+                "score": score,
             }
             for image_id, c, score, box in zip(
-                columns["image_id"], columns["category"], columns["score"], columns["box"]
+                columns["image_id"].tolist(),
+                categories,
+                columns["score"].tolist(),
+                columns["box"].tolist(),
             )
         ]
         if self._output_dir:
