@@ -119,6 +119,24 @@ def test_vocabulary_chunks_run_backbone_once(model):
     assert inst.pred_classes.max() <= 4 and len(set(inst.pred_classes.tolist())) >= 3
 
 
+def test_a_vocabulary_of_more_chunks_than_the_text_cache_is_encoded_once(model, monkeypatch):
+    """LVIS in chunks of 4 is 301 prompts, more than the 256 cached: every image re-encoded
+    every prompt. The cache now holds the whole vocabulary on top of its size."""
+    m = copy.deepcopy(model).eval()
+    monkeypatch.setattr(type(m), "TEXT_CACHE_SIZE", 2)
+    m.test_chunk_size = 1
+    m.set_vocabulary(["red circle", "blue square", "green triangle", "purple star"])
+    encoded = []
+    encode = m.encode_text
+    monkeypatch.setattr(m, "encode_text", lambda captions: encoded.append(captions) or encode(captions))
+    x = make_input(m, CAPTION, [], [], seed=4)
+    with torch.no_grad():
+        first = m([{"image": x["image"]}])[0]["instances"]
+        second = m([{"image": x["image"]}])[0]["instances"]
+    assert len(encoded) == 4  # the first image only
+    assert torch.equal(first.scores, second.scores)
+
+
 def test_missing_caption_in_training_is_a_clear_error(model):
     m = copy.deepcopy(model).train()
     with pytest.raises(ValueError, match="GroundingDatasetMapper"):

@@ -222,7 +222,9 @@ class PromptingMixin:
             value = (tok["input_ids"].to(self.device), lang, pmap.to(self.device))
             if self.training:
                 return value
-            if len(self._text_cache) >= self.TEXT_CACHE_SIZE:  # drop the oldest entry
+            # drop the oldest entry; room for the whole vocabulary on top (LVIS in chunks of 4
+            # is 301 prompts: a smaller cache re-encoded every prompt for every image)
+            if len(self._text_cache) >= self.TEXT_CACHE_SIZE + len(self._chunks or ()):
                 self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = value
         return self._text_cache[key]
