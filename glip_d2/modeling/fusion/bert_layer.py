@@ -10,7 +10,7 @@ from .bi_attention import CLAMP_VALUE
 
 class BertEncoderLayer(nn.Module):
     """Post-LN BERT layer (self-attention + GELU MLP) whose attention scores are clamped to
-    +-50000 before the padding mask is added, as in GLIP's own copy of `modeling_bert`.
+    +-50000 before the padding mask is applied, as in GLIP's own copy of `modeling_bert`.
 
     Why not HF's ``BertLayer``: with the clamp idle (fp32 scores inside +-50000) the two are
     bit-equal (eager attention; SDPA differs by ~1e-6), but the clamp sits between the scores and
@@ -62,8 +62,10 @@ class BertEncoderLayer(nn.Module):
             scores = scores.clamp(min=-CLAMP_VALUE)
         if self.clamp_max:
             scores = scores.clamp(max=CLAMP_VALUE)
-        ext = (1.0 - mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
-        probs = self.dropout((scores + ext).softmax(dim=-1))
+        # padding set to the dtype's lowest value, not shifted by it: in float16 (-65504) a
+        # shifted padding score could stay above real scores clamped near -50000
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+        probs = self.dropout(scores.softmax(dim=-1))
         ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(hidden.shape)
         attn = self.attn_norm(self.dropout(self.attn_out(ctx)) + hidden)
         out = self.ffn_out(F.gelu(self.ffn_in(attn)))

@@ -103,17 +103,13 @@ class BiMultiHeadAttention(nn.Module):
 
         if mask_l is not None:
             # Official quirk kept for parity: real tokens get +1 (a softmax no-op), padding -9e15.
-            # -9e15 overflows fp16: use the dtype's lowest value there (logits are clamped to
-            # +-50000, so padding still gets probability exactly 0).
+            # -9e15 overflows fp16: there padding gets the dtype's lowest value, set rather than
+            # added (-65504 added to a logit clamped to +-50000 could leave it at -15504, above
+            # real tokens near -50000), so padding still gets probability exactly 0.
             pad = max(PADDING_LOGIT, torch.finfo(logits.dtype).min)
-            add = torch.where(
-                mask_l == 0,
-                torch.full_like(mask_l, pad, dtype=logits.dtype),
-                mask_l.to(logits.dtype),
-            )
-            logits = (logits.view(bsz, self.num_heads, n_v, n_l) + add[:, None, None, :]).view(
-                bsz * self.num_heads, n_v, n_l
-            )
+            m = mask_l[:, None, None, :]
+            logits = (logits.view(bsz, self.num_heads, n_v, n_l) + m.to(logits.dtype))
+            logits = logits.masked_fill(m == 0, pad).view(bsz * self.num_heads, n_v, n_l)
         probs_v = logits.softmax(dim=-1)
 
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)

@@ -134,9 +134,10 @@ class ModulatedDeformConv3x3(nn.Module):
             return deform_conv3x3_by_gather(*args)
         # torchvision's CPU/CUDA kernels need matching dtypes (autocast may hand us a mix) and
         # have no bfloat16 version (bfloat16 FPN levels reach here under CPU autocast when no
-        # fusion precedes the DyConv): that runs in float32, cast back as torchvision's CUDA
-        # autocast wrapper does.
-        run = torch.float32 if dtype == torch.bfloat16 else dtype
+        # fusion precedes the DyConv). Half precision runs in float32, cast back, as torchvision's
+        # CUDA autocast wrapper and the gather path do (float16 sample coordinates would be off
+        # by up to 1/8 pixel; torchvision has no CPU autocast wrapper).
+        run = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         return deform_conv2d(
             x.to(run),
             offset.to(run),
