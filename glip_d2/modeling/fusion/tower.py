@@ -1,5 +1,5 @@
 """VL-DyHead: the fusion tower shared by GLIP's heads (deep fusion + DyHead)."""
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.utils.checkpoint as cp

@@ -1,5 +1,5 @@
 """GLIP's one-stage grounding head: VL-DyHead tower + ATSS box/centerness + region-word logits."""
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import configurable

@@ -9,7 +9,6 @@ import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
