@@ -18,6 +18,11 @@ from torch import nn
 
 from .anchors import tower_level_strides
 
+# Norms that cannot take an empty batch, which this head gets whenever a batch (or one GPU's share
+# of it) has no masked box: Detectron2's Conv2d refuses nn.SyncBatchNorm ("SyncBN", "nnSyncBN") on
+# empty input, and "naiveSyncBN" asserts a non-empty batch under DDP.
+_NO_EMPTY_BATCH_NORMS = ("SyncBN", "nnSyncBN", "naiveSyncBN")
+
 
 class GLIPMaskHead(nn.Module):
     """Per-box masks from the fused FPN levels.
@@ -29,6 +34,12 @@ class GLIPMaskHead(nn.Module):
         sampling_ratio, pooler_type: as Detectron2's ROIPooler.
         num_conv, conv_dim, norm: the conv stack of MaskRCNNConvUpsampleHead.
         loss_weight: weight of the per-pixel binary cross-entropy.
+
+    Raises:
+        ValueError: for a norm that fails on an empty batch ("SyncBN", "nnSyncBN",
+            "naiveSyncBN"; before: an AssertionError at the first batch without masked boxes,
+            possibly hours into training); "naiveSyncBN_N" synchronises the statistics and takes
+            empty batches.
     """
 
     @configurable
@@ -46,6 +57,13 @@ class GLIPMaskHead(nn.Module):
         loss_weight: float = 1.0,
     ):
         super().__init__()
+        if isinstance(norm, str) and norm in _NO_EMPTY_BATCH_NORMS:
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.NORM {norm!r} fails on the empty batches the one-stage mask "
+                "head gets (a batch, or one GPU's share of it, without masked boxes: box-only "
+                "images, boxes all cropped away). Use 'naiveSyncBN_N' (statistics synchronised "
+                "over the GPUs, empty batches allowed), 'GN' or 'BN'."
+            )
         self.num_levels = len(strides)
         self.pooler = ROIPooler(
             output_size=resolution,
