@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 TUNING_MODES = ("full", "linear", "prompt", "language_frozen")
 
 # Parameters a linear probe trains (the official LINEAR_PROB list: bbox_pred, centerness,
-# dot_product_projection_text, log_scale, bias_lang, bias0).
-LINEAR_PREFIXES = ("head.bbox_pred.", "head.centerness.", "head.scorer.")
+# dot_product_projection_text, log_scale, bias_lang, bias0) and, with MODEL.MASK_ON, the mask
+# head's last layer, as in the two-stage model (no official checkpoint has a mask head: frozen
+# whole, a new one would never learn).
+LINEAR_PREFIXES = ("head.bbox_pred.", "head.centerness.", "head.scorer.",
+                   "mask_head.predictor.predictor.")
 # The two-stage model's counterparts: the ROI box predictor(s) (region projection, region-word
 # scorer, box regression) and the mask head's last layer.
 TWO_STAGE_LINEAR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")

@@ -169,3 +169,15 @@ def test_prompt_tuning_of_a_model_with_the_mlm_loss_trains_the_prompt():
     assert "loss_mlm" not in losses
     sum(losses.values()).backward()
     assert model.prompt_tuning.offset.grad.abs().sum() > 0
+
+
+def test_a_linear_probe_trains_the_mask_heads_last_layer():
+    """With MODEL.MASK_ON, linear tuning froze the whole (new, random) mask head: its masks never
+    trained. Its last layer now trains, as the two-stage model's does."""
+    cfg = _cfg("linear")
+    cfg.MODEL.MASK_ON = True
+    torch.manual_seed(0)
+    trainable = _trainable(build_model(cfg))
+    mask = {n for n in trainable if n.startswith("mask_head.")}
+    assert mask == {"mask_head.predictor.predictor.weight", "mask_head.predictor.predictor.bias"}
+    assert trainable - mask == _trainable(build_model(_cfg("linear")))
