@@ -55,7 +55,22 @@ def _coco_evaluator(dataset_name: str, **kwargs) -> COCOEvaluator:
                     "pycocotools' COCOeval (same AP, slower).", dataset_name)
     evaluator = COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs)
     _score_vocabulary_only(evaluator, dataset_name)
+    _boxes_only_without_masks(evaluator, dataset_name)
     return evaluator
+
+
+def _boxes_only_without_masks(evaluator: COCOEvaluator, dataset_name: str) -> None:
+    """Score boxes only on a json without segmentations (ODinW, Objects365, a detection set).
+
+    COCOEvaluator adds "segm" whenever the predictions carry masks (a MODEL.MASK_ON model),
+    and pycocotools then fails (KeyError 'segmentation') after the whole inference has run.
+    """
+    api = getattr(evaluator, "_coco_api", None)
+    annotations = api.dataset.get("annotations", []) if api is not None else []
+    has_masks = any("segmentation" in a for a in annotations)
+    if evaluator._tasks is None and annotations and not has_masks:
+        logger.info(f"{dataset_name}: the json has no segmentations; only boxes are scored.")
+        evaluator._tasks = ("bbox",)
 
 
 def _score_vocabulary_only(evaluator: COCOEvaluator, dataset_name: str) -> None:

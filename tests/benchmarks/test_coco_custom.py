@@ -7,6 +7,7 @@ import tracemalloc
 import types
 
 import numpy as np
+import torch
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -186,6 +187,21 @@ def test_repeated_ids_are_found_as_int64_and_beyond_it(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"annotation id %d is also the id of annotation #1"
                        % (big + 1)):
         parse_detection_json(write_json(tmp_path / "big_dup.json", data))
+
+
+def test_a_mask_model_on_a_box_only_json_is_scored_on_boxes(tmp_path, names):
+    """A MODEL.MASK_ON model's predictions carry masks: COCOEvaluator added "segm" and
+    pycocotools failed (KeyError 'segmentation') after the whole inference."""
+    name = names("boxes_only")
+    register_custom_coco(name, write_json(tmp_path / "val.json", _json()), str(tmp_path))
+    evaluator = build_glip_evaluator(_cfg(), name, output_folder=str(tmp_path / "out"))
+    evaluator.reset()
+    for image_id, out in _predictions().items():
+        inst = out["instances"]
+        inst.pred_masks = torch.zeros(len(inst), 100, 100, dtype=torch.bool)
+        evaluator.process([{"image_id": image_id}], [out])
+    res = evaluator.evaluate()
+    assert set(res) == {"bbox"} and np.isfinite(res["bbox"]["AP"])
 
 
 def test_custom_coco_from_config_only(tmp_path, monkeypatch):
