@@ -34,7 +34,9 @@ class DropPath(nn.Module):
         keep_prob = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = x.new_empty(shape).bernoulli_(keep_prob)
-        return x * mask.div_(keep_prob)
+        if keep_prob > 0.0:  # drop_prob 1 drops every sample (0 / 0 would make it NaN)
+            mask.div_(keep_prob)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -321,7 +323,8 @@ class SwinTransformer(Backbone):
             num_heads: attention heads per stage.
             window_size: side of the attention window.
             mlp_ratio: MLP hidden width / block width.
-            drop_path_rate: stochastic depth rate of the last block; it rises linearly from 0.
+            drop_path_rate: stochastic depth rate of the last block, in [0, 1]; it rises
+                linearly from 0.
             ape: add an absolute position embedding (learned at `pretrain_img_size`, resized
                 bicubically to the input).
             pretrain_img_size: image size the absolute position embedding was learned at.
@@ -332,6 +335,11 @@ class SwinTransformer(Backbone):
                 depth), as in the official `_freeze_stages`.
             use_checkpoint: recompute each trainable block in the backward pass
                 (`torch.utils.checkpoint`, non-reentrant) to save activation memory.
+
+        Raises:
+            ValueError: for depths and num_heads of different lengths, a window size below 1, a
+                drop path rate outside [0, 1], a head count that does not divide its stage's
+                width, or out_features that are not stage names.
         """
         super().__init__()
         if len(depths) != len(num_heads):
@@ -339,6 +347,20 @@ class SwinTransformer(Backbone):
                 f"depths {list(depths)} and num_heads {list(num_heads)} differ in length"
             )
         num_stages = len(depths)
+        if window_size < 1:
+            raise ValueError(f"MODEL.SWIN.WINDOW_SIZE must be >= 1, got {window_size}")
+        if not 0.0 <= drop_path_rate <= 1.0:
+            raise ValueError(
+                f"MODEL.SWIN.DROP_PATH_RATE must be in [0, 1] (a probability), got {drop_path_rate}"
+            )
+        for i, heads in enumerate(num_heads):
+            width = embed_dim * 2**i
+            if heads < 1 or width % heads != 0:
+                raise ValueError(
+                    f"MODEL.SWIN.NUM_HEADS[{i}] = {heads} does not divide the width {width} of "
+                    f"stage{i + 2} (EMBED_DIM {embed_dim} * 2**{i}); choose head counts that "
+                    "divide it (Swin-T: EMBED_DIM 96, NUM_HEADS [3, 6, 12, 24])"
+                )
         stage_names = [f"stage{i + 2}" for i in range(num_stages)]
         unknown = [f for f in out_features if f not in stage_names]
         if unknown or not out_features:
