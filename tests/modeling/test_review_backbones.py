@@ -157,3 +157,27 @@ def test_glip_on_stock_resnet_fpn_rejects_missing_levels():
     cfg.MODEL.GLIP.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # this FPN stops at p6
     with pytest.raises(ValueError, match=r"\['p7'\] are not produced"):
         build_model(cfg)
+
+
+def test_levels_of_another_width_than_the_head_are_refused_at_build():
+    """FPN.OUT_CHANNELS other than DYHEAD.CHANNELS failed at the first forward with a LayerNorm
+    shape error."""
+    cfg = _stock_cfg("build_retinanet_resnet_fpn_backbone")
+    cfg.MODEL.FPN.OUT_CHANNELS = 2 * cfg.MODEL.DYHEAD.CHANNELS
+    with pytest.raises(ValueError, match=r"IN_FEATURES \{'p3': 128, .* do not have "
+                                         r"MODEL.DYHEAD.CHANNELS = 64 channels.*FPN.OUT_CHANNELS"):
+        build_model(cfg)
+
+
+def test_a_stock_fpn_gets_the_padding_it_needs_whatever_size_divisibility():
+    """With SIZE_DIVISIBILITY 0 or 16 the batch was padded below the stock FPN's stride 32 (its
+    levels are added, so their sizes must halve exactly): a 96x130 image failed."""
+    for own, expected in ((0, (96, 160)), (16, (96, 160)), (48, (96, 192))):
+        cfg = _stock_cfg("build_resnet_fpn_backbone")
+        cfg.MODEL.GLIP.SIZE_DIVISIBILITY = own
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        x = make_input(model, "red circle", [[10, 10, 60, 70]], [(0, 10)], (96, 130))
+        assert tuple(model.preprocess_image([x]).tensor.shape[-2:]) == expected
+        with torch.no_grad():
+            assert model([{"image": x["image"]}])[0]["instances"].image_size == (96, 130)

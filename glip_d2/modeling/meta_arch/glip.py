@@ -1,6 +1,7 @@
 """GLIP meta-architecture: image backbone + language backbone + fusion tower + grounding head."""
 import contextlib
 import logging
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -92,12 +93,23 @@ def check_feature_strides(cfg, shapes) -> None:
 
     Raises:
         ValueError: levels out of order or with a gap (before: a size mismatch at the first
-            forward), or anchor strides that are not the features' (before: accepted silently,
-            with every anchor at the wrong place, e.g. twice its position on a P2-P6 backbone).
+            forward), levels of another width than MODEL.DYHEAD.CHANNELS (before: a LayerNorm
+            shape error at the first forward), or anchor strides that are not the features'
+            (before: accepted silently, with every anchor at the wrong place, e.g. twice its
+            position on a P2-P6 backbone).
     """
     names = list(cfg.MODEL.GLIP.IN_FEATURES)
     strides = [int(shapes[f].stride) for f in names]
     check_pyramid_levels("MODEL.GLIP.IN_FEATURES", names, strides)
+    width = cfg.MODEL.DYHEAD.CHANNELS
+    wrong_width = {f: shapes[f].channels for f in names if shapes[f].channels != width}
+    if wrong_width:
+        raise ValueError(
+            f"MODEL.GLIP.IN_FEATURES {wrong_width} (name: channels) of {cfg.MODEL.BACKBONE.NAME} "
+            f"do not have MODEL.DYHEAD.CHANNELS = {width} channels: the head "
+            "reads one width at every level. Set DYHEAD.CHANNELS to MODEL.FPN.OUT_CHANNELS (a "
+            "backbone without an FPN cannot feed the head)."
+        )
     anchor_strides = [int(s) for s in cfg.MODEL.ATSS.ANCHOR_STRIDES]
     if anchor_strides != strides:
         raise ValueError(
@@ -277,9 +289,20 @@ class GLIP(PromptingMixin, nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
+    def _pad_multiple(self) -> int:
+        """What the batch is padded to a multiple of: MODEL.GLIP.SIZE_DIVISIBILITY and what the
+        backbone needs (Detectron2's stock FPN adds the features of two levels, so it needs its
+        coarsest stride; the Swin FPN takes any size), their least common multiple."""
+        own = self.size_divisibility
+        backbone = int(getattr(self.backbone, "size_divisibility", 0) or 0)
+        if own > 0 and backbone > 0:
+            return math.lcm(own, backbone)
+        return own or backbone
+
     def preprocess_image(self, batched_inputs) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return ImageList.from_tensors(images, self._pad_multiple(), padding_constraints=getattr(
+            self.backbone, "padding_constraints", None))
 
     def extract_features(self, images: ImageList) -> List[torch.Tensor]:
         feats = self._inference_module("backbone")(images.tensor)
