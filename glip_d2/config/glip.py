@@ -25,7 +25,8 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.TEST_CHUNK_SIZE = 0
     # Image backbone output features fed to the head, in order (P3..P7 of the FPN).
     _C.MODEL.GLIP.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    # Pad network inputs to a multiple of this (official: 32; Detectron2's FPN would ask 128).
+    # Pad network inputs to a multiple of this (official: 32) and of what the backbone asks
+    # (its size_divisibility: the Swin FPN 32, Detectron2's stock FPN its coarsest stride).
     _C.MODEL.GLIP.SIZE_DIVISIBILITY = 32
     # Freeze the image backbone and FPN entirely (linear-probe / prompt-tuning setups).
     _C.MODEL.GLIP.FREEZE_BACKBONE = False

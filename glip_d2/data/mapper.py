@@ -267,6 +267,16 @@ class GroundingDatasetMapper:
             if not self.use_instance_mask:
                 anno.pop("segmentation", None)
             anno.pop("keypoints", None)
+        with_masks = sum(bool(a.get("segmentation")) for a in annos)
+        if 0 < with_masks < len(annos):
+            # Detectron2 looks at the first annotation only: a bare KeyError, or every mask of
+            # the image silently dropped when a box-only annotation comes first
+            raise ValueError(
+                f"Image {image_id!r}: {len(annos) - with_masks} of its {len(annos)} annotations "
+                "have no segmentation while the others do; with MODEL.MASK_ON an image's boxes "
+                "need masks all or none. Add the missing segmentations, or drop them all to "
+                "train that image on boxes only."
+            )
         annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
         instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
         if instances.has("gt_masks") and _is_cropped(transforms):

@@ -224,6 +224,34 @@ def test_mapper_keeps_masks_only_when_asked(tmp_path):
     assert with_masks.gt_masks.area()[0] == 400
 
 
+def test_an_image_whose_annotations_have_masks_only_in_part_is_refused(tmp_path):
+    """Detectron2 reads the first annotation only: a bare KeyError, or (a box-only annotation
+    first) all the image's masks silently dropped."""
+    import cv2
+    import numpy as np
+
+    from glip_d2.data import GroundingDatasetMapper
+    from glip_d2.text import load_tokenizer
+
+    path = str(tmp_path / "m.png")
+    cv2.imwrite(path, np.zeros((40, 60, 3), np.uint8))
+    masked = {"bbox": [10, 10, 20, 20], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
+              "tokens_positive": [[2, 12]], "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}
+    box_only = {"bbox": [35, 5, 20, 20], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
+                "tokens_positive": [[2, 12]]}
+    mapper = GroundingDatasetMapper(True, use_instance_mask=True, augmentations=[],
+                                    image_format="BGR", tokenizer=load_tokenizer("minilm"))
+    for annos in ([masked, box_only], [box_only, masked]):
+        d = {"file_name": path, "image_id": 5, "height": 40, "width": 60,
+             "caption": "a red square", "annotations": [dict(a) for a in annos]}
+        with pytest.raises(ValueError, match=r"Image 5: 1 of its 2 annotations have no "
+                                             r"segmentation.*all or none"):
+            mapper(d)
+    d = {"file_name": path, "image_id": 6, "height": 40, "width": 60, "caption": "a red square",
+         "annotations": [dict(box_only)]}
+    assert not mapper(d)["instances"].has("gt_masks")  # box-only images still train on boxes
+
+
 def test_phrase_map_names_every_category_of_the_prompt(image_file):
     path, _ = image_file
     random.seed(1)
