@@ -14,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
+from .imagenet_swin import imagenet_swin_checkpoint, is_imagenet_swin_state_dict
 from .official import convert_official_state_dict, is_official_glip_state_dict
 from ..safe_pickle import load_pickle_weights
 
@@ -499,7 +500,9 @@ def check_shapes(model: nn.Module, sd: Dict[str, object], source: str = "The che
 class GLIPCheckpointer(DetectionCheckpointer):
     """`MODEL.WEIGHTS` may be a glip_d2 checkpoint, a Detectron2 one, a `.safetensors` file or an
     official GLIP `.pth` (`{"model": {"module.backbone.body...": ...}}`), detected and converted
-    on load. No pickled code is executed on any load path: `.pth` files are read with
+    on load, or an ImageNet Swin release (`swin_tiny_patch4_window7_224.pth`), mapped onto the
+    Swin backbone (:mod:`glip_d2.checkpoint.imagenet_swin`; a training initialisation). No
+    pickled code is executed on any load path: `.pth` files are read with
     `torch.load(weights_only=True)`, Detectron2 model-zoo `.pkl` files with a restricted
     unpickler that builds numpy arrays and plain containers only (`glip_d2/safe_pickle.py`).
     A full GLIP checkpoint of another variant than the model raises (:func:`check_variant`), and
@@ -582,6 +585,9 @@ class GLIPCheckpointer(DetectionCheckpointer):
             ckpt = read_pkl_checkpoint(filename)
         else:
             ckpt = read_checkpoint(filename)
+            if is_imagenet_swin_state_dict(ckpt["model"]):  # e.g. swin_tiny_patch4_window7_224
+                # Mapped explicitly; a ?matching_heuristics query is not needed (nor used).
+                return imagenet_swin_checkpoint(unwrap_model(self.model), ckpt["model"], filename)
             sd, report = to_glip_d2_state_dict(ckpt["model"])
             for key, reason in report["ignored"]:
                 logger.info(f"Official key ignored: {key} ({reason})")
