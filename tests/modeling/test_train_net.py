@@ -1,5 +1,7 @@
 """train_net.py's Trainer: evaluation with EMA weights, the test loader's batch size."""
 
+import logging
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -132,7 +134,8 @@ def test_weight_decay_schedule_runs_in_the_trainer(train_net, tmp_path, resume_d
     assert sorted({g["weight_decay"] for g in saved}) == pytest.approx(after)
 
 
-def test_weight_decay_schedule_is_off_without_lr_steps(train_net, tmp_path, resume_dataset, caplog):
+def test_weight_decay_schedule_is_off_without_lr_steps(train_net, tmp_path, resume_dataset, caplog,
+                                                      monkeypatch):
     """As official (it follows the scheduler's milestones): with a cosine LR schedule there are no
     steps to follow, so the weight decay stays, and the log says why."""
     from glip_d2.engine import WeightDecaySchedule
@@ -142,6 +145,8 @@ def test_weight_decay_schedule_is_off_without_lr_steps(train_net, tmp_path, resu
         ["--config-file", train_cfg(tmp_path, tmp_path / "out"), "SOLVER.MAX_ITER", "5",
          "SOLVER.STEPS", "(6,)", "SOLVER.WEIGHT_DECAY_SCHEDULE", "True",
          "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]))
+    # setup's setup_logger stops "glip_d2" from propagating to the root, where caplog listens
+    monkeypatch.setattr(logging.getLogger("glip_d2"), "propagate", True)
     with caplog.at_level("WARNING", logger="glip_d2"):
         trainer = train_net.Trainer(cfg)
     assert not any(isinstance(h, WeightDecaySchedule) for h in trainer._hooks)
