@@ -14,13 +14,12 @@ import torch
 from detectron2.modeling import build_model
 from torchvision.ops import nms
 
-from glip_d2.data.datasets import register_lvis
 from glip_d2.evaluation import FixedAPEvaluator, fixed_ap_results
 from glip_d2.modeling.heads import class_wise_nms
 from glip_d2.modeling.meta_arch import glip as glip_meta_arch
 from glip_d2.vocabularies import get_vocabulary
-from tests.benchmarks.helpers import write_json
-from tests.benchmarks.test_lvis import _lvis_json, _predictions
+from tests.benchmarks.test_lvis import _predictions
+from tests.benchmarks.test_lvis import lvis_dataset  # noqa: F401  (a pytest fixture)
 from tests.helpers import tiny_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated")
@@ -111,13 +110,6 @@ def test_lvis_chunks_merge_with_each_labels_own_nms_and_one_cap_per_image(lvis_m
     assert len(capped) == 300
     assert torch.equal(capped.scores, want.scores[:300])
     assert len(set(capped.pred_classes.tolist())) > 40  # more than one chunk's labels
-
-
-@pytest.fixture
-def lvis_dataset(tmp_path, names):
-    name = names("lvis")
-    register_lvis(name, write_json(tmp_path / "lvis_minival.json", _lvis_json()), str(tmp_path))
-    return name
 
 
 def test_fixedap_writes_each_detection_as_python_numbers(lvis_dataset, tmp_path):
