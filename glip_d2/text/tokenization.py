@@ -6,9 +6,9 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
 
-__all__ = ["load_tokenizer", "tokenize", "count_tokens", "packaged_model_dir"]
+__all__ = ["load_tokenizer", "tokenize", "count_tokens", "token_ids", "packaged_model_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,11 +188,20 @@ def check_text(text: str, what: str = "The text") -> str:
     return text
 
 
+def token_ids(tokenizer, text: str) -> Tuple[int, ...]:
+    """The token ids ``text`` becomes, special tokens excluded and without truncation.
+
+    Raises:
+        ValueError: for text :func:`check_text` refuses.
+    """
+    check_text(text)
+    return tuple(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+
 def count_tokens(tokenizer, text: str) -> int:
     """Number of tokens ``text`` becomes, special tokens excluded and without truncation.
 
     Raises:
         ValueError: for text :func:`check_text` refuses.
     """
-    check_text(text)
-    return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+    return len(token_ids(tokenizer, text))

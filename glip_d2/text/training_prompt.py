@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from .descriptions import as_description, entry_name
 from .prompt import build_detection_prompt, clean_name
-from .tokenization import check_text, count_tokens
+from .tokenization import count_tokens, token_ids
 
 __all__ = ["build_training_prompt"]
 
@@ -183,10 +183,9 @@ def _entry_text(entry) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _token_ids(tokenizer, text: str) -> Tuple[int, ...]:
-    """Token ids of ``text``, special tokens excluded. Called for ~100 names per training image;
-    names repeat across images."""
-    check_text(text)
-    return tuple(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+    """:func:`~glip_d2.text.tokenization.token_ids`, cached: called for ~100 names per training
+    image, and names repeat across images."""
+    return token_ids(tokenizer, text)
 
 
 def _caption_tokens(ids: List[int], category_names, tokenizer, separator: str) -> int:
