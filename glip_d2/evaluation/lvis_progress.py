@@ -25,7 +25,6 @@ def lvis_progress(desc: str = "LVIS evaluation", log_every: float = 0.25):
     from lvis import LVISEval
 
     original = {k: getattr(LVISEval, k) for k in ("evaluate", "compute_iou", "evaluate_img")}
-    run_compute_iou, run_evaluate_img = original["compute_iou"], original["evaluate_img"]
     state = {}
     done = 0  # steps so far
     next_update = 0  # steps at which the bar (and maybe the log) catch up next
@@ -61,23 +60,20 @@ def lvis_progress(desc: str = "LVIS evaluation", log_every: float = 0.25):
         return result
 
     # the two steps counted, each called once per (image, category) or (image, category, area)
-    def compute_iou(self, *args, **kwargs):
-        nonlocal done
-        out = run_compute_iou(self, *args, **kwargs)
-        done += 1
-        if done >= next_update:
-            update()
-        return out
+    def counted(run):
+        def step(self, *args, **kwargs):
+            nonlocal done
+            out = run(self, *args, **kwargs)
+            done += 1
+            if done >= next_update:
+                update()
+            return out
 
-    def evaluate_img(self, *args, **kwargs):
-        nonlocal done
-        out = run_evaluate_img(self, *args, **kwargs)
-        done += 1
-        if done >= next_update:
-            update()
-        return out
+        return step
 
-    LVISEval.evaluate, LVISEval.compute_iou, LVISEval.evaluate_img = evaluate, compute_iou, evaluate_img
+    LVISEval.evaluate = evaluate
+    LVISEval.compute_iou = counted(original["compute_iou"])
+    LVISEval.evaluate_img = counted(original["evaluate_img"])
     try:
         yield
     finally:
