@@ -23,15 +23,14 @@ from detectron2.utils.logger import setup_logger
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
-from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
                             build_glip_writers, check_benchmark_options, check_datasets_present, check_device,
                             check_fixed_vocabulary, check_process_count, check_training_device,
                             create_glip_ddp_model, ema_weights,
                             enable_exact_resume, build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
-                            log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, resolve_schedule,
-                            set_test_vocabulary)
+                            log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, prompt_test_dataset,
+                            resolve_schedule)
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -130,10 +129,7 @@ class Trainer(DefaultTrainer):
         """Evaluate each test dataset with its own class names as the prompt vocabulary."""
         results = OrderedDict()
         for name in cfg.DATASETS.TEST:
-            if not len(cfg.MODEL.GLIP.VOCABULARY):
-                set_test_vocabulary(model, name, class_descriptions_from_config(cfg).get(name))
-            else:  # labels are read as the dataset's class indices
-                check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
+            prompt_test_dataset(cfg, model, name)
             loader = cls.build_test_loader(cfg, name)
             res = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name))
             results[name] = res

@@ -106,29 +106,6 @@ def _test_subset(name: str, n: int) -> str:
     return sub
 
 
-def _set_test_vocabulary(cfg, model) -> None:
-    """Prompt ``model`` with the test dataset's class names (and descriptions), as train_net
-    does; a fixed MODEL.GLIP.VOCABULARY must be that dataset's class list, since the evaluator
-    reads each predicted label as the dataset's class index.
-
-    Raises:
-        ValueError: for a fixed vocabulary that is not the test dataset's class list.
-    """
-    from detectron2.data import MetadataCatalog
-
-    from .data.class_descriptions import class_descriptions_from_config
-    from .engine.evaluation import check_fixed_vocabulary, set_test_vocabulary
-
-    name = cfg.DATASETS.TEST[0]
-    if len(cfg.MODEL.GLIP.VOCABULARY):
-        check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
-        return
-    # a --max-test-images view is described like the dataset it is a view of
-    descriptions = class_descriptions_from_config(cfg)
-    source = MetadataCatalog.get(name).get("subset_of", name)
-    set_test_vocabulary(model, name, descriptions.get(name, descriptions.get(source)))
-
-
 def _check_prompt_is_tested(cfg, model, what: str) -> None:
     """A prompt-tuning run must be evaluated with the prompt it tunes: another test prompt is
     scored by the text encoder (zero-shot scores), which the table would show as prompt tuning.
@@ -136,7 +113,9 @@ def _check_prompt_is_tested(cfg, model, what: str) -> None:
     Raises:
         ValueError: when a test prompt is not the tuned one.
     """
-    _set_test_vocabulary(cfg, model)
+    from .engine.evaluation import prompt_test_dataset
+
+    prompt_test_dataset(cfg, model, cfg.DATASETS.TEST[0])
     untuned = model.untuned_prompts()
     if untuned:
         raise ValueError(
@@ -155,10 +134,10 @@ def _evaluate(cfg, model, output_dir: str) -> Dict[str, float]:
     from detectron2.evaluation import inference_on_dataset
 
     from .data import GroundingDatasetMapper
-    from .engine.evaluation import build_glip_evaluator
+    from .engine.evaluation import build_glip_evaluator, prompt_test_dataset
 
     name = cfg.DATASETS.TEST[0]
-    _set_test_vocabulary(cfg, model)
+    prompt_test_dataset(cfg, model, name)
     loader = build_detection_test_loader(
         cfg, name, mapper=GroundingDatasetMapper(cfg, is_train=False)
     )

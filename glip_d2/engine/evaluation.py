@@ -216,6 +216,22 @@ def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     getattr(model, "module", model).set_vocabulary(apply_descriptions(names, descriptions))
 
 
+def prompt_test_dataset(cfg, model, dataset_name: str) -> None:
+    """Before a dataset is evaluated: a fixed MODEL.GLIP.VOCABULARY is checked against its class
+    list (:func:`check_fixed_vocabulary`); otherwise the model is prompted with its class names
+    and DATASETS.CLASS_DESCRIPTIONS (:func:`set_test_vocabulary`). A subset view of a dataset
+    (``subset_of`` in its metadata, e.g. data_efficiency's ``--max-test-images``) is described
+    like the dataset it is a view of."""
+    if len(cfg.MODEL.GLIP.VOCABULARY):
+        check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, dataset_name)
+        return
+    from ..data.class_descriptions import class_descriptions_from_config
+
+    descriptions = class_descriptions_from_config(cfg)
+    source = MetadataCatalog.get(dataset_name).get("subset_of", dataset_name)
+    set_test_vocabulary(model, dataset_name, descriptions.get(dataset_name, descriptions.get(source)))
+
+
 def check_fixed_vocabulary(vocabulary, dataset_name: str) -> None:
     """A fixed MODEL.GLIP.VOCABULARY must name the dataset's classes in its order: the evaluator
     reads each predicted label as the dataset's class index, so another order or subset would be
