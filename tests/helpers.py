@@ -73,3 +73,34 @@ def assert_tuned_prompt_reloads(cfg, path, image, expected):
     torch.testing.assert_close(got.scores, expected.scores)
     torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
     return reloaded, got
+
+
+def save_tiny_clip(folder: str, words) -> str:
+    """Save a tiny random CLIPModel (ViT 32 px, patch 8; 1 layer, width 32, projection 16) with
+    a word-level tokenizer of `words` (+ "a photo of .") to `folder`, as CLIP releases are laid
+    out (``CLIPModel.save_pretrained`` + its tokenizer); returns `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    names = dict.fromkeys(["[UNK]", *sorted(words), "a", "photo", "of", ".", "<bos>", "<eos>"])
+    vocab = {w: i for i, w in enumerate(names)}
+    n = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", n - 2), ("<eos>", n - 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", bos_token="<bos>", eos_token="<eos>",
+        pad_token="<eos>",
+    ).save_pretrained(folder)
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(layers, vocab_size=n, max_position_embeddings=77, bos_token_id=n - 2,
+                         eos_token_id=n - 1, pad_token_id=n - 1),
+        vision_config=dict(layers, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    return folder

@@ -301,10 +301,38 @@ def test_get_falls_back_to_cpu_when_cuda_is_asked_for_but_absent(monkeypatch, on
     assert "'cuda:1' but CUDA is not available" in caplog.text
 
 
-@pytest.mark.heavy(17)
-def test_configs_are_packaged_by_the_build(tmp_path):
+_BUILD_EVERY_CONFIG = """
+import glip_d2, os, sys
+from glip_d2 import model_zoo
+from detectron2.modeling import build_model
+assert glip_d2.__file__.startswith(os.environ["LIB"]), glip_d2.__file__
+print(model_zoo.configs_root())
+names = model_zoo.list_configs()
+protocols = [n for n in names if n.startswith("protocols/")]
+for name in names:
+    if name in protocols:  # a fragment: applied on top of a model config
+        cfg = model_zoo.get_config("glip_swin_t")
+        model_zoo.apply_protocol(cfg, name[len("protocols/"):])
+        print(name, "protocol", len(cfg.DATASETS.TEST))
+    elif name == "two_stage/regionclip_pretrain_R_50_FPN":  # a training job: needs its CLIP teacher
+        cfg = model_zoo.get_config(name)
+        cfg.MODEL.REGIONCLIP.TEACHER_PATH = os.environ["CLIP"]
+        cfg.MODEL.REGIONCLIP.CONCEPT_FILE = os.environ["CONCEPTS"]
+        cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = False
+        print(name, type(build_model(cfg)).__name__)
+    else:  # random weights, as Detectron2's model_zoo.get(trained=False)
+        print(name, type(model_zoo.get(name)).__name__)
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.heavy(75)
+def test_every_shipped_config_builds_from_the_built_package(tmp_path):
     """`setup.py build_py` (what a wheel is built from) copies every config into the package,
-    and the built package finds them there, without the checkout."""
+    and from the built package alone (no checkout left) every shipped model config builds its
+    model and every protocol applies on top of one."""
+    from tests.helpers import save_tiny_clip
+
     src = tmp_path / "src"
     src.mkdir()
     for item in ("setup.py", "MANIFEST.in", "glip_d2", "configs"):
@@ -314,23 +342,27 @@ def test_configs_are_packaged_by_the_build(tmp_path):
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
                    cwd=src, check=True, capture_output=True)
     shutil.rmtree(src)  # no checkout left to fall back on
-    code = (
-        "import glip_d2, os\n"
-        "from glip_d2 import model_zoo\n"
-        "from detectron2.modeling import build_model\n"
-        "assert glip_d2.__file__.startswith(os.environ['LIB']), glip_d2.__file__\n"
-        "print(model_zoo.configs_root())\n"
-        "for name in model_zoo.list_configs():\n"
-        "    model_zoo.get_config(name)\n"
-        "print(len(model_zoo.list_configs()))\n"
-        "cfg = model_zoo.get_config('demo_glip_tiny_shapes')\n"
-        "cfg.MODEL.SWIN.DEPTHS = [1, 1, 1, 1]\n"
-        "print(type(build_model(cfg)).__name__)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(lib), LIB=str(lib))
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
-    assert out == [str(lib / "glip_d2" / "model_zoo" / "configs"), str(len(model_zoo.list_configs())), "GLIP"]
+    clip = save_tiny_clip(str(tmp_path / "clip"), ["cat", "dog"])
+    (tmp_path / "concepts.txt").write_text("cat\ndog\n")
+    env = dict(os.environ, PYTHONPATH=str(lib), LIB=str(lib), CLIP=clip,
+               CONCEPTS=str(tmp_path / "concepts.txt"), OMP_NUM_THREADS="1", GLIP_D2_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", _BUILD_EVERY_CONFIG], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(lib / "glip_d2" / "model_zoo" / "configs")
+    built = dict(line.split(" ", 1) for line in lines[1:])
+    names = model_zoo.list_configs()
+    assert sorted(built) == names and len(names) >= 30
+    expected = {"GLIP": 0, "LanguageAwareRCNN": 0, "RegionCLIPPretrainer": 0}
+    for name, what in built.items():
+        if name.startswith("protocols/"):
+            assert what.startswith("protocol ") and int(what.split()[1]) >= 1, (name, what)
+        else:
+            assert what in expected, (name, what)
+            expected[what] += 1
+    assert expected["RegionCLIPPretrainer"] == 1
+    assert expected["GLIP"] >= 10 and expected["LanguageAwareRCNN"] >= 6, expected
 
 
 def test_a_file_replaced_with_an_old_modification_time_is_hashed_again(cache, monkeypatch):

@@ -1,5 +1,6 @@
 """GLIP's dense grounding head as the RPN of a language-aware two-stage model
-(MODEL.PROPOSAL_GENERATOR.NAME "GLIPATSSProposalGenerator")."""
+(MODEL.PROPOSAL_GENERATOR.NAME "GLIPATSSProposalGenerator", or the head's own name
+"GLIPATSSHead")."""
 
 import math
 
@@ -15,9 +16,9 @@ from tests.roi.roi_helpers import batch, two_stage_cfg
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _cfg():
+def _cfg(name="GLIPATSSProposalGenerator"):
     cfg = two_stage_cfg()
-    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "GLIPATSSProposalGenerator"
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = name
     cfg.MODEL.DYHEAD.CHANNELS = cfg.MODEL.FPN.OUT_CHANNELS
     cfg.MODEL.DYHEAD.NUM_CONVS = 1
     cfg.MODEL.DYHEAD.USE_DFCONV = False
@@ -84,6 +85,26 @@ def test_proposals_find_the_objects_at_test_time(trained):
         assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 2] <= 192).all() and (boxes[:, 3] <= 160).all()
         best = pairwise_iou(x["instances"].gt_boxes, props.proposal_boxes).max(dim=1)[0]
         assert (best > 0.4).all(), best  # 15 steps: every object roughly covered
+
+
+def test_the_heads_own_name_gives_a_two_stage_model_that_trains_and_predicts():
+    """MODEL.PROPOSAL_GENERATOR.NAME "GLIPATSSHead" (the route that crashed with a TypeError at
+    the first forward) trains with the head's RPN losses and predicts."""
+    torch.manual_seed(0)
+    model = build_model(_cfg("GLIPATSSHead"))
+    assert isinstance(model.proposal_generator, GLIPATSSProposalGenerator)
+    inputs = batch(model)
+    model.train()
+    with EventStorage():
+        losses = model(inputs)
+    assert {"loss_rpn_cls", "loss_rpn_loc", "loss_rpn_centerness"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.proposal_generator.head.bbox_pred.weight.grad.abs().sum() > 0
+    model.eval()
+    model.set_vocabulary(["red circle", "blue square"])
+    with torch.no_grad():
+        outputs = model([{"image": x["image"]} for x in inputs])
+    assert len(outputs) == 2 and all(o["instances"].has("pred_classes") for o in outputs)
 
 
 def test_generator_without_a_prompt_is_a_clear_error():

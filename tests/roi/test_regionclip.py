@@ -21,6 +21,7 @@ from glip_d2.regionclip import (
     write_concept_file,
 )
 from glip_d2.text import load_tokenizer
+from tests.helpers import save_tiny_clip
 from tests.roi.roi_helpers import add_proposals, batch, two_stage_cfg
 
 CAPTIONS = [
@@ -37,53 +38,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A tiny random CLIPModel (ViT 32 px, patch 8) with a word-level tokenizer, on disk."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
-
     d = tmp_path_factory.mktemp("tiny_clip")
-    words = sorted(
-        {w for c in CAPTIONS for w in c.lower().replace(",", " ").replace(".", " ").split()}
-    )
-    names = dict.fromkeys(["[UNK]", *words, "a", "photo", "of", ".", "<bos>", "<eos>"])
-    vocab = {w: i for i, w in enumerate(names)}
-    n = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", n - 2), ("<eos>", n - 1)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<eos>",
-    ).save_pretrained(str(d))
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=n,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=n - 2,
-            eos_token_id=n - 1,
-            pad_token_id=n - 1,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(str(d))
-    return str(d)
+    words = {w for c in CAPTIONS for w in c.lower().replace(",", " ").replace(".", " ").split()}
+    return save_tiny_clip(str(d), words)
 
 
 def test_regionclip_concepts_from_fixed_captions():

@@ -279,6 +279,12 @@ def _rpn_loss_name(name: str) -> str:
     return _LOSS_NAMES.get(name, name.replace("loss_", "loss_rpn_", 1))
 
 
+# The issue-16 route, ``MODEL.PROPOSAL_GENERATOR.NAME "GLIPATSSHead"`` (the head's own name; its
+# forward is the one-stage model's, not Detectron2's proposal-generator interface), builds the
+# wrapper above, so either name gives GLIP's head as the RPN.
+PROPOSAL_GENERATOR_REGISTRY._do_register("GLIPATSSHead", GLIPATSSProposalGenerator)
+
+
 def _stack_prompts(prompts: List[EncodedPrompt]):
     """(tokens (P, T, D), mask (P, T), token filter (P, T) bool) with prompts padded to the
     longest; the filter marks the tokens whose score counts: the labels' tokens when the prompt
