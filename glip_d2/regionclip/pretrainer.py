@@ -35,6 +35,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from torch import nn
 
+from ..device import CPUFallbackMixin
 from ..nlp import resolve_backend
 from .concepts import build_concept_pool, read_concept_file
 from .losses import (
@@ -101,7 +102,7 @@ def _same_on_every_process(pool: List[str], backend: str) -> List[str]:
 
 
 @META_ARCH_REGISTRY.register()
-class RegionCLIPPretrainer(nn.Module):
+class RegionCLIPPretrainer(CPUFallbackMixin, nn.Module):
     """Student of RegionCLIP pretraining (see the module docstring).
 
     Training returns {"loss_region_contrastive", "loss_region_distill"}, plus

@@ -11,6 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_pos
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from ...device import CPUFallbackMixin
 from ...text import load_tokenizer, tokenize
 from ..fusion import check_pyramid_levels
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
@@ -121,7 +122,7 @@ def check_feature_strides(cfg, shapes) -> None:
 
 
 @META_ARCH_REGISTRY.register()
-class GLIP(PromptingMixin, nn.Module):
+class GLIP(CPUFallbackMixin, PromptingMixin, nn.Module):
     """Detection as phrase grounding.
 
     Training inputs carry "caption" and instances with `gt_positive_map` (from

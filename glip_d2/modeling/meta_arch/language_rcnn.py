@@ -24,6 +24,7 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ...device import CPUFallbackMixin
 from ...text import load_tokenizer
 from ..fusion import build_fusion_tower, check_pyramid_levels
 from ..language import build_language_backbone, resolve_text_model_path
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class LanguageAwareRCNN(PromptingMixin, GeneralizedRCNN):
+class LanguageAwareRCNN(CPUFallbackMixin, PromptingMixin, GeneralizedRCNN):
     """Faster / Mask / Cascade R-CNN whose ROI heads classify regions against text.
 
     Inputs are those of `GroundingDatasetMapper`: in training "caption" and instances with
