@@ -25,6 +25,12 @@ if detectron2 is None:
     __all__ = []
 
     def __getattr__(name):
+        if name == "text":  # `from glip_d2 import text` asks for the attribute before importing
+            import importlib
+
+            return importlib.import_module(".text", __name__)
+        if name.startswith("__"):  # probes such as getattr(module, "__wrapped__", None)
+            raise AttributeError(f"module 'glip_d2' has no attribute {name!r}")
         raise ImportError(f"{_NO_DETECTRON2} (needed for glip_d2.{name})")
 
 else:

@@ -195,7 +195,8 @@ def _check_spans_map_to_tokens(chunk: PromptChunk, names, tokenizer, max_len: in
     """Each name must cover tokens of its prompt, exactly as inference looks them up; a name
     that begins or ends with characters the tokenizer drops (zero-width, BOM, control
     characters, lone combining marks) may not, and would only fail at inference."""
-    tokenized = tokenize(tokenizer, [chunk.caption], max_len, pad_to_max=False)
+    # lists, not tensors: the lookup needs no torch
+    tokenized = tokenize(tokenizer, [chunk.caption], max_len, pad_to_max=False, return_tensors=None)
     for span, label in zip(chunk.spans, chunk.label_ids):
         tokens = span_to_token_range(tokenized, span)
         if tokens is None or tokens[0] > tokens[1]:

@@ -1,10 +1,14 @@
 """Positive maps: which tokens of a tokenized caption belong to each label (class or phrase)."""
 
-from typing import Optional, Sequence, Tuple
+from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
+from ._torch import require_torch
 from .spans import validate_spans
+
+if TYPE_CHECKING:  # imported when called: glip_d2.text imports without torch
+    import torch
 
 __all__ = ["span_to_token_range", "create_positive_map"]
 
@@ -75,6 +79,7 @@ def create_positive_map(
         ValueError: if a label has no span, a span is malformed or outside ``caption``, or a
             span maps to no token (whitespace only, or cut off by truncation).
     """
+    torch = require_torch("create_positive_map")
     positive_map = torch.zeros((len(spans_per_label), max_len), dtype=torch.bool)
     for label, spans in enumerate(spans_per_label):
         if len(spans) == 0:

@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 __all__ = ["load_tokenizer", "tokenize", "count_tokens", "token_ids", "packaged_model_dir"]
 
@@ -118,7 +118,14 @@ def load_tokenizer(name_or_path: str = _BERT_BASE_UNCASED):
     return _check_fast(tokenizer, name)
 
 
-def tokenize(tokenizer, captions: Sequence[str], max_length: int = 256, pad_to_max: bool = True):
+def tokenize(
+    tokenizer,
+    captions: Sequence[str],
+    max_length: int = 256,
+    pad_to_max: bool = True,
+    *,
+    return_tensors: Optional[str] = "pt",
+):
     """Tokenize captions as GLIP's language backbone expects.
 
     Same call as the official ``batch_encode_plus(max_length=..., padding="max_length",
@@ -130,6 +137,8 @@ def tokenize(tokenizer, captions: Sequence[str], max_length: int = 256, pad_to_m
         captions: one caption per image; a single string is treated as ``[caption]``.
         max_length: token budget, ``[CLS]`` and ``[SEP]`` included (MAX_QUERY_LEN).
         pad_to_max: pad to ``max_length`` (official PAD_MAX) rather than to the longest caption.
+        return_tensors: ``"pt"`` (torch tensors, what the model takes) or None (lists: enough
+            for character-to-token lookups, and needs no torch).
 
     Returns:
         ``transformers.BatchEncoding`` with ``input_ids`` and ``attention_mask`` of shape
@@ -159,7 +168,7 @@ def tokenize(tokenizer, captions: Sequence[str], max_length: int = 256, pad_to_m
         max_length=max_length,
         padding="max_length" if pad_to_max else "longest",
         truncation=True,
-        return_tensors="pt",
+        return_tensors=return_tensors,
     )
 
 
