@@ -134,6 +134,7 @@ def load_checked_train_dicts(cfg, mapper):
         )
         if not parts[-1]:
             raise ValueError(f"{source} has no usable training records left.")
+        _check_mask_format(parts[-1], source, mapper)
         shots = cfg.DATASETS.get("FEW_SHOT", 0)
         if shots > 0 and not has_captions:
             categories = range(len(names)) if names else None
@@ -142,6 +143,30 @@ def load_checked_train_dicts(cfg, mapper):
                 mode=cfg.DATASETS.get("FEW_SHOT_MODE", "official"),
             )
     return parts
+
+
+def _check_mask_format(dicts, source: str, mapper) -> None:
+    """Masks the mapper keeps must fit its INPUT.MASK_FORMAT: "polygon" cannot hold an RLE (or a
+    bitmask array), which Detectron2's annotations_to_instances refuses only when it meets one in
+    training, as "Failed to use mask_format=='polygon'" (crowd regions are dropped before).
+
+    Raises:
+        ValueError: naming the dataset, the first such image and the key to set.
+    """
+    if not getattr(mapper, "use_instance_mask", False):
+        return
+    if getattr(mapper, "instance_mask_format", "polygon") != "polygon":
+        return
+    for d in dicts:
+        for anno in d.get("annotations") or []:
+            segm = anno.get("segmentation")
+            if anno.get("iscrowd", 0) or not (isinstance(segm, dict) or hasattr(segm, "shape")):
+                continue
+            raise ValueError(
+                f"{source}: image {d.get('image_id')!r} has an RLE (or bitmask) segmentation, "
+                "which INPUT.MASK_FORMAT 'polygon' (Detectron2's default) cannot hold; with "
+                "MODEL.MASK_ON set INPUT.MASK_FORMAT bitmask to train on these masks."
+            )
 
 
 def _tag_with_dataset(parts, names) -> None:

@@ -1,7 +1,15 @@
 """Fail early, with a useful message, when a config names datasets that are not present."""
 import os
+from typing import Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+def _glip_d2_json(name: str, root: str) -> Optional[str]:
+    """The annotation file whose presence registers a glip_d2 builtin of this name (LVIS)."""
+    from glip_d2.data.datasets.lvis import LVIS_FILES
+
+    return os.path.join(root, LVIS_FILES[name][0]) if name in LVIS_FILES else None
 
 
 def check_datasets_present(names):
@@ -10,7 +18,13 @@ def check_datasets_present(names):
     problems = []
     for name in names:
         if name not in DatasetCatalog.list():
-            problems.append(f"  {name}: not registered (no glip_d2 or Detectron2 builtin of that name)")
+            json_file = _glip_d2_json(name, root)
+            if json_file:  # glip_d2 registers its benchmark datasets only when their files exist
+                problems.append(f"  {name}: not registered: glip_d2 registers it when {json_file} "
+                                "exists, which it does not")
+            else:
+                problems.append(f"  {name}: not registered (not a Detectron2 builtin; glip_d2's "
+                                "benchmark names register when their files are present)")
             continue
         meta = MetadataCatalog.get(name)
         for key in ("json_file", "image_root"):

@@ -30,7 +30,9 @@ def lvis_progress(desc: str = "LVIS evaluation", log_every: float = 0.25):
     next_update = 0  # steps at which the bar (and maybe the log) catch up next
 
     def log():
-        logger.info(f"{desc}: {100 * done / max(state['total'], 1):.0f}% "
+        # rounded, but "100%" only once every step is done (748 of 750 steps would round to it)
+        percent = 100 if done >= state["total"] else min(round(100 * done / state["total"]), 99)
+        logger.info(f"{desc}: {percent}% "
                     f"({done}/{state['total']} steps, {time.perf_counter() - state['t0']:.0f} s)")
 
     def update():
