@@ -69,7 +69,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--video-input",
         metavar="FILE",
         help="a video file instead of --input: every frame is detected; with --output (a folder, "
-        "or a .mp4/.avi file) the annotated frames are written as a video",
+        "or a .mp4 / .avi / .mkv file) the annotated frames are written as a video",
     )
     parser.add_argument(
         "--output",

@@ -276,6 +276,8 @@ class GLIPPredictor:
                 resize to the test size), an empty or unknown vocabulary, a name or caption
                 longer than the model's token limit, a phrase absent from the caption, or both a
                 vocabulary and a caption.
+            FileNotFoundError / IsADirectoryError: for an image path that does not exist or
+                is a folder.
         """
         single = not isinstance(image, (list, tuple))
         images = [_load_if_path(x) for x in ([image] if single else list(image))]
@@ -513,6 +515,11 @@ def _load_if_path(image):
     if not isinstance(image, (str, os.PathLike)):
         return image
     path = os.fspath(image)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path!r} is a folder, not an image file; pass its images as a list of paths (the "
+            "demo CLI, python -m glip_d2.demo --input FOLDER, reads a folder's images)."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file {path!r} does not exist.")
     from PIL import ImageOps, UnidentifiedImageError

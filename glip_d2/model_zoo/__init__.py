@@ -73,9 +73,27 @@ def list_configs() -> List[str]:
 
 
 def _entry(name: str) -> ModelZooEntry:
-    if name not in MODELS:
-        raise ValueError(f"{name!r} is not a model of the zoo; known models: {sorted(MODELS)}.")
-    return MODELS[name]
+    if name in MODELS:
+        return MODELS[name]
+    try:
+        config = _config_name(get_config_file(name))
+    except ValueError:  # neither a model nor a config: a typo
+        raise ValueError(
+            f"{name!r} is not a model of the zoo; known models: {sorted(MODELS)}."
+        ) from None
+    models = [m for m, e in MODELS.items() if e.config == config]
+    which = (f"the zoo's models with this config are {models}: pass one of them"
+             if models else "no model of the zoo has this config: set MODEL.WEIGHTS yourself")
+    raise ValueError(
+        f"{name!r} is a config, which has no checkpoint of its own; {which}, or trained=False "
+        "for random weights."
+    )
+
+
+def _config_name(path: str) -> str:
+    """The config name of a shipped yaml path ("two_stage/faster_rcnn_R_50_FPN_glip")."""
+    rel = os.path.relpath(path, configs_root())
+    return rel[: -len(".yaml")].replace(os.sep, "/")
 
 
 def get_config_file(name: str) -> str:
@@ -115,7 +133,8 @@ def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
     Raises:
         FileNotFoundError: if the file is not cached and cannot be downloaded (no URL, or
             ``download_if_missing=False``), saying where to put it.
-        ValueError: if a cached file's sha256 is not the pinned one.
+        ValueError: if ``name`` is not a model of the zoo (for a config name: naming the zoo's
+            models with that config), or a cached file's sha256 is not the pinned one.
         RuntimeError / ValueError: from :func:`download` (unreachable URL, wrong checksum).
     """
     entry = _entry(name)
@@ -140,20 +159,34 @@ def get_config(name: str, trained: bool = False):
     ``MODEL.DEVICE`` falls back to "cpu" (logged) when it asks for CUDA and CUDA is absent.
 
     Args:
-        name: a config name or a model name (see :func:`get_config_file`).
+        name: a config name or a model name (see :func:`get_config_file`); not a protocol
+            (``protocols/...``: apply those with :func:`apply_protocol`).
         trained: set ``MODEL.WEIGHTS`` to the model's checkpoint (downloaded if needed); needs a
             model name. The checkpoint holds the text encoder too, so its pretrained weights
             are not loaded first (``LANGUAGE_BACKBONE.LOAD_PRETRAINED False``): a GLIP-T
             checkpoint loads without bert-base-uncased in the local Hugging Face cache.
+
+    Raises:
+        ValueError: for an unknown name, a protocol, or ``trained`` with a config name (naming
+            the zoo's models that have that config).
     """
     from detectron2.config import get_cfg
 
     from ..config import add_glip_config
     from ..device import resolve_device
 
+    path = get_config_file(name)
+    if _config_name(path).startswith("protocols/"):
+        # merged onto the bare defaults, a fragment gives Detectron2's stock R-CNN, no GLIP model
+        raise ValueError(
+            f"{name!r} is an evaluation protocol, a fragment applied on top of a model config, "
+            "not a model config: take a model config and apply it, e.g. "
+            f"model_zoo.apply_protocol(model_zoo.get_config('glip_swin_t'), "
+            f"{_config_name(path)[len('protocols/'):]!r})."
+        )
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.merge_from_file(get_config_file(name))
+    cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint(name)

@@ -45,6 +45,8 @@ def test_bert_base_without_cached_weights_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="not available offline.*LOAD_PRETRAINED False") as e:
         HFBertLanguageBackbone(model_type="bert-base-uncased", load_pretrained=True)
     assert "NoneType" not in str(e.value) and "endswith" not in str(e.value)
+    # nor in the traceback a user sees: the AttributeError is not chained as its cause
+    assert not isinstance(e.value.__cause__, AttributeError) and e.value.__suppress_context__
     # random weights from the built-in config work without any file
     lb = HFBertLanguageBackbone(model_type="bert-base-uncased", load_pretrained=False, num_hidden_layers=1)
     assert lb.language_dim == 768

@@ -142,7 +142,7 @@ class HFBertLanguageBackbone(nn.Module):
                     "Point MODEL.LANGUAGE_BACKBONE.MODEL_TYPE at a local directory, use 'minilm', "
                     "or set MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED False when MODEL.WEIGHTS "
                     "(e.g. an official GLIP checkpoint) supplies the text weights."
-                ) from e
+                ) from (e if isinstance(e, OSError) else None)  # no AttributeError in a traceback
         else:
             self.model = BertModel(config, add_pooling_layer=False)
         self.language_dim = config.hidden_size
