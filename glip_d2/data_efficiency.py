@@ -87,9 +87,11 @@ def _base_cfg(args):
     return cfg
 
 
-def _test_subset(name: str, n: int) -> str:
-    """A registered view of the first ``n`` images of ``name`` (the evaluator builds its ground
-    truth from these records, not from the full json)."""
+def _test_subset(name: str, n: int, output_dir: Optional[str] = None) -> str:
+    """A registered view of the first ``n`` images of ``name``. COCOEvaluator builds its ground
+    truth from these records; the LVIS evaluators read a json, so an LVIS-format dataset's view
+    gets a json of those images (written under ``output_dir``, default a new temporary folder).
+    """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if n <= 0:
@@ -98,12 +100,35 @@ def _test_subset(name: str, n: int) -> str:
     if sub not in DatasetCatalog.list():
         # a dataset registered from a COCO json records its thing_classes and id map when it is
         # first loaded: load it before its metadata is copied
-        DatasetCatalog.get(name)
+        records = DatasetCatalog.get(name)[:n]
         DatasetCatalog.register(sub, lambda: DatasetCatalog.get(name)[:n])
         meta = {k: v for k, v in MetadataCatalog.get(name).as_dict().items()
                 if k not in ("name", "json_file")}
+        if meta.get("evaluator_type") == "lvis":
+            # the LVIS API scores every image of its json: the whole json would count the other
+            # images' boxes as misses (and without one, LVISEvaluator fails to build)
+            meta["json_file"] = _subset_json(
+                MetadataCatalog.get(name).json_file, records, sub, output_dir)
         MetadataCatalog.get(sub).set(**{**meta, "subset_of": meta.get("subset_of", name)})
     return sub
+
+
+def _subset_json(json_file: str, records: List[Dict], sub: str, output_dir: Optional[str]) -> str:
+    """A copy of ``json_file`` with only the images of ``records`` and their annotations."""
+    import tempfile
+
+    from detectron2.utils.file_io import PathManager
+
+    with PathManager.open(json_file) as f:
+        data = json.load(f)
+    ids = {r["image_id"] for r in records}
+    data["images"] = [i for i in data.get("images", []) if i["id"] in ids]
+    data["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in ids]
+    folder = output_dir or tempfile.mkdtemp(prefix="glip_d2_data_efficiency_")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{sub}.json")
+    atomic_write_json(path, data)
+    return path
 
 
 def _check_prompt_is_tested(cfg, model, what: str) -> None:
@@ -325,9 +350,15 @@ def _parse_lr(items: Sequence[str]) -> Dict[str, float]:
     lr = dict(DEFAULT_LR)
     for item in items:
         mode, _, value = item.partition("=")
-        if mode not in lr or not value:
-            raise ValueError(f"--lr takes MODE=LR with MODE in {sorted(lr)}, got {item!r}.")
-        lr[mode] = float(value)
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        # 0, a negative or a NaN rate leaves the zero-shot model, tabled as tuned (as --iters 0)
+        if mode not in lr or not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"--lr takes MODE=LR with MODE in {sorted(lr)} and LR a number "
+                             f"> 0, got {item!r}.")
+        lr[mode] = rate
     return lr
 
 
@@ -404,7 +435,10 @@ def main(argv=None) -> Dict:
     setup_logger(name="detectron2", abbrev_name="d2")
     import glip_d2  # noqa: F401  (registrations)
 
-    lr = _parse_lr(args.lr)
+    try:
+        lr = _parse_lr(args.lr)
+    except ValueError as e:
+        parser.error(str(e))
     os.makedirs(args.output_dir, exist_ok=True)
     results_path = os.path.join(args.output_dir, "results.json")
     records: List[Dict] = []
@@ -413,7 +447,7 @@ def main(argv=None) -> Dict:
             records = json.load(f)
     done = {(r["mode"], r["shots"], r["seed"]) for r in records}
     cfg = _base_cfg(args)
-    cfg.DATASETS.TEST = (_test_subset(args.test_dataset, args.max_test_images),)
+    cfg.DATASETS.TEST = (_test_subset(args.test_dataset, args.max_test_images, args.output_dir),)
     _check_resumed(parser, records, results_path, cfg, args, lr)
 
     def save():
