@@ -1,7 +1,7 @@
 """GLIP-T(C) training path against the official implementation (../shared/parity/train/).
 
 One image, three boxes, a detection prompt and a grounding caption, every dropout at 0: the
-ATSS positives, the token targets, the three losses and the gradients of 31 parameters across
+ATSS positives, the token targets, the three losses and the gradients of 32 parameters across
 the model (head, tower, FPN, Swin, BERT) must equal what microsoft/GLIP recorded. This keeps
 the training numerics of the GLIP configs equal to the official ones whatever learning options
 are added for other configs.

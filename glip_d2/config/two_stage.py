@@ -75,8 +75,8 @@ def add_two_stage_config(cfg):
     # Weight of the KL distillation of the teacher's region-concept distribution.
     _C.MODEL.REGIONCLIP.DISTILL_WEIGHT = 1.0
     # Weight of RegionCLIP's image-level contrastive loss between the student's whole-image
-    # embedding and the teacher's caption embedding, over the batch (0 = off; needs "caption"
-    # in every training input).
+    # embedding and the teacher's caption embedding, over the captioned images of the batch
+    # (0 = off; a batch without captions has no such loss, or 0 with several processes).
     _C.MODEL.REGIONCLIP.IMAGE_TEXT_WEIGHT = 1.0
     # Temperature of the image-caption contrastive logits.
     _C.MODEL.REGIONCLIP.IMAGE_TEXT_TEMPERATURE = 0.01

@@ -187,6 +187,18 @@ class RegionCLIPPretrainer(CPUFallbackMixin, nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        if proposals_per_image < 1:  # 0 labels no region, -1 would drop each image's last
+            raise ValueError(
+                f"MODEL.REGIONCLIP.PROPOSALS_PER_IMAGE is {proposals_per_image}; the region "
+                "losses need at least 1 proposal per image (default 32)."
+            )
+        for key, value in (("TEMPERATURE", temperature),
+                           ("DISTILL_TEMPERATURE", distill_temperature),
+                           ("IMAGE_TEXT_TEMPERATURE", image_text_temperature)):
+            if not value > 0:  # the logits are divided by it: 0 gives inf logits, NaN losses
+                raise ValueError(
+                    f"MODEL.REGIONCLIP.{key} is {value}; a temperature must be > 0 (default 0.01)."
+                )
         self.input_format = input_format
         self.proposals_per_image = proposals_per_image
         self.temperature = temperature

@@ -386,6 +386,11 @@ def main(argv=None, teacher: Optional[GroundingTeacher] = None) -> Optional[Dict
             if getattr(args, key) is None:
                 setattr(args, key, default)
         shard_records([], args.shard, args.num_shards)  # wrong numbers: before the teacher
+        if args.part_size < 1:
+            raise ValueError(
+                f"--part-size {args.part_size}: a part file holds at least one image; give 1 or "
+                "more (default 64)."
+            )
         check_score_thresh(args.score_thresh)
         teacher = teacher or build_teacher(args)
         settings = {

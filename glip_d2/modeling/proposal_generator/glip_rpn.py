@@ -53,9 +53,10 @@ def anchor_layout(
     The strides are always the features' own (``input_shape[f].stride``): anchors at any other
     stride sit at the wrong place (at 8..128 on P2-P6, every anchor at twice its position).
     ``MODEL.ATSS.ANCHOR_STRIDES`` left at its default does not constrain them; set to anything
-    else it must equal them. ``MODEL.ATSS.ANCHOR_SIZES`` left at its default (with default
-    strides) becomes ATSS's 8 x stride of each feature (64..1024 on P3-P7, as before; 32..512 on
-    P2-P6); set, it is used as written (input pixels).
+    else it must equal them. ``MODEL.ATSS.ANCHOR_SIZES`` left at its default becomes ATSS's
+    8 x stride of each feature (64..1024 on P3-P7, as before; 32..512 on P2-P6), whether the
+    strides are left at theirs or set to the features'; set, it is used as written (input
+    pixels).
 
     Raises:
         ValueError: ANCHOR_STRIDES set to strides that are not the features'.
@@ -70,7 +71,7 @@ def anchor_layout(
             f"{_ATSS_ANCHOR_SCALE} strides as in ATSS), or leave both at their defaults to take "
             "them from the features."
         )
-    if atss_strides != strides and list(atss_sizes) == _DEFAULT_ATSS_SIZES:
+    if list(atss_sizes) == _DEFAULT_ATSS_SIZES:  # GLIP's P3-P7 sizes: 8 strides of each level
         sizes = [_ATSS_ANCHOR_SCALE * s for s in strides]
     else:
         sizes = list(atss_sizes)
