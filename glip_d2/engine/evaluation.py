@@ -25,6 +25,7 @@ from ..config import add_dataset_config
 from ..text import apply_descriptions
 from ..evaluation import (FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator,
                           check_lvis_cap, check_refcoco_match)
+from ..evaluation.ground_truth import check_coco_ground_truth, with_annotation_ids
 
 # Datasets whose inputs carry their own caption: no vocabulary prompt.
 GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
@@ -53,7 +54,13 @@ def _coco_evaluator(dataset_name: str, **kwargs) -> COCOEvaluator:
     if not fast:
         logger.info("detectron2._C has no compiled COCO evaluation ops: %s is scored with "
                     "pycocotools' COCOeval (same AP, slower).", dataset_name)
-    evaluator = COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs)
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    evaluator = with_annotation_ids(
+        lambda: COCOEvaluator(dataset_name, use_fast_impl=fast, **kwargs), json_file
+    )
+    api = getattr(evaluator, "_coco_api", None)
+    if json_file and api is not None:  # a json's ground truth, checked before any inference
+        check_coco_ground_truth(api.dataset, json_file)
     _score_vocabulary_only(evaluator, dataset_name)
     _boxes_only_without_masks(evaluator, dataset_name)
     return evaluator
@@ -205,6 +212,10 @@ def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     the dataset is loaded here if its metadata has no ``thing_classes`` yet. ``descriptions``
     (a list per class or a mapping name -> description, DATASETS.CLASS_DESCRIPTIONS) turn the
     names into class descriptions.
+
+    Raises:
+        ValueError: when the names cannot be a prompt (repeated, empty after cleaning, longer
+            than the token limit), naming the dataset and its json.
     """
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
@@ -213,7 +224,10 @@ def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     names = meta.get("thing_classes", None)
     if names is None:
         raise ValueError(f"Dataset {dataset_name!r} has no thing_classes to build a prompt from")
-    getattr(model, "module", model).set_vocabulary(apply_descriptions(names, descriptions))
+    try:
+        getattr(model, "module", model).set_vocabulary(apply_descriptions(names, descriptions))
+    except ValueError as e:
+        raise _vocabulary_error(dataset_name, e) from e
 
 
 def prompt_test_dataset(cfg, model, dataset_name: str) -> None:
@@ -221,15 +235,60 @@ def prompt_test_dataset(cfg, model, dataset_name: str) -> None:
     list (:func:`check_fixed_vocabulary`); otherwise the model is prompted with its class names
     and DATASETS.CLASS_DESCRIPTIONS (:func:`set_test_vocabulary`). A subset view of a dataset
     (``subset_of`` in its metadata, e.g. data_efficiency's ``--max-test-images``) is described
-    like the dataset it is a view of."""
+    like the dataset it is a view of. For the first of DATASETS.TEST, the class names of the
+    others are checked as prompts too, so that a bad name in the last of several test datasets
+    (ODinW) fails now, not after the inference on the others."""
     if len(cfg.MODEL.GLIP.VOCABULARY):
         check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, dataset_name)
         return
     from ..data.class_descriptions import class_descriptions_from_config
 
     descriptions = class_descriptions_from_config(cfg)
-    source = MetadataCatalog.get(dataset_name).get("subset_of", dataset_name)
-    set_test_vocabulary(model, dataset_name, descriptions.get(dataset_name, descriptions.get(source)))
+
+    def described(name):
+        source = MetadataCatalog.get(name).get("subset_of", name)
+        return descriptions.get(name, descriptions.get(source))
+
+    set_test_vocabulary(model, dataset_name, described(dataset_name))
+    if list(cfg.DATASETS.TEST[:1]) == [dataset_name]:
+        for name in cfg.DATASETS.TEST[1:]:
+            _check_test_vocabulary(model, name, described(name))
+
+
+def _vocabulary_error(dataset_name: str, error: ValueError) -> ValueError:
+    """The vocabulary's message names indices of a list the user never wrote: say whose it is."""
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    source = f" (categories of {json_file})" if json_file else ""
+    return ValueError(
+        f"The class names of test dataset {dataset_name!r}{source} cannot be its prompt: {error} "
+        "Name # is the class's position in category id order; rename the categories (or "
+        "leave the dataset out of DATASETS.TEST)."
+    )
+
+
+def _check_test_vocabulary(model, dataset_name: str, descriptions=None) -> None:
+    """Chunk a test dataset's class names as :func:`set_test_vocabulary` would, without
+    prompting the model with them (nothing is encoded)."""
+    from ..text import chunk_vocabulary
+
+    inner = getattr(model, "module", model)
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
+        return
+    if not all(hasattr(inner, k) for k in ("tokenizer", "test_chunk_size", "max_query_len")):
+        return
+    _ensure_vocabulary_metadata(dataset_name)
+    names = meta.get("thing_classes", None)
+    if names is None:
+        return
+    try:
+        chunk_vocabulary(
+            apply_descriptions(names, descriptions), inner.tokenizer,
+            chunk_size=inner.test_chunk_size, max_len=inner.max_query_len,
+            separator=getattr(inner, "separator", ". "),
+        )
+    except ValueError as e:
+        raise _vocabulary_error(dataset_name, e) from e
 
 
 def check_fixed_vocabulary(vocabulary, dataset_name: str) -> None:

@@ -22,6 +22,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .ground_truth import check_lvis_ground_truth, with_annotation_ids
 from .lvis_progress import lvis_progress
 from .lvis_standard import lvis_numpy_compat
 
@@ -105,13 +106,19 @@ class FixedAPEvaluator(DatasetEvaluator):
             max_dets_per_category: detections kept per category over the whole dataset.
             distributed: gather the predictions of all ranks to rank 0.
             output_dir: where ``lvis_fixed_ap_results.json`` is written (optional).
+
+        Raises:
+            ValueError: for ground truth the LVIS API cannot score
+                (:func:`~glip_d2.evaluation.ground_truth.check_lvis_ground_truth`).
         """
         from lvis import LVIS
 
         if max_dets_per_category <= 0:
             raise ValueError(f"max_dets_per_category must be > 0, got {max_dets_per_category}.")
         self._metadata = MetadataCatalog.get(dataset_name)
-        self._lvis_api = LVIS(PathManager.get_local_path(self._metadata.json_file))
+        json_file = PathManager.get_local_path(self._metadata.json_file)
+        self._lvis_api = with_annotation_ids(lambda: LVIS(json_file), json_file)
+        check_lvis_ground_truth(self._lvis_api.dataset, json_file)
         self._k = max_dets_per_category
         self._distributed = distributed
         self._output_dir = output_dir

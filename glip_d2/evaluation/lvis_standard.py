@@ -15,8 +15,10 @@ Two small things stand between Detectron2's ``LVISEvaluator`` and GLIP's LVIS ev
 import contextlib
 
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 
+from .ground_truth import check_lvis_ground_truth, with_annotation_ids
 from .lvis_progress import lvis_progress
 
 __all__ = ["check_lvis_cap", "lvis_numpy_compat", "StandardLVISEvaluator"]
@@ -71,10 +73,18 @@ class StandardLVISEvaluator(LVISEvaluator):
 
         Raises:
             ValueError: for another value below 1 (0 would drop every detection and fail only
-                after the whole inference).
+                after the whole inference), or ground truth the LVIS API cannot score
+                (:func:`~glip_d2.evaluation.ground_truth.check_lvis_ground_truth`).
         """
         check_lvis_cap(max_dets_per_image)
-        super().__init__(dataset_name, *args, max_dets_per_image=max_dets_per_image, **kwargs)
+        json_file = MetadataCatalog.get(dataset_name).get("json_file", "the LVIS json")
+        with_annotation_ids(
+            lambda: super(StandardLVISEvaluator, self).__init__(
+                dataset_name, *args, max_dets_per_image=max_dets_per_image, **kwargs
+            ),
+            json_file,
+        )
+        check_lvis_ground_truth(self._lvis_api.dataset, json_file)
 
     def process(self, inputs, outputs):
         cap = self._max_dets_per_image or 300
