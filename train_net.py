@@ -25,7 +25,8 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
-                            build_glip_writers, check_benchmark_options, check_datasets_present, check_device,
+                            build_glip_writers, check_benchmark_options, check_checkpoint_period,
+                            check_datasets_present, check_device,
                             check_fixed_vocabulary, check_process_count, check_training_device,
                             create_glip_ddp_model, ema_weights,
                             enable_exact_resume, build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
@@ -189,7 +190,8 @@ def setup(args):
 
 def check_setup(cfg, args):
     """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
-    fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values)."""
+    fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values, a checkpoint
+    period that is not positive)."""
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     check_benchmark_options(cfg)  # else found by the first evaluation, after training
     if len(cfg.MODEL.GLIP.VOCABULARY):  # else found by the first evaluation, after training
@@ -197,6 +199,7 @@ def check_setup(cfg, args):
             check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)
     if not args.eval_only:
         check_training_device(cfg)
+        check_checkpoint_period(cfg)  # else a ZeroDivisionError after the first iteration
     elif not cfg.MODEL.WEIGHTS and not (
         args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     ):

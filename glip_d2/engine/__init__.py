@@ -8,6 +8,7 @@ from .hooks import MainGroupLRScheduler, log_main_group_lr, match_lr_hook_state
 from .optimizer import build_glip_optimizer, param_groups
 from .resume import (ExactResumeHook, enable_exact_resume, get_rng_state, match_grad_scaler_state,
                      set_rng_state)
-from .schedule import build_glip_lr_scheduler, keep_fractional_steps, resolve_schedule
+from .schedule import (build_glip_lr_scheduler, check_checkpoint_period, keep_fractional_steps,
+                       resolve_schedule)
 from .weight_decay import WeightDecaySchedule
 from .writers import build_glip_writers, tensorboard_available

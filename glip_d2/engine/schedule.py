@@ -8,7 +8,12 @@ from detectron2.solver import build_lr_scheduler
 from fvcore.common.param_scheduler import (CompositeParamScheduler, MultiStepParamScheduler,
                                            ParamScheduler)
 
-__all__ = ["build_glip_lr_scheduler", "keep_fractional_steps", "resolve_schedule"]
+__all__ = [
+    "build_glip_lr_scheduler",
+    "check_checkpoint_period",
+    "keep_fractional_steps",
+    "resolve_schedule",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +99,28 @@ def resolve_schedule(cfg, num_images: int):
         f"{cfg.TEST.EVAL_PERIOD} (0 = at the end only)."
     )
     return cfg
+
+
+def check_checkpoint_period(cfg) -> None:
+    """``SOLVER.CHECKPOINT_PERIOD`` must be a positive number of iterations, unless
+    ``SOLVER.CHECKPOINT_PER_EPOCH`` sets it (with ``SOLVER.MAX_EPOCH``).
+
+    Detectron2's PeriodicCheckpointer divides by it: 0 stopped the run with a bare
+    ``ZeroDivisionError`` after its first iteration (the model built and the data loaded), and a
+    negative period saved every ``-period`` iterations.
+
+    Raises:
+        ValueError: naming the value and what to set instead.
+    """
+    period = cfg.SOLVER.CHECKPOINT_PERIOD
+    by_epoch = cfg.SOLVER.get("MAX_EPOCH", 0) > 0 and cfg.SOLVER.get("CHECKPOINT_PER_EPOCH", 0) > 0
+    if period > 0 or by_epoch:
+        return
+    raise ValueError(
+        f"SOLVER.CHECKPOINT_PERIOD {period} must be a positive number of iterations. "
+        "model_final.pth is written at the end whatever the period: for no intermediate "
+        f"checkpoints set it to SOLVER.MAX_ITER ({cfg.SOLVER.MAX_ITER})."
+    )
 
 
 def _epoch_iterations(epochs, num_images: int, batch: int) -> int:
