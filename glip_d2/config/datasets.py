@@ -30,11 +30,12 @@ def add_dataset_config(cfg):
     # RepeatFactorTrainingSampler (Detectron2's Weighted*TrainingSampler: use these ratios).
     _C.DATASETS.TRAIN_RATIOS = ()
     # Checks of the training records when first loaded (glip_d2/data/validate.py): "full" (files
-    # exist, json sizes match the image headers, spans map to tokens, category names tokenize),
-    # "quick" (all but reading image headers), "none".
+    # exist, json sizes match the image headers, spans map to tokens, category names tokenize,
+    # a detection dataset has some box), "quick" (all but reading image headers), "none".
     _C.DATASETS.CHECK_RECORDS = "full"
     # Drop and count bad training records (at load or when mapped) instead of stopping with an
-    # error that names the record.
+    # error that names the record. Errors of the json itself (a malformed box, an unknown
+    # category id) stop registration whatever this says.
     _C.DATASETS.SKIP_BAD_RECORDS = False
 
     # Class descriptions per dataset (official DATASETS.CAPTION_PROMPT): [[dataset_name, source],

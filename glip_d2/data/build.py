@@ -113,6 +113,7 @@ def load_checked_train_dicts(cfg, mapper):
     """
     parts = []
     tokenizer = getattr(mapper, "tokenizer", None)
+    level = cfg.DATASETS.get("CHECK_RECORDS", "full")
     for name in cfg.DATASETS.TRAIN:
         dicts = get_detection_dataset_dicts(
             [name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
@@ -127,13 +128,21 @@ def load_checked_train_dicts(cfg, mapper):
                 source,
                 tokenizer=tokenizer,
                 max_query_len=getattr(mapper, "max_query_len", 256),
-                level=cfg.DATASETS.get("CHECK_RECORDS", "full"),
+                level=level,
                 skip_bad=cfg.DATASETS.get("SKIP_BAD_RECORDS", False),
                 category_names=names,
             )
         )
         if not parts[-1]:
             raise ValueError(f"{source} has no usable training records left.")
+        if level != "none" and not has_captions and not any(d.get("annotations") for d in parts[-1]):
+            # DATALOADER.FILTER_EMPTY_ANNOTATIONS False keeps images without boxes (negatives);
+            # a detection dataset of nothing but such images trains no box at all
+            raise ValueError(
+                f"{source}: none of its {len(parts[-1])} training images has an annotation, so "
+                "it would train no box (its annotations list is empty, or none of them belongs "
+                "to a listed image). Give the json its boxes, or leave it out of DATASETS.TRAIN."
+            )
         _check_mask_format(parts[-1], source, mapper)
         shots = cfg.DATASETS.get("FEW_SHOT", 0)
         if shots > 0 and not has_captions:

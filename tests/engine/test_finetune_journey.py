@@ -231,3 +231,33 @@ def test_bad_custom_jsons_are_refused_naming_file_and_record(train_net, tmp_path
     loaded.DATASETS.SKIP_BAD_RECORDS = True
     loader = train_net.Trainer.build_train_loader(loaded)
     assert len(loader.dataset) == 9
+
+
+def test_a_detection_json_without_any_box_is_refused(train_net, tmp_path, names):
+    """A CUSTOM training json whose annotations list is empty trained silently with
+    loss_box_reg 0 (FILTER_EMPTY_ANNOTATIONS False keeps images without boxes)."""
+    data = _data(tmp_path)
+    path = _bad_json(data, lambda d: d.update(annotations=[]))
+    names.append("journey_no_boxes")
+    cfg = _cfg(tmp_path, [["journey_no_boxes", path, str(data)]], ["journey_no_boxes"])
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False
+    loaded = train_net.load_cfg(_args(write_cfg(cfg, tmp_path / "empty.yaml")))
+    with pytest.raises(ValueError) as error:
+        train_net.Trainer.build_train_loader(loaded)
+    assert str(error.value).startswith(
+        f"dataset 'journey_no_boxes' ({path}): none of its 10 training images has an annotation"
+    )
+
+
+def test_a_truncated_json_is_named(train_net, tmp_path, names, capsys):
+    """json's own "Unterminated string ..." named neither the file nor what to do."""
+    data = _data(tmp_path)
+    path = _bad_json(data, lambda d: None)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    names.append("journey_truncated")
+    cfg = _cfg(tmp_path, [["journey_truncated", path, str(data)]], ["journey_truncated"])
+    err = _cli_error(train_net, capsys, write_cfg(cfg, tmp_path / "truncated.yaml"))
+    assert f"{path} is not valid json (" in err and "may be truncated" in err

@@ -64,7 +64,7 @@ def test_checkpoint_and_evaluation_periods_in_epochs():
     assert (out.SOLVER.MAX_ITER, out.SOLVER.STEPS) == (1344, (900, 1196))
     assert (out.SOLVER.CHECKPOINT_PERIOD, out.TEST.EVAL_PERIOD) == (112, 56)
     tiny = resolve_schedule(_cfg(MAX_EPOCH=12, IMS_PER_BATCH=4, STEPS=(), CHECKPOINT_PER_EPOCH=0.01), 8)
-    assert tiny.SOLVER.CHECKPOINT_PERIOD == 1  # never 0 (which Detectron2 reads as "never")
+    assert tiny.SOLVER.CHECKPOINT_PERIOD == 1  # never 0 (Detectron2's checkpointer divides by it)
     with pytest.raises(ValueError, match="TEST.EVAL_PER_EPOCH need SOLVER.MAX_EPOCH > 0"):
         bad = _cfg(MAX_ITER=100, STEPS=())
         bad.TEST.EVAL_PER_EPOCH = 1.0

@@ -12,6 +12,7 @@ pickle protocol) or holds an object of another shape than the parse gives.
 """
 
 import hashlib
+import json
 import logging
 import math
 import numbers
@@ -33,6 +34,7 @@ __all__ = [
     "check_new_name",
     "check_box",
     "check_int",
+    "read_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,23 @@ _CACHE_GLOBALS = (("detectron2.structures.boxes", "BoxMode"),)
 
 class DatasetFormatError(ValueError):
     """An annotation file breaks its format; the message names the file and the record."""
+
+
+def read_json(path: str, open_file: Callable = open):
+    """The json document of ``path``, read as UTF-8.
+
+    Raises:
+        DatasetFormatError: for a file that is not json (truncated, or not UTF-8), naming the file
+            and where it breaks; json's own error names neither the file nor what to do.
+    """
+    with open_file(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetFormatError(
+                f"{path} is not valid json ({e}); the file may be truncated (an interrupted "
+                "download or copy) or not UTF-8: write it again from its source."
+            ) from None
 
 
 def check_new_name(name: str) -> None:

@@ -9,7 +9,6 @@ asked to read the category names eagerly, not even the json.
 
 import functools
 import itertools
-import json
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -26,6 +25,7 @@ from ._utils import (
     check_int,
     check_new_name,
     describe,
+    read_json,
 )
 
 # Maps a dataset's category names (in id order) to the names GLIP prompts with.
@@ -208,8 +208,7 @@ def parse_detection_json(json_file: str, image_extra_keys: Sequence[str] = ()) -
             booleans are not converted), an iscrowd other than 0 / 1, ``"ignore"`` set, or a
             segmentation that is neither a list of polygons nor an RLE of its image's size.
     """
-    with PathManager.open(json_file, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(json_file, PathManager.open)
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise DatasetFormatError(
             f"{json_file} is not a COCO detection json: it needs 'images' and 'categories' "

@@ -27,7 +27,6 @@ Three *views* of the same json decide which phrases the model is asked about at 
 """
 
 import functools
-import json
 import logging
 import os
 from typing import Dict, List, Optional
@@ -37,7 +36,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ...text import validate_spans
-from ._utils import DatasetFormatError, cached_parse, check_box, check_int, check_new_name
+from ._utils import (DatasetFormatError, cached_parse, check_box, check_int, check_new_name,
+                     read_json)
 
 __all__ = [
     "VIEWS",
@@ -101,8 +101,7 @@ def parse_mdetr_json(json_file: str) -> List[dict]:
             width that is not an integer (sizes may be strings of digits, as in MDETR's Flickr30k
             jsons).
     """
-    with PathManager.open(json_file, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(json_file, PathManager.open)
     if not isinstance(data, dict) or "images" not in data:
         raise DatasetFormatError(f"{json_file} is not an MDETR json: it has no 'images'.")
     records: Dict[object, dict] = {}

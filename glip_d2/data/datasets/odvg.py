@@ -30,7 +30,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ...text import validate_spans
-from ._utils import DatasetFormatError, cached_parse, check_box, check_int, check_new_name
+from ._utils import (DatasetFormatError, cached_parse, check_box, check_int, check_new_name,
+                     read_json)
 
 __all__ = [
     "read_label_map",
@@ -53,8 +54,7 @@ def read_label_map_ids(path: str) -> Dict[int, str]:
     keeps a COCO json's category ids by default (1-based, with gaps: 1..90 for COCO), and its
     dataset reads any keys; the dicts number the labels contiguously in key order.
     """
-    with PathManager.open(path, encoding="utf-8") as f:
-        mapping = json.load(f)
+    mapping = read_json(path, PathManager.open)
     try:
         labels = sorted((int(k), v) for k, v in mapping.items())
     except (AttributeError, ValueError):
