@@ -73,7 +73,8 @@ class ModelEMA(nn.Module):
             logger.warning(f"The EMA checkpoint lacked {len(fresh)} of the model's {len(self.shadow)} "
                            f"entries (e.g. {fresh[0]}); their average restarts from the loaded weights.")
         elif fresh:
-            logger.info("The weight EMA starts from the loaded weights (the checkpoint has no EMA).")
+            logger.info("The weight EMA starts from the loaded weights (no EMA was restored: a new "
+                        "run, MODEL.WEIGHTS without --resume, or a checkpoint without one).")
         return len(fresh)
 
     def state_dict(self, *args, **kwargs):
