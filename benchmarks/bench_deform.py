@@ -13,7 +13,7 @@ import argparse
 import math
 
 import torch
-from common import device_info, device_slug, time_ms, write_result
+from common import device_info, device_slug, positive_int, time_ms, write_result
 from torchvision.ops import deform_conv2d
 
 from glip_d2.modeling.fusion.deform import deform_conv3x3_by_gather
@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=positive_int, default=5)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
     if args.threads:

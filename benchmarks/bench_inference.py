@@ -19,8 +19,8 @@ import argparse
 import sys
 
 import torch
-from common import (build_random_model, count_flops, device_info, device_slug, peak_memory_gb,
-                    reset_peak_memory, time_ms, write_result)
+from common import (build_random_model, count_flops, device_info, device_slug, non_negative_int,
+                    peak_memory_gb, positive_int, reset_peak_memory, time_ms, write_result)
 from glip_d2.vocabularies import get_vocabulary
 
 
@@ -29,17 +29,18 @@ def parse_args(argv=None):
     ap.add_argument("--config", default="configs/glip_swin_t.yaml")
     ap.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=1, help="images per forward")
+    ap.add_argument("--batch", type=positive_int, default=1, help="images per forward")
     ap.add_argument("--vocab", default="coco", choices=("coco", "lvis"), help="COCO-80 or LVIS-1203")
     ap.add_argument("--chunk-size", type=int, default=None,
                     help="names per prompt; default: one packed prompt for COCO-80 (as the official "
                          "COCO evaluation), 40 for LVIS (the official chunking, 31 prompts)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--attention", default="official", choices=("official", "sdpa"))
-    ap.add_argument("--inference-batch", type=int, default=1, help="(image, chunk) pairs per tower pass")
+    ap.add_argument("--inference-batch", type=positive_int, default=1,
+                    help="(image, chunk) pairs per tower pass")
     ap.add_argument("--compile", default="", choices=("", "default", "reduce-overhead", "max-autotune"))
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=positive_int, default=20)
+    ap.add_argument("--warmup", type=non_negative_int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count")

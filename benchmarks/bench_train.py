@@ -12,25 +12,33 @@ two boxes per image. Writes benchmarks/results/<device>_train_b<batch>_<fp32|amp
 import argparse
 
 import torch
-from common import (build_random_model, device_info, device_slug, peak_memory_gb, reset_peak_memory,
-                    time_ms, training_input, write_result)
+from common import (build_random_model, device_info, device_slug, non_negative_int, peak_memory_gb,
+                    positive_int, reset_peak_memory, time_ms, training_input, write_result)
 from glip_d2.vocabularies import COCO_CLASSES
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/glip_swin_t.yaml")
     ap.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=positive_int, default=2)
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--attention", default="official", choices=("official", "sdpa"))
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=positive_int, default=10)
+    ap.add_argument("--warmup", type=non_negative_int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="more config overrides: KEY VALUE ...")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def run_name(args, slug: str) -> str:
+    return f"{slug}_train_b{args.batch}_{'amp' if args.amp else 'fp32'}_{args.attention}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -67,8 +75,7 @@ def main(argv=None):
                peak_memory_gb=peak_memory_gb(args.device),
                params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                opts=list(args.opts), **device_info(args.device))
-    name = f"{device_slug(args.device)}_train_b{args.batch}_{'amp' if args.amp else 'fp32'}_{args.attention}"
-    write_result(name, res, args.out_dir)
+    write_result(run_name(args, device_slug(args.device)), res, args.out_dir)
 
 
 if __name__ == "__main__":

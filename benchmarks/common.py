@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: a random-weight model from a config, timing, device facts, and
 result files."""
+import argparse
 import json
 import os
 import platform
@@ -13,8 +14,26 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from glip_d2 import add_glip_config
+from glip_d2.atomic_file import atomic_write
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse's "invalid int value" for a non-number
+    return parse
+
+
+# argparse types for counts: 0 timed calls or images measure nothing and failed only after the
+# model was built ("no median for empty data", a division by zero)
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
 
 
 def build_random_model(config_file: str, device: str, opts=()):
@@ -111,9 +130,9 @@ def write_result(name: str, res: dict, out_dir: str = None) -> str:
     out_dir = out_dir or RESULTS_DIR
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name + ".json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1, sort_keys=True)
-        f.write("\n")
+    # atomically: a run stopped at the suite's budget leaves the old file or the new one, never a
+    # torn one that would stop make_table from rebuilding the README tables
+    atomic_write(path, lambda f: f.write(json.dumps(res, indent=1, sort_keys=True) + "\n"))
     return path
 
 

@@ -16,7 +16,7 @@ Writes benchmarks/results/cpu_ratios.json.
 import argparse
 
 import torch
-from common import build_random_model, device_info, time_ms, write_result
+from common import build_random_model, device_info, positive_int, time_ms, write_result
 from glip_d2.vocabularies import get_vocabulary
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
     ap.add_argument("--config", default="configs/demo_glip_tiny_shapes.yaml")
     ap.add_argument("--size", type=int, nargs=2, default=[224, 224])
     ap.add_argument("--chunk-size", type=int, default=40)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=positive_int, default=3)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
     # threshold 0: a random model scores about the 0.01 prior, and the detections are compared
