@@ -14,17 +14,32 @@ from ...text.chunking import check_vocabulary_container
 logger = logging.getLogger(__name__)
 
 
+class SourcedVocabulary(list):
+    """A vocabulary list that says where it came from (``source``), for its errors."""
+
+    def __init__(self, names, source: str):
+        super().__init__(names)
+        self.source = source
+
+
 def default_vocabulary(cfg) -> Optional[List]:
     """MODEL.GLIP.VOCABULARY, else the thing_classes of DATASETS.TEST[0] (with that dataset's
-    DATASETS.CLASS_DESCRIPTIONS, if any), else None."""
+    DATASETS.CLASS_DESCRIPTIONS, if any), else None; a :class:`SourcedVocabulary`, so that a
+    name that cannot be prompted is reported with the key or dataset it came from."""
     if len(cfg.MODEL.GLIP.VOCABULARY):
-        return list(cfg.MODEL.GLIP.VOCABULARY)
+        return SourcedVocabulary(cfg.MODEL.GLIP.VOCABULARY, "MODEL.GLIP.VOCABULARY")
     if len(cfg.DATASETS.TEST):
         name = cfg.DATASETS.TEST[0]
-        names = MetadataCatalog.get(name).get("thing_classes", None)
+        meta = MetadataCatalog.get(name)
+        names = meta.get("thing_classes", None)
         if names is None:
             return None
-        return apply_descriptions(names, class_descriptions_from_config(cfg).get(name))
+        json_file = meta.get("json_file", None)
+        return SourcedVocabulary(
+            apply_descriptions(names, class_descriptions_from_config(cfg).get(name)),
+            f"the class names of DATASETS.TEST[0] {name!r}"
+            + (f" (categories of {json_file})" if json_file else ""),
+        )
     return None
 
 
@@ -100,7 +115,16 @@ class PromptingMixin:
         if isinstance(self, nn.Module):  # the mixin alone (tests) has no state dict
             self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
         if vocabulary:
-            self.set_vocabulary(vocabulary)
+            try:
+                self.set_vocabulary(vocabulary)
+            except ValueError as e:
+                source = getattr(vocabulary, "source", None)
+                if source is None:
+                    raise
+                raise ValueError(
+                    f"The model's vocabulary, {source}, cannot be its prompt: {e} (Name # counts "
+                    "from 0 in that list.) Rename those classes, or set another vocabulary."
+                ) from e
 
     def clear_text_cache(self):
         """Forget the cached prompt encodings; they are recomputed on next use. Done for you when
