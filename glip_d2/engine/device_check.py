@@ -37,11 +37,17 @@ def check_device(cfg) -> None:
 def check_process_count(num_processes: int) -> None:
     """Refuse more processes (``--num-gpus``) than GPUs where CUDA is available: Detectron2's
     ``launch`` then gives each process a GPU and asserts in every process that there are enough.
-    Without CUDA the processes run on the CPU over gloo, any number of them.
+    Without CUDA the processes run on the CPU over gloo, any number of them. Fewer than one
+    process (0 or negative) is refused: Detectron2's ``launch`` ran one process for it, silently.
 
     Raises:
         ValueError: naming the GPU count.
     """
+    if num_processes < 1:
+        raise ValueError(
+            f"--num-gpus {num_processes}: the number of processes per machine must be at least 1 "
+            "(on the CPU too: --num-gpus 1 MODEL.DEVICE cpu for one process)."
+        )
     if num_processes > 1 and torch.cuda.is_available() and (
         num_processes > torch.cuda.device_count()
     ):
