@@ -31,6 +31,27 @@ class ClassDescription:
     prefix: str = ""
     suffix: str = ""
 
+    def __post_init__(self):
+        # text glued to the name changes the name's word pieces ("a" + "cigarette" is read as
+        # "ac ##iga ##ret ##te"), so the label's positive tokens would be pieces of other words
+        from .prompt import clean_name
+
+        name = clean_name(self.name) if isinstance(self.name, str) else ""
+        if not name:  # not a string, or empty: the vocabulary checks say so
+            return
+        prefix = self.prefix if isinstance(self.prefix, str) else ""
+        suffix = self.suffix if isinstance(self.suffix, str) else ""
+        for part, text, glued, edge, fixed in (
+            ("prefix", prefix, prefix + name, (prefix[-1:], name[:1]), prefix + " "),
+            ("suffix", suffix, name + suffix, (name[-1:], suffix[:1]), ", " + suffix),
+        ):
+            if _joins(*edge):
+                raise ValueError(
+                    f"The {part} {text!r} of class {self.name!r} runs into the name "
+                    f"({glued!r}), which changes the name's tokens; separate them with a space "
+                    f"(or punctuation), e.g. {part} {fixed!r}."
+                )
+
     def text(self, clean: bool = True) -> str:
         """The prompt text of this class (the name cleaned with :func:`clean_name`)."""
         from .prompt import clean_name  # prompt.py builds on this module
@@ -39,6 +60,17 @@ class ClassDescription:
 
     def to_dict(self) -> Dict[str, str]:
         return {"prefix": self.prefix, "name": self.name, "suffix": self.suffix}
+
+
+def _joins(left: str, right: str) -> bool:
+    """Whether the tokenizer reads two adjacent characters as one word: both letters or digits,
+    and neither a CJK ideograph (which BERT's tokenizer always splits off)."""
+
+    def cjk(c):
+        o = ord(c)
+        return 0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F
+
+    return bool(left and right) and left.isalnum() and right.isalnum() and not (cjk(left) or cjk(right))
 
 
 VocabularyEntry = Union[str, ClassDescription, Mapping[str, str]]
