@@ -167,7 +167,17 @@ def _evaluate(cfg, model, output_dir: str) -> Dict[str, float]:
         cfg, name, mapper=GroundingDatasetMapper(cfg, is_train=False)
     )
     res = inference_on_dataset(model, loader, build_glip_evaluator(cfg, name, output_dir))
-    bbox = res.get("bbox", {})
+    return _box_ap(res)
+
+
+def _box_ap(results: Dict) -> Dict[str, float]:
+    """AP and AP50 of an evaluation's results. Detectron2's evaluators return no "bbox" when the
+    model made no detection at all: that run scores 0 (left out as NaN, it raised the mean of
+    the seeds that stayed in). NaN stays NaN where AP is undefined (no ground truth)."""
+    if "bbox" not in results:
+        logger.warning("No detection on the test set: the run's AP and AP50 are 0.")
+        return {"AP": 0.0, "AP50": 0.0}
+    bbox = results["bbox"]
     return {"AP": float(bbox.get("AP", float("nan"))), "AP50": float(bbox.get("AP50", float("nan")))}
 
 
@@ -280,8 +290,10 @@ def summarize(records: List[Dict]) -> Dict:
             ap, ap_std = _mean_std([r["AP"] for r in runs])
             ap50, ap50_std = _mean_std([r["AP50"] for r in runs])
             train_s, _ = _mean_std([r["train_seconds"] for r in runs])
+            # the seeds the mean is over: a run whose AP is undefined (NaN) is not among them
+            seeds = sum(not math.isnan(r["AP"]) for r in runs)
             out["modes"][mode][k] = {"AP": ap, "AP_std": ap_std, "AP50": ap50, "AP50_std": ap50_std,
-                                     "seeds": len(runs), "train_seconds": train_s,
+                                     "seeds": seeds, "train_seconds": train_s,
                                      "trainable_params": runs[0].get("trainable_params", 0)}
     return out
 

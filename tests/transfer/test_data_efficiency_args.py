@@ -106,3 +106,18 @@ def test_a_learning_rate_that_trains_nothing_is_refused(tmp_path, monkeypatch, c
         data_efficiency.main(argv)
     assert e.value.code == 2 and ran == []
     assert "--lr" in capsys.readouterr().err
+
+
+def test_a_run_without_detections_scores_0_and_an_undefined_ap_is_not_a_seed():
+    """Detectron2's evaluators return no "bbox" when the model detected nothing: that run
+    scored NaN and was left out of the mean, which then stood on the better seeds only."""
+    from glip_d2.data_efficiency import _box_ap, summarize
+
+    assert _box_ap({}) == {"AP": 0.0, "AP50": 0.0}
+    assert _box_ap({"bbox": {"AP": 40.0, "AP50": 80.0}}) == {"AP": 40.0, "AP50": 80.0}
+    runs = [dict(mode="prompt", shots=1, seed=s, train_seconds=1.0, **_box_ap(res))
+            for s, res in enumerate([{"bbox": {"AP": 30.0, "AP50": 60.0}}, {}])]
+    cell = summarize(runs)["modes"]["prompt"][1]
+    assert (cell["AP"], cell["AP_std"], cell["seeds"]) == (15.0, 15.0, 2)
+    nan = dict(mode="prompt", shots=1, seed=2, AP=float("nan"), AP50=float("nan"), train_seconds=1.0)
+    assert summarize(runs + [nan])["modes"]["prompt"][1]["seeds"] == 2
