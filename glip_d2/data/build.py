@@ -114,6 +114,10 @@ def load_checked_train_dicts(cfg, mapper):
     parts = []
     tokenizer = getattr(mapper, "tokenizer", None)
     level = cfg.DATASETS.get("CHECK_RECORDS", "full")
+    shots = cfg.DATASETS.get("FEW_SHOT", 0)
+    if shots < 0:
+        raise ValueError(f"DATASETS.FEW_SHOT is {shots}; give k > 0 for k-shot subsets, or 0 for "
+                         "the whole datasets.")
     for name in cfg.DATASETS.TRAIN:
         dicts = get_detection_dataset_dicts(
             [name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
@@ -144,7 +148,9 @@ def load_checked_train_dicts(cfg, mapper):
                 "to a listed image). Give the json its boxes, or leave it out of DATASETS.TRAIN."
             )
         _check_mask_format(parts[-1], source, mapper)
-        shots = cfg.DATASETS.get("FEW_SHOT", 0)
+        if shots > 0 and has_captions:
+            logger.warning(f"DATASETS.FEW_SHOT {shots}: {source} is a grounding (caption) dataset, "
+                           "which has no classes to count shots of; it is used whole.")
         if shots > 0 and not has_captions:
             categories = range(len(names)) if names else None
             parts[-1] = sample_few_shot(

@@ -71,6 +71,9 @@ def test_config_cuts_a_registered_training_dataset(tmp_path):
     assert official != sample_few_shot(_dicts(num_classes=3), 3, seed=0, mode="instances")
     cfg.DATASETS.FEW_SHOT = 0
     assert len(load_checked_train_dicts(cfg, mapper=None)[0]) == 200
+    cfg.DATASETS.FEW_SHOT = -1  # was the whole dataset, silently
+    with pytest.raises(ValueError, match=r"^DATASETS.FEW_SHOT is -1; give k > 0"):
+        load_checked_train_dicts(cfg, mapper=None)
 
 
 def _record(image_id, cats, crowd=()):
