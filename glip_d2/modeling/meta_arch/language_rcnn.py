@@ -13,6 +13,7 @@ chunks' detections are merged by class-wise NMS (as the one-stage GLIP does); wi
 classification loss the softmax then runs over each chunk's names, not the whole vocabulary.
 """
 
+import inspect
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -35,6 +36,21 @@ from .prompting import PromptingMixin, default_vocabulary
 __all__ = ["LanguageAwareRCNN"]
 
 logger = logging.getLogger(__name__)
+
+
+def _precomputed_proposals(batched_inputs: List[Dict], device) -> List[Instances]:
+    """Each input's "proposals" (MODEL.LOAD_PROPOSALS: the model has no proposal generator)."""
+    missing = [x.get("image_id", x.get("file_name", i)) for i, x in enumerate(batched_inputs)
+               if "proposals" not in x]
+    if missing:
+        raise ValueError(
+            f"MODEL.LOAD_PROPOSALS is on (no proposal generator), but input(s) {missing[:3]} have "
+            "no 'proposals'. glip_d2's GroundingDatasetMapper and train_net.py do not load "
+            "DATASETS.PROPOSAL_FILES_*: use an RPN (MODEL.LOAD_PROPOSALS False, "
+            "MODEL.PROPOSAL_GENERATOR.NAME 'RPN' or 'GLIPATSSProposalGenerator'), or give each "
+            "input an Instances of proposal_boxes and objectness_logits as 'proposals'."
+        )
+    return [x["proposals"].to(device) for x in batched_inputs]
 
 
 @META_ARCH_REGISTRY.register()
@@ -146,6 +162,14 @@ class LanguageAwareRCNN(CPUFallbackMixin, PromptingMixin, GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
+        if "text" not in inspect.signature(ret["roi_heads"].forward).parameters:
+            # a stock head would fail at the first forward with "unexpected keyword 'text'"
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r} builds ROI heads that do not "
+                "read text, and META_ARCHITECTURE 'LanguageAwareRCNN' scores regions against "
+                "text; set MODEL.ROI_HEADS.NAME 'LanguageAwareStandardROIHeads' (Faster / Mask "
+                "R-CNN) or 'LanguageAwareCascadeROIHeads' (Cascade R-CNN)."
+            )
         lb = cfg.MODEL.LANGUAGE_BACKBONE
         language_backbone = build_language_backbone(cfg)
         if language_backbone.language_dim != lb.LANG_DIM:
@@ -247,7 +271,7 @@ class LanguageAwareRCNN(CPUFallbackMixin, PromptingMixin, GeneralizedRCNN):
         if self.proposal_generator is not None:
             proposals, proposal_losses = self._run_proposal_generator(images, features, gt_instances, text)
         else:
-            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
+            proposals = _precomputed_proposals(batched_inputs, self.device)
             proposal_losses = {}
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances, text=text)
         if self.vis_period > 0:
@@ -311,7 +335,7 @@ class LanguageAwareRCNN(CPUFallbackMixin, PromptingMixin, GeneralizedRCNN):
     def _proposals(self, images, features, batched_inputs, text: Optional[RegionTextInputs] = None):
         if self.proposal_generator is not None:
             return self._run_proposal_generator(images, features, None, text)[0]
-        return [x["proposals"].to(self.device) for x in batched_inputs]
+        return _precomputed_proposals(batched_inputs, self.device)
 
     def _run_proposal_generator(self, images, features, gt_instances, text: RegionTextInputs):
         # A prompt-reading generator (e.g. GLIPATSSProposalGenerator) gets the ROI heads' text.

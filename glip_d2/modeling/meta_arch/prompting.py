@@ -4,7 +4,7 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from torch import nn
 
 from ...data.class_descriptions import class_descriptions_from_config
@@ -31,6 +31,8 @@ def default_vocabulary(cfg) -> Optional[List]:
     if len(cfg.DATASETS.TEST):
         name = cfg.DATASETS.TEST[0]
         meta = MetadataCatalog.get(name)
+        if meta.get("thing_classes", None) is None:
+            _load_class_names(name)
         names = meta.get("thing_classes", None)
         if names is None:
             return None
@@ -41,6 +43,27 @@ def default_vocabulary(cfg) -> Optional[List]:
             + (f" (categories of {json_file})" if json_file else ""),
         )
     return None
+
+
+def _load_class_names(name: str) -> None:
+    """Load a detection dataset whose class names are not known yet: ``register_coco_instances``
+    sets ``thing_classes`` only when the json is first loaded, so a model built before
+    (``DefaultPredictor(cfg)``, ``build_model``) would have no vocabulary; the names and their
+    order are then those the evaluator uses. A dataset that cannot be loaded here (files not
+    present) is left alone, with a warning."""
+    meta = MetadataCatalog.get(name)
+    # detection datasets only: a grounding dataset has no class names to load
+    detection = meta.get("evaluator_type", None) in ("coco", "lvis", "odinw")
+    if name not in DatasetCatalog.list() or not detection:
+        return
+    try:
+        DatasetCatalog.get(name)
+    except (OSError, ValueError) as e:
+        logger.warning(
+            f"DATASETS.TEST[0] {name!r} has no class names yet and could not be loaded to get "
+            f"them ({type(e).__name__}: {e}); the model has no default vocabulary: call "
+            "model.set_vocabulary([...]) or set MODEL.GLIP.VOCABULARY."
+        )
 
 
 def normalise_phrase_spans(phrase_spans) -> List[List[Tuple[int, int]]]:

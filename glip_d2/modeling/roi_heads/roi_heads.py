@@ -56,6 +56,14 @@ class _LanguageAwareMixin:
             )
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("Language-aware ROI heads predict boxes and masks, not keypoints.")
+        if not cfg.MODEL.ROI_BOX_HEAD.NAME:
+            # Detectron2's C4 configs leave it empty: their Res5ROIHeads runs res5 as the box head
+            raise ValueError(
+                f"{cls.__name__} needs a box head, and MODEL.ROI_BOX_HEAD.NAME is empty (as in "
+                "Detectron2's C4 configs, whose Res5ROIHeads has no language-aware version); "
+                "set it, e.g. MODEL.ROI_BOX_HEAD.NAME 'FastRCNNConvFCHead' with "
+                "MODEL.ROI_BOX_HEAD.NUM_FC 2."
+            )
         ret = super().from_config(cfg, input_shape)
         ret["num_classes"] = BACKGROUND_INDEX
         return ret
