@@ -31,7 +31,7 @@ def _fake_runs(monkeypatch):
     monkeypatch.setattr(data_efficiency, "write_outputs", lambda *a, **k: None)
     monkeypatch.setattr(data_efficiency, "run_one", run_one)
     monkeypatch.setattr(data_efficiency, "_test_subset",
-                        lambda name, n: f"{name}@first{n}" if n else name)
+                        lambda name, n, output_dir=None: f"{name}@first{n}" if n else name)
     return calls
 
 
