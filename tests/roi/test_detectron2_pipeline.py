@@ -238,7 +238,12 @@ def test_trainer_predictor_visualizer_evaluator(coco_dataset, tmp_path):
     vis = Visualizer(image[:, :, ::-1], predictor.metadata).draw_instance_predictions(inst[:3])
     assert vis.get_image().shape == (96, 128, 3)
 
-    evaluator = COCOEvaluator(coco_dataset, output_dir=str(tmp_path / "eval"))
+    from glip_d2.engine.evaluation import fast_coco_eval_available
+
+    # Detectron2's own evaluator; its compiled ops only where Detectron2 is built (not on the
+    # newest stack's stand-in detectron2._C)
+    evaluator = COCOEvaluator(coco_dataset, output_dir=str(tmp_path / "eval"),
+                              use_fast_impl=fast_coco_eval_available())
     res = inference_on_dataset(predictor.model, build_detection_test_loader(cfg, coco_dataset),
                                evaluator)
     assert set(res) == {"bbox", "segm"}
