@@ -12,6 +12,7 @@ import torch
 from glip_d2 import model_zoo
 from glip_d2.demo import get_parser, main
 from glip_d2.predictor import GLIPPredictor
+from tests.predictor.test_demo_video import _read
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,15 +111,7 @@ def _video(path, frames=3, size=(64, 80)):
 
 
 def _frames(path):
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame.astype(np.int16))
-    capture.release()
-    return frames
+    return [frame.astype(np.int16) for frame in _read(path)]
 
 
 def test_the_output_video_holds_the_drawn_detections(tmp_path, capsys):

@@ -190,6 +190,12 @@ def test_pseudo_label_refuses_a_score_thresh_outside_0_1_before_the_teacher(
     # scores are in [0, 1]: -0.5 was squared into ATSS.INFERENCE_TH 0.25 (the teacher dropped the
     # boxes a "keep everything" threshold asked for), 1.5 labelled the whole collection to keep
     # nothing
+    assert_refused_before_the_teacher(monkeypatch, tmp_path, ["--score-thresh", thresh], "--score-thresh")
+
+
+def assert_refused_before_the_teacher(monkeypatch, tmp_path, extra_args, match):
+    """python -m glip_d2.pseudo_label with ``extra_args`` stops with a ValueError matching
+    ``match`` before any teacher is built or output written."""
     import glip_d2.selftrain.pseudo_label as pl
 
     built = []
@@ -197,8 +203,8 @@ def test_pseudo_label_refuses_a_score_thresh_outside_0_1_before_the_teacher(
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"file_name": "a.png", "caption": "a cat"}\n')
     argv = ["--config-file", "x.yaml", "--input", str(jsonl), "--output-dir", str(tmp_path / "o")]
-    with pytest.raises(ValueError, match="--score-thresh"):
-        pl.main(argv + ["--score-thresh", thresh])
+    with pytest.raises(ValueError, match=match):
+        pl.main(argv + list(extra_args))
     assert not built and not (tmp_path / "o").exists()
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from glip_d2.modeling.proposal_generator.glip_rpn import anchor_layout
+from tests.roi.test_review_selftrain import assert_refused_before_the_teacher
 
 P2_P6 = ["p2", "p3", "p4", "p5", "p6"]
 DEFAULT_SIZES = [64, 128, 256, 512, 1024]  # MODEL.ATSS.ANCHOR_SIZES as add_glip_config sets it
@@ -35,16 +36,7 @@ def test_glip_rpn_default_anchor_sizes_are_8_strides_when_the_strides_are_set_to
 def test_pseudo_label_refuses_a_part_size_below_1_before_the_teacher(part_size, tmp_path, monkeypatch):
     """--part-size 0 was refused only after the teacher was built and its weights loaded (minutes
     for GLIP-L), unlike the other numbers (--shard, --num-shards, --score-thresh)."""
-    import glip_d2.selftrain.pseudo_label as pl
-
-    built = []
-    monkeypatch.setattr(pl, "build_teacher", lambda args: built.append(args))
-    jsonl = tmp_path / "c.jsonl"
-    jsonl.write_text('{"file_name": "a.png", "caption": "a cat"}\n')
-    argv = ["--config-file", "x.yaml", "--input", str(jsonl), "--output-dir", str(tmp_path / "o")]
-    with pytest.raises(ValueError, match="--part-size"):
-        pl.main(argv + ["--part-size", part_size])
-    assert not built and not (tmp_path / "o").exists()
+    assert_refused_before_the_teacher(monkeypatch, tmp_path, ["--part-size", part_size], "--part-size")
 
 
 def _regionclip_student(**kwargs):
