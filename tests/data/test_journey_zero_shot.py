@@ -283,6 +283,25 @@ def _draw_images(folder):
     return scenes
 
 
+def _assert_same_detections(mine, theirs):
+    """The same (class, score, box) detections, matched one to one within 1e-4 in score and
+    0.05 px per coordinate. Equal scores may come in either order (a random-weight model gives
+    many: anchors clipped to the same box), and at the detections-per-image cut a tie may keep
+    either of its boxes: only detections scored as the lowest kept one may stay unmatched."""
+    left = list(theirs)
+    unmatched = []
+    for c, score, box in mine:
+        hit = next((j for j, (c2, s2, b2) in enumerate(left) if c2 == c and abs(s2 - score) <= 1e-4
+                    and np.allclose(b2, box, atol=0.05)), None)
+        if hit is None:
+            unmatched.append((c, score, box))
+        else:
+            left.pop(hit)
+    lowest = min(s for _, s, _ in mine)
+    assert len(unmatched) == len(left)
+    assert all(abs(s - lowest) <= 1e-4 for _, s, _ in unmatched + left), (unmatched, left)
+
+
 def _demo_cfg(protocol=None):
     from glip_d2 import model_zoo
 
@@ -353,8 +372,4 @@ def test_eval_only_and_predictor_give_the_same_boxes(tmp_path, names, fmt, proto
                                r["bbox"][1] + r["bbox"][3]]) for r in p["instances"]),
                             key=lambda r: -r[1])
             assert len(mine) == len(theirs) > 0
-            assert [c for c, _, _ in mine] == [c for c, _, _ in theirs]
-            np.testing.assert_allclose([s for _, s, _ in mine], [s for _, s, _ in theirs],
-                                       atol=1e-4)
-            np.testing.assert_allclose([b for _, _, b in mine], [b for _, _, b in theirs],
-                                       atol=0.05)
+            _assert_same_detections(mine, theirs)
