@@ -10,7 +10,7 @@ any image is read, and name the file, the record and what to add.
 import json
 import math
 import numbers
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 from detectron2.utils.file_io import PathManager
 
