@@ -13,12 +13,32 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..text import clean_name
 
 __all__ = [
+    "GROUNDING_EVALUATOR_TYPES",
+    "ensure_class_metadata",
     "load_grounding_json",
     "register_grounding_instances",
     "register_detection_as_grounding",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Datasets whose inputs carry their own caption: no vocabulary prompt.
+GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
+
+
+def ensure_class_metadata(dataset_name: str) -> None:
+    """Load a lazily registered dataset once, so its metadata has the category names and the
+    id map (``register_coco_instances`` sets them when the json is first loaded; the evaluators
+    map ``pred_classes`` back to dataset ids with the map). Grounding datasets have none."""
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", "coco")
+    if kind in GROUNDING_EVALUATOR_TYPES:
+        return
+    needed = ["thing_classes"]
+    if kind in ("coco", "odinw"):  # LVISEvaluator falls back to id = class + 1
+        needed.append("thing_dataset_id_to_contiguous_id")
+    if not all(hasattr(meta, k) for k in needed) and dataset_name in DatasetCatalog.list():
+        DatasetCatalog.get(dataset_name)
 
 def _refuse_existing(name: str) -> None:
     if not isinstance(name, str) or not name:

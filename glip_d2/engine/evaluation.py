@@ -18,17 +18,16 @@ import logging
 import os
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..config import add_dataset_config
+from ..data.register import GROUNDING_EVALUATOR_TYPES, ensure_class_metadata
 from ..text import apply_descriptions
 from ..evaluation import (FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator,
                           check_lvis_cap, check_refcoco_match)
 from ..evaluation.ground_truth import check_coco_ground_truth, with_annotation_ids
 
-# Datasets whose inputs carry their own caption: no vocabulary prompt.
-GROUNDING_EVALUATOR_TYPES = ("flickr", "grounding", "refcoco")
 
 logger = logging.getLogger(__name__)
 
@@ -129,20 +128,6 @@ def check_benchmark_options(cfg) -> None:
     check_refcoco_match(opts.get("REFCOCO_MATCH", "giou"))
 
 
-def _ensure_vocabulary_metadata(dataset_name: str) -> None:
-    """Load a lazily registered dataset once, so its metadata has the category names and the
-    id map (the evaluators map ``pred_classes`` back to dataset ids with it)."""
-    meta = MetadataCatalog.get(dataset_name)
-    kind = meta.get("evaluator_type", "coco")
-    if kind in GROUNDING_EVALUATOR_TYPES:
-        return
-    needed = ["thing_classes"]
-    if kind in ("coco", "odinw"):  # LVISEvaluator falls back to id = class + 1
-        needed.append("thing_dataset_id_to_contiguous_id")
-    if not all(hasattr(meta, k) for k in needed) and dataset_name in DatasetCatalog.list():
-        DatasetCatalog.get(dataset_name)
-
-
 def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
     """The evaluator of a dataset, chosen by its ``evaluator_type`` (table in the module doc).
 
@@ -156,7 +141,7 @@ def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):
         NotImplementedError: for an evaluator_type not in the table.
     """
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    _ensure_vocabulary_metadata(dataset_name)
+    ensure_class_metadata(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type", "coco")
     opts = _benchmark_options(cfg)
@@ -220,7 +205,7 @@ def set_test_vocabulary(model, dataset_name: str, descriptions=None):
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
         return
-    _ensure_vocabulary_metadata(dataset_name)
+    ensure_class_metadata(dataset_name)
     names = meta.get("thing_classes", None)
     if names is None:
         raise ValueError(f"Dataset {dataset_name!r} has no thing_classes to build a prompt from")
@@ -269,24 +254,18 @@ def _vocabulary_error(dataset_name: str, error: ValueError) -> ValueError:
 def _check_test_vocabulary(model, dataset_name: str, descriptions=None) -> None:
     """Chunk a test dataset's class names as :func:`set_test_vocabulary` would, without
     prompting the model with them (nothing is encoded)."""
-    from ..text import chunk_vocabulary
-
     inner = getattr(model, "module", model)
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
         return
-    if not all(hasattr(inner, k) for k in ("tokenizer", "test_chunk_size", "max_query_len")):
+    if not hasattr(inner, "chunk_names"):
         return
-    _ensure_vocabulary_metadata(dataset_name)
+    ensure_class_metadata(dataset_name)
     names = meta.get("thing_classes", None)
     if names is None:
         return
     try:
-        chunk_vocabulary(
-            apply_descriptions(names, descriptions), inner.tokenizer,
-            chunk_size=inner.test_chunk_size, max_len=inner.max_query_len,
-            separator=getattr(inner, "separator", ". "),
-        )
+        inner.chunk_names(apply_descriptions(names, descriptions))
     except ValueError as e:
         raise _vocabulary_error(dataset_name, e) from e
 
@@ -302,7 +281,7 @@ def check_fixed_vocabulary(vocabulary, dataset_name: str) -> None:
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("evaluator_type", None) in GROUNDING_EVALUATOR_TYPES:
         return
-    _ensure_vocabulary_metadata(dataset_name)
+    ensure_class_metadata(dataset_name)
     names = meta.get("thing_classes", None)
     if names is not None and list(names) != list(vocabulary):
         differ = next((i for i, (a, b) in enumerate(zip(names, vocabulary)) if a != b),

@@ -4,10 +4,11 @@ import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from torch import nn
 
 from ...data.class_descriptions import class_descriptions_from_config
+from ...data.register import ensure_class_metadata
 from ...text import apply_descriptions, chunk_vocabulary, create_positive_map, tokenize
 from ...text.chunking import check_vocabulary_container
 
@@ -51,13 +52,11 @@ def _load_class_names(name: str) -> None:
     (``DefaultPredictor(cfg)``, ``build_model``) would have no vocabulary; the names and their
     order are then those the evaluator uses. A dataset that cannot be loaded here (files not
     present) is left alone, with a warning."""
-    meta = MetadataCatalog.get(name)
     # detection datasets only: a grounding dataset has no class names to load
-    detection = meta.get("evaluator_type", None) in ("coco", "lvis", "odinw")
-    if name not in DatasetCatalog.list() or not detection:
+    if MetadataCatalog.get(name).get("evaluator_type", None) not in ("coco", "lvis", "odinw"):
         return
     try:
-        DatasetCatalog.get(name)
+        ensure_class_metadata(name)
     except (OSError, ValueError) as e:
         logger.warning(
             f"DATASETS.TEST[0] {name!r} has no class names yet and could not be loaded to get "
@@ -180,13 +179,25 @@ class PromptingMixin:
         names = list(names)
         if chunk_size is None:
             chunk_size = self.test_chunk_size
-        chunks = chunk_vocabulary(  # validates first: a bad vocabulary leaves the old one intact
-            names, self.tokenizer, chunk_size=chunk_size,
-            max_len=self.max_query_len, separator=self.separator,
-        )
+        # validates first: a bad vocabulary leaves the old one intact
+        chunks = self.chunk_names(names, chunk_size)
         self.vocabulary, self._chunks, self._chunk_size = names, chunks, chunk_size
         self._text_cache.clear()
         logger.info(f"Vocabulary of {len(names)} names: {len(chunks)} prompt chunk(s) per image.")
+
+    def chunk_names(self, names: Sequence, chunk_size: Optional[int] = None):
+        """The prompt chunks of ``names`` as :meth:`set_vocabulary` makes them (this model's
+        tokenizer, token limit and separator), without setting them: checks a vocabulary.
+
+        Raises:
+            ValueError: for names that cannot be a prompt (repeated, empty after cleaning,
+                longer than the token limit).
+        """
+        return chunk_vocabulary(
+            list(names), self.tokenizer,
+            chunk_size=self.test_chunk_size if chunk_size is None else chunk_size,
+            max_len=self.max_query_len, separator=self.separator,
+        )
 
     def encode_text(self, captions: Sequence[str]):
         """Tokenize and run the language backbone. Returns (tokenized, language dict).
