@@ -119,8 +119,9 @@ def _subset_json(json_file: str, records: List[Dict], sub: str, output_dir: Opti
 
     from detectron2.utils.file_io import PathManager
 
-    with PathManager.open(json_file) as f:
-        data = json.load(f)
+    from .data.datasets._utils import read_json
+
+    data = read_json(json_file, PathManager.open)
     ids = {r["image_id"] for r in records}
     data["images"] = [i for i in data.get("images", []) if i["id"] in ids]
     data["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in ids]

@@ -67,8 +67,7 @@ def list_configs() -> List[str]:
     for folder, _, files in os.walk(root):
         for f in files:
             if f.endswith(".yaml"):
-                rel = os.path.relpath(os.path.join(folder, f), root)
-                names.append(rel[: -len(".yaml")].replace(os.sep, "/"))
+                names.append(_config_name(os.path.join(folder, f)))
     return sorted(names)
 
 
