@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ._torch import require_torch
-
-if TYPE_CHECKING:  # imported when called: glip_d2.text imports without torch
-    import torch
+from ._torch import require_torch, torch  # torch is None where not installed
 
 __all__ = ["aggregate_token_scores"]
 
@@ -46,7 +41,7 @@ def aggregate_token_scores(
         ValueError: on an unknown mode, a map narrower than ``T``, or (``empty_label="error"``)
             a label with no token among the first ``T``.
     """
-    torch = require_torch("aggregate_token_scores")
+    require_torch("aggregate_token_scores")
     mode = mode.lower()
     if mode not in _MODES:
         raise ValueError(f"Unknown score aggregation {mode!r}; use one of {_MODES}.")
@@ -85,7 +80,6 @@ def aggregate_token_scores(
 def _geometric_mean(token_scores: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor):
     """exp(mean log score) per label, in at least float32: the 1e-12 clamp is 0 in float16, and
     the log of a 0 score (-inf) times a 0 weight would make every label's score NaN."""
-    torch = require_torch("aggregate_token_scores")
     dtype = torch.promote_types(token_scores.dtype, torch.float32)
     logs = token_scores.to(dtype).clamp(min=1e-12).log()
     weights = mask.to(dtype).t()  # (T, L)
@@ -97,7 +91,6 @@ def _label_token_index(mask: torch.Tensor) -> torch.Tensor:
     """(L, T) bool -> (L, K) token indices, K the most tokens of a label; each row lists its
     label's tokens, padded by repeating its first one (so max / min are unchanged). Memory is
     L x K per score row, not L x T: a full LVIS chunk at P3 stays small."""
-    torch = require_torch("aggregate_token_scores")
     num_labels, num_tokens = mask.shape
     positions = torch.arange(num_tokens, device=mask.device).expand(num_labels, num_tokens)
     # the label's tokens first, in order; the others pushed behind them

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-from ._torch import require_torch
+from ._torch import require_torch, torch  # torch is None where not installed
 from .spans import validate_spans
-
-if TYPE_CHECKING:  # imported when called: glip_d2.text imports without torch
-    import torch
 
 __all__ = ["span_to_token_range", "create_positive_map"]
 
@@ -79,7 +76,7 @@ def create_positive_map(
         ValueError: if a label has no span, a span is malformed or outside ``caption``, or a
             span maps to no token (whitespace only, or cut off by truncation).
     """
-    torch = require_torch("create_positive_map")
+    require_torch("create_positive_map")
     positive_map = torch.zeros((len(spans_per_label), max_len), dtype=torch.bool)
     for label, spans in enumerate(spans_per_label):
         if len(spans) == 0:
