@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,23 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep the sorted order
     return HeavyFirstScheduling(config, log)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``tmp_path_factory.mktemp`` for a module's shared fixtures. What they write (models and
+    checkpoints of 0.1-1.3 GB) is removed when the module ends: kept to the end of the session,
+    the suite's files filled 10 GB and CI's disk ran out. The tests' own ``tmp_path`` folders go
+    when a test passes (``tmp_path_retention_policy = failed`` in pytest.ini)."""
+    made = []
+
+    def mktemp(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -51,8 +51,8 @@ def _env(log, **kw):
 
 
 @pytest.fixture(scope="module")
-def suite_calls(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("suite")
+def suite_calls(module_tmp):
+    tmp = module_tmp("suite")
     stub, log = _stub(tmp)
     proc = subprocess.run(["bash", SUITE, stub], cwd=str(tmp), env=_env(log), capture_output=True,
                           text=True, timeout=60)

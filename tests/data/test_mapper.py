@@ -24,9 +24,9 @@ NAMES = {0: "dog", 1: "cat", 2: "traffic_light", 3: "ball"}
 
 
 @pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
+def image_file(module_tmp):
     image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    path = str(tmp_path_factory.mktemp("images") / "img.png")
+    path = str(module_tmp("images") / "img.png")
     cv2.imwrite(path, image)
     return path, image
 

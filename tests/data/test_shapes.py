@@ -30,8 +30,8 @@ N = 24  # images per split in the shared fixture: enough for every novel class t
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
+def root(module_tmp):
+    root = str(module_tmp("datasets"))
     for split in ("train", "val_novel"):
         generate_split(root, split, num_images=N, image_size=224)
     return root

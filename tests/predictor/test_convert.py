@@ -262,11 +262,11 @@ class Custom:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     torch.manual_seed(0)
     cfg = tiny_cfg()
     model = build_model(cfg).eval()
-    root = tmp_path_factory.mktemp("convert")
+    root = module_tmp("convert")
     cfg_file = root / "tiny.yaml"
     cfg_file.write_text(cfg.dump())
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -20,12 +20,12 @@ TRAINING_STATE = "training state, not needed to load the weights"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """A tiny GLIP's weights, EMA weights that differ from them, and training checkpoints."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
     model = build_model(cfg).eval()
-    root = tmp_path_factory.mktemp("convert_ema")
+    root = module_tmp("convert_ema")
     cfg_file = root / "tiny.yaml"
     cfg_file.write_text(cfg.dump())
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -20,10 +20,10 @@ NAMES = ["red circle", "blue square"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp):
     """A config file, its checkpoint, a checkpoint of another variant, and a folder of images
     (good, unusual and broken ones)."""
-    root = tmp_path_factory.mktemp("demo")
+    root = module_tmp("demo")
     torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.MODEL.ATSS.INFERENCE_TH = 0.0  # a random model scores below the default 0.05

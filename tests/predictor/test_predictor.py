@@ -15,7 +15,7 @@ VOCAB = ["red circle", "blue square", "green triangle"]  # tiny_cfg's MODEL.GLIP
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """A tiny model's weights saved to disk, and its config pointing at them."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 112  # small inputs: fast tests
     cfg.MODEL.DYHEAD.NUM_CONVS = 1  # one fusion block: fast tests
     model = build_model(cfg)
-    path = tmp_path_factory.mktemp("predictor") / "model.pth"
+    path = module_tmp("predictor") / "model.pth"
     torch.save({"model": model.state_dict()}, path)
     cfg.MODEL.WEIGHTS = str(path)
     return cfg, model.state_dict()

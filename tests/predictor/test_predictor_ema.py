@@ -14,14 +14,14 @@ KEY = "head.scorer.bias0"  # a parameter: the EMA averages it
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp):
     """A tiny GLIP's checkpoint with raw weights and an EMA that differs from them."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.MODEL.DYHEAD.NUM_CONVS = 1
     raw = build_model(cfg).state_dict()
     ema = {k: v + 0.5 if v.is_floating_point() else v.clone() for k, v in raw.items()}
-    path = tmp_path_factory.mktemp("ema") / "model_final.pth"
+    path = module_tmp("ema") / "model_final.pth"
     torch.save({"model": raw, "ema": ema, "iteration": 9}, path)
     cfg.MODEL.WEIGHTS = str(path)
     return cfg, raw, ema

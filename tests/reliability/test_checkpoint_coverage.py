@@ -11,11 +11,11 @@ from tests.reliability.helpers import fast_tiny_cfg, write_cfg
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     torch.manual_seed(0)
     cfg = fast_tiny_cfg()
     model = build_model(cfg).eval()
-    root = tmp_path_factory.mktemp("coverage")
+    root = module_tmp("coverage")
     return {"cfg": cfg, "model": model, "root": root,
             "cfg_file": write_cfg(cfg, root / "tiny.yaml")}
 

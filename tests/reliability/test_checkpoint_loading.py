@@ -17,10 +17,10 @@ from tests.reliability.helpers import fast_tiny_cfg, write_cfg
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """The demo GLIP (no box pooling, as in tiny_cfg), the same with MODEL.ATSS.REGION_POOL 4,
     and a checkpoint of each. Tests load into models of their own (these two stay as saved)."""
-    root = tmp_path_factory.mktemp("loading")
+    root = module_tmp("loading")
     cfg = fast_tiny_cfg()
     assert cfg.MODEL.ATSS.REGION_POOL == 0
     pooled_cfg = cfg.clone()

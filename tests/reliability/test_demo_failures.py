@@ -18,9 +18,9 @@ NAMES = ["red circle", "blue square"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp):
     """A tiny random-model config (no weights) and a folder: good, too elongated, good."""
-    root = tmp_path_factory.mktemp("demo_failures")
+    root = module_tmp("demo_failures")
     cfg = fast_tiny_cfg()
     cfg.MODEL.ATSS.INFERENCE_TH = 0.0  # a random model scores below the default 0.05
     cfg.MODEL.ATSS.DETECTIONS_PER_IMG = 2

@@ -58,8 +58,8 @@ def _snapshot(model):
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet_swin")
+def loaded(module_tmp):
+    root = module_tmp("imagenet_swin")
     model = _model()
     path = str(root / "swin_tiny_patch4_window7_224.pth")
     sd = _imagenet_file(model, path)

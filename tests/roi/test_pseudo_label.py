@@ -24,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory):
+def collection(module_tmp):
     """Shapes images, a jsonl of (file_name, caption), and a tiny GLIP teacher on disk."""
-    root = tmp_path_factory.mktemp("pseudo")
+    root = module_tmp("pseudo")
     json_file, image_root = generate_split(
         str(root), "val", num_images=NUM_IMAGES, image_size=128, seed=3
     )

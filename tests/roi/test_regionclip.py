@@ -36,9 +36,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
+def clip_dir(module_tmp):
     """A tiny random CLIPModel (ViT 32 px, patch 8) with a word-level tokenizer, on disk."""
-    d = tmp_path_factory.mktemp("tiny_clip")
+    d = module_tmp("tiny_clip")
     words = {w for c in CAPTIONS for w in c.lower().replace(",", " ").replace(".", " ").split()}
     return save_tiny_clip(str(d), words)
 

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def two_stage(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roi_predictor")
+def two_stage(module_tmp):
+    root = module_tmp("roi_predictor")
     torch.manual_seed(0)
     cfg = two_stage_cfg()
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 128
