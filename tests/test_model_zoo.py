@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 
 import pytest
 import torch
@@ -327,10 +328,10 @@ for name in names:
 
 
 @pytest.mark.heavy(75)
-def test_every_shipped_config_builds_from_the_built_package(tmp_path):
-    """`setup.py build_py` (what a wheel is built from) copies every config into the package,
-    and from the built package alone (no checkout left) every shipped model config builds its
-    model and every protocol applies on top of one."""
+def test_every_shipped_config_builds_from_an_installed_wheel(tmp_path):
+    """A wheel built with pip (`pip wheel`) holds every config, and from that wheel installed
+    (`pip install --target`, no checkout left) every shipped model config builds its model and
+    every protocol applies on top of one."""
     from tests.helpers import save_tiny_clip
 
     src = tmp_path / "src"
@@ -338,10 +339,19 @@ def test_every_shipped_config_builds_from_the_built_package(tmp_path):
     for item in ("setup.py", "MANIFEST.in", "glip_d2", "configs"):
         copy = shutil.copytree if os.path.isdir(os.path.join(ROOT, item)) else shutil.copy
         copy(os.path.join(ROOT, item), src / item)
-    lib = tmp_path / "lib"
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
-                   cwd=src, check=True, capture_output=True)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                          str(src)], cwd=tmp_path, check=True, capture_output=True)
     shutil.rmtree(src)  # no checkout left to fall back on
+    (wheel,) = (tmp_path / "dist").glob("glip_d2-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = sorted(n.split("/configs/", 1)[1] for n in archive.namelist() if n.endswith(".yaml"))
+    checkout = os.path.join(ROOT, "configs")
+    assert shipped == sorted(os.path.relpath(os.path.join(d, f), checkout)
+                             for d, _, files in os.walk(checkout) for f in files if f.endswith(".yaml"))
+    lib = tmp_path / "lib"
+    subprocess.run(pip + ["install", "--no-deps", "--no-index", "--target", str(lib), str(wheel)],
+                   cwd=tmp_path, check=True, capture_output=True)
     clip = save_tiny_clip(str(tmp_path / "clip"), ["cat", "dog"])
     (tmp_path / "concepts.txt").write_text("cat\ndog\n")
     env = dict(os.environ, PYTHONPATH=str(lib), LIB=str(lib), CLIP=clip,
