@@ -6,9 +6,10 @@ description; see :mod:`glip_d2.text.descriptions`). The dataset's vocabulary, wh
 used (training prompts, the test vocabulary), is then its class names with these descriptions.
 """
 
+import difflib
 from typing import Dict, List, Optional, Union
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..text.descriptions import apply_descriptions, load_descriptions
 
@@ -20,8 +21,10 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
 
     Raises:
         ValueError: for an entry that is not ``[dataset_name, file or JSON]``, a dataset named
-            twice, or a file that cannot be parsed.
+            twice, a dataset that is neither in DATASETS.TRAIN/TEST nor registered (a misspelt
+            name, whose descriptions would never be used), or a file that cannot be parsed.
     """
+    used = list(cfg.DATASETS.get("TRAIN", [])) + list(cfg.DATASETS.get("TEST", []))
     out = {}
     for entry in cfg.DATASETS.get("CLASS_DESCRIPTIONS", []):
         # a bare string of two characters would pass the length test as [char, char]
@@ -35,8 +38,20 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
                 f"DATASETS.CLASS_DESCRIPTIONS names dataset {entry[0]!r} twice; give each "
                 "dataset one descriptions entry."
             )
+        if entry[0] not in used and entry[0] not in DatasetCatalog:
+            raise ValueError(_unknown_dataset_message(entry[0], used))
         out[entry[0]] = load_descriptions(entry[1])
     return out
+
+
+def _unknown_dataset_message(name: str, used: List[str]) -> str:
+    close = difflib.get_close_matches(name, used + list(DatasetCatalog), n=3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return (
+        f"DATASETS.CLASS_DESCRIPTIONS names dataset {name!r}, which is neither in "
+        f"DATASETS.TRAIN/TEST ({', '.join(used) or 'none'}) nor registered, so its descriptions "
+        f"would never be used.{hint} Name the dataset as DATASETS.TRAIN/TEST does."
+    )
 
 
 def dataset_vocabulary(dataset_name: str, descriptions=None) -> Optional[List]:

@@ -202,6 +202,13 @@ def test_mlm_loss_trains_the_head_and_leaves_positive_maps_alone(plain):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.head.tower.parameters())
 
 
+@pytest.mark.parametrize("probability", [0.0, 1.5, -0.1, float("nan")])
+def test_mlm_probability_outside_0_1_is_refused_when_the_mlm_loss_is_on(probability):
+    with pytest.raises(ValueError, match=r"MLM_PROBABILITY .* is not a probability in \(0, 1\]"):
+        model_with_losses(MLM_WEIGHT=1.0, MLM_PROBABILITY=probability)
+    model_with_losses(MLM_WEIGHT=0.0, MLM_PROBABILITY=probability)  # off: the key is unused
+
+
 def test_official_checkpoint_loads_into_a_model_with_the_new_heads(tmp_path, plain):
     from glip_d2.checkpoint import GLIPCheckpointer
     from tests.predictor.test_convert import to_official

@@ -44,14 +44,20 @@ def test_errors_in_a_descriptions_file_name_the_file(tmp_path, suffix, text, mes
     [
         ([["ds", '["a"]'], ["ds", '["b"]']], r"names dataset 'ds' twice"),
         (["ds"], r"entry 'ds' must be \[dataset_name"),  # 2 characters: ["d", "s"] before
+        # a misspelt name was silently ignored: the model was prompted without descriptions
+        ([["dss", '["a"]']], r"names dataset 'dss', which is neither in DATASETS.TRAIN/TEST "
+                             r"\(ds, other\) nor registered.* Did you mean 'ds'"),
     ],
 )
-def test_config_descriptions_reject_a_dataset_named_twice_or_a_bare_string(entries, message):
+def test_config_descriptions_reject_a_dataset_named_twice_a_bare_string_or_an_unknown_name(
+    entries, message
+):
     from detectron2.config import CfgNode
 
     from glip_d2.data.class_descriptions import class_descriptions_from_config
 
-    cfg = CfgNode({"DATASETS": CfgNode({"CLASS_DESCRIPTIONS": entries})})
+    cfg = CfgNode({"DATASETS": CfgNode({"CLASS_DESCRIPTIONS": entries, "TRAIN": ("ds",),
+                                        "TEST": ("other",)})})
     with pytest.raises(ValueError, match=message):
         class_descriptions_from_config(cfg)
     cfg.DATASETS.CLASS_DESCRIPTIONS = [["ds", '["a"]'], ["other", '{"b": " on grass"}']]
@@ -59,3 +65,6 @@ def test_config_descriptions_reject_a_dataset_named_twice_or_a_bare_string(entri
         "ds": ["a"],
         "other": {"b": {"prefix": "", "name": "b", "suffix": " on grass"}},
     }
+    cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()
+    cfg.DATASETS.CLASS_DESCRIPTIONS = [["coco_2017_val", '["a"]']]  # registered, not in use
+    assert class_descriptions_from_config(cfg) == {"coco_2017_val": ["a"]}

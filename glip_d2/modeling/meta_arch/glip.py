@@ -199,6 +199,12 @@ class GLIP(CPUFallbackMixin, PromptingMixin, nn.Module):
         # GLIPv2 masked language modelling (None = off); outside `head`, so official checkpoints
         # load with its weights reported missing.
         self.mlm_head = mlm_head
+        if mlm_head is not None and not 0 < mlm_probability <= 1:  # NaN fails too
+            raise ValueError(
+                f"MODEL.GLIP.LOSSES.MLM_PROBABILITY {mlm_probability} is not a probability in "
+                "(0, 1]: it is the share of prompt tokens masked for the MLM loss (BERT's 0.15); "
+                "MODEL.GLIP.LOSSES.MLM_WEIGHT 0 turns the loss off."
+            )
         self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         # One-stage mask head (MODEL.MASK_ON; None = off), also outside `head`.
         self.mask_head = mask_head
