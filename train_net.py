@@ -68,6 +68,7 @@ class Trainer(DefaultTrainer):
         enable_exact_resume(self)  # RNG states and the data-stream position go into checkpoints
 
     def resume_or_load(self, resume=True):
+        self.checkpointer.remove_abandoned_saves()  # what a killed run's checkpoint write left
         super().resume_or_load(resume)
         if self.ema is not None:  # the average starts at MODEL.WEIGHTS, not at the random init
             self.ema.start_from(self.model)

@@ -5,6 +5,10 @@ then takes the target's name (``os.replace``, atomic on POSIX): a reader or a re
 sees half a file, and a command stopped mid-write keeps the last complete one. The temporary
 file is removed when anything fails.
 
+The temporary file is named ``.<target name>.<process id>.<8 random characters>.tmp``. A process
+killed mid-write (SIGKILL, the machine down) cannot remove its own; :func:`remove_abandoned`
+removes those whose process is gone, which a resumed training run does in its output folder.
+
 The temporary file gets the mode any new file gets (0666 less the umask), so the target is as
 readable as one written in place; :func:`tempfile.mkstemp` would make it private (0600), and
 setting the mode afterwards would need the umask, which only a process-wide ``os.umask`` call
@@ -16,10 +20,19 @@ model zoo and the tools can all use it.
 import contextlib
 import json
 import os
+import re
 import secrets
-from typing import IO, Any, Callable, Iterator, Tuple
+from typing import IO, Any, Callable, Iterator, List, Tuple
 
-__all__ = ["new_file", "complete_temp_file", "atomic_write", "atomic_write_json"]
+__all__ = [
+    "new_file",
+    "complete_temp_file",
+    "atomic_write",
+    "atomic_write_json",
+    "remove_abandoned",
+]
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what complete_temp_file names
 
 
 def new_file(directory: str, prefix: str, suffix: str) -> Tuple[int, str]:
@@ -48,7 +61,7 @@ def complete_temp_file(
     caller moved it away (to ``path``, or by a hard link)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = new_file(directory, "." + os.path.basename(path) + ".", ".tmp")
+    fd, tmp = new_file(directory, f".{os.path.basename(path)}.{os.getpid()}.", ".tmp")
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
@@ -70,3 +83,41 @@ def atomic_write(path: str, write: Callable[[IO], Any], binary: bool = False) ->
 def atomic_write_json(path: str, obj: Any, **dump_kwargs) -> None:
     """``json.dump(obj, file, **dump_kwargs)`` into ``path``, atomically."""
     atomic_write(path, lambda f: json.dump(obj, f, **dump_kwargs))
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):  # another user's process, or no answer
+        return False
+    return False
+
+
+def remove_abandoned(directory: str) -> List[Tuple[str, int]]:
+    """Remove the temporary files in ``directory`` (not its subfolders) that
+    :func:`complete_temp_file` made for a process of this machine that no longer runs: what a
+    write killed before its rename left behind. A file of a running process (a write in
+    progress) is kept, and so is one whose process id a new process has taken since.
+
+    Returns:
+        (path, size in bytes) of each file removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if not match or not _process_gone(int(match.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+            os.remove(path)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        removed.append((path, size))
+    return removed

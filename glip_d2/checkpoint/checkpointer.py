@@ -14,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from torch import nn
 
+from ..atomic_file import atomic_write, remove_abandoned
 from .imagenet_swin import imagenet_swin_checkpoint, is_imagenet_swin_state_dict
 from .official import convert_official_state_dict, is_official_glip_state_dict
 from ..safe_pickle import load_pickle_weights
@@ -649,15 +650,20 @@ class GLIPCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        save_file = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = f"{save_file}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
-            os.replace(tmp, save_file)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename))
+
+    def remove_abandoned_saves(self) -> None:
+        """Remove the temporary files of checkpoint writes that a killed run of this folder
+        left behind (:func:`glip_d2.atomic_file.remove_abandoned`), logging what was freed."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        removed = remove_abandoned(self.save_dir)
+        if removed:
+            size = sum(s for _, s in removed) / 2**20
+            self.logger.info(
+                f"Removed {len(removed)} incomplete file(s) ({size:.1f} MiB) that a killed run "
+                f"left in {self.save_dir}: {', '.join(os.path.basename(p) for p, _ in removed)}"
+            )
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -667,13 +673,4 @@ def atomic_torch_save(obj, path: str) -> None:
     Raises:
         OSError (e.g. no space left): after removing the temporary file.
     """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)

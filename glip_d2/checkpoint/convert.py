@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..atomic_file import atomic_write
 from .checkpointer import (
     atomic_torch_save,
     check_coverage,
@@ -143,7 +144,7 @@ def save_state_dict(
         entries = {"model": sd} if ema is None else {"model": sd, "ema": ema}
         atomic_torch_save(dict(entries, **extra), path)
         return
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # safetensors stores neither views of shared memory nor non-contiguous tensors.
     seen, flat = set(), {}
@@ -152,13 +153,8 @@ def save_state_dict(
         ptr = value.untyped_storage().data_ptr()
         flat[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        save_file(flat, tmp, metadata=dict({"format": "pt", "producer": "glip_d2"}, **meta))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    data = save(flat, metadata=dict({"format": "pt", "producer": "glip_d2"}, **meta))
+    atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def build_model_skeleton(cfg):

@@ -2,10 +2,12 @@
 left behind either way."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from glip_d2.atomic_file import atomic_write, atomic_write_json
+from glip_d2.atomic_file import atomic_write, atomic_write_json, remove_abandoned
 
 
 def _leftovers(folder):
@@ -54,3 +56,26 @@ def test_the_target_gets_the_mode_of_a_new_file_without_touching_the_umask(tmp_p
         os.umask(umask)
     assert os.stat(tmp_path / "results.json").st_mode & 0o777 == 0o644
     assert _leftovers(tmp_path) == []
+
+
+def test_a_killed_writers_temporary_file_is_removed_a_running_ones_is_kept(tmp_path):
+    """A write killed before its rename (SIGKILL) leaves its temporary file; remove_abandoned
+    removes it when its process is gone, and keeps one whose process still runs."""
+    names = []
+    atomic_write(str(tmp_path / "model_final.pth"), lambda f: names.extend(_leftovers(tmp_path)))
+    (name,) = names  # the temporary file while the write ran names this process
+    assert name.startswith(f".model_final.pth.{os.getpid()}.") and name.endswith(".tmp")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)
+    abandoned = tmp_path / f".model_0000005.pth.{dead_pid}.0123abcd.tmp"
+    abandoned.write_bytes(b"x" * 1000)
+    running = tmp_path / f".model_0000009.pth.{os.getpid()}.0123abcd.tmp"
+    running.write_bytes(b"x")
+    others = [tmp_path / "notes.tmp", tmp_path / f".x.{dead_pid}.tmp", tmp_path / "sub" / abandoned.name]
+    others[-1].parent.mkdir()
+    for path in others:
+        path.write_bytes(b"x")
+    assert remove_abandoned(str(tmp_path)) == [(str(abandoned), 1000)]
+    assert not abandoned.exists() and running.exists() and all(p.exists() for p in others)
+    assert remove_abandoned(str(tmp_path / "absent")) == []

@@ -107,7 +107,16 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, 
     last = (killed_dir / "last_checkpoint").read_text()
     resumed_from = int(last[len("model_"):-len(".pth")])
     assert resumed_from < before_kill[-1][0]  # iterations after the checkpoint are redone
+    # what a checkpoint write killed before its rename leaves (its process is gone), and one of a
+    # process that still runs (this one): the resumed run removes the first only
+    abandoned = killed_dir / f".model_0000005.pth.{victim.pid}.0123abcd.tmp"
+    abandoned.write_bytes(b"x" * 2**20)
+    running = killed_dir / f".model_0000005.pth.{os.getpid()}.0123abcd.tmp"
+    running.write_bytes(b"x")
     _wait(_start(killed_cfg, killed_log, procs, resume=True), "the resumed run")
+    assert not abandoned.exists() and running.exists()
+    assert f"Removed 1 incomplete file(s) (1.0 MiB) that a killed run left in {killed_dir}: " \
+           f"{abandoned.name}" in (killed_dir / "log.txt").read_text()
     _wait(full, "the uninterrupted run")
     # glip_d2's own INFO lines reach OUTPUT_DIR/log.txt next to Detectron2's (train_net's setup)
     log = (full_dir / "log.txt").read_text()
