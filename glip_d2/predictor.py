@@ -602,7 +602,16 @@ def _is_count(value) -> bool:
 
 
 def _check_threshold(value) -> float:
-    value = float(value)
+    # float() alone would take "0.5" or True, and its errors do not name the argument
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"The confidence threshold must be a number in [0, 1], got {type(value).__name__} "
+            f"{value!r}."
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"The confidence threshold must lie in [0, 1], got {value}.")
     return value

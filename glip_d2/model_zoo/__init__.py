@@ -71,7 +71,17 @@ def list_configs() -> List[str]:
     return sorted(names)
 
 
+def _check_name(name) -> None:
+    # a list or None would fail deep inside with an AttributeError / "unhashable type"
+    if not isinstance(name, str):
+        raise TypeError(
+            f"A model zoo name must be a string, a model ({sorted(MODELS)}) or a config name "
+            f"(model_zoo.list_configs()), got {type(name).__name__} {name!r}."
+        )
+
+
 def _entry(name: str) -> ModelZooEntry:
+    _check_name(name)
     if name in MODELS:
         return MODELS[name]
     try:
@@ -104,7 +114,9 @@ def get_config_file(name: str) -> str:
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
+        TypeError: if ``name`` is not a string.
     """
+    _check_name(name)
     rel = MODELS[name].config if name in MODELS else name
     rel = rel[len("configs/"):] if rel.startswith("configs/") else rel
     rel = rel if rel.endswith(".yaml") else rel + ".yaml"
@@ -134,7 +146,10 @@ def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
             ``download_if_missing=False``), saying where to put it.
         ValueError: if ``name`` is not a model of the zoo (for a config name: naming the zoo's
             models with that config), or a cached file's sha256 is not the pinned one.
+        OSError: if the cache (``GLIP_D2_CACHE``) cannot be created; NotADirectoryError if it
+            is a file.
         RuntimeError / ValueError: from :func:`download` (unreachable URL, wrong checksum).
+        TypeError: if ``name`` is not a string.
     """
     entry = _entry(name)
     path = os.path.join(cache_dir(), entry.file_name)
@@ -146,10 +161,26 @@ def get_checkpoint(name: str, download_if_missing: bool = True) -> str:
             f"The checkpoint of {name!r} ({entry.file_name}) is not in the cache: {how} at "
             f"{path} (or set GLIP_D2_CACHE to the folder that holds it). {entry.description}."
         )
+    _check_cache_folder()
     with download_lock(path):
         if os.path.isfile(path):  # another process downloaded it while this one waited
             return verify_cached(path, entry.sha256) if entry.sha256 else path
         return download(entry.url, path, entry.sha256)
+
+
+def _check_cache_folder() -> None:
+    """Create the cache folder, or say why it cannot be one, before anything is downloaded into
+    it: a raw "[Errno 17] File exists" would not name GLIP_D2_CACHE."""
+    folder = cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        is_file = os.path.isfile(folder)
+        what = "is a file, not a folder" if is_file else f"cannot be created ({e})"
+        raise (NotADirectoryError if is_file else OSError)(
+            f"The checkpoint cache {folder} (GLIP_D2_CACHE, default ~/.cache/glip_d2) {what}: "
+            "set GLIP_D2_CACHE to a folder you can write to."
+        ) from None
 
 
 def get_config(name: str, trained: bool = False):

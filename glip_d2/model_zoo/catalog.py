@@ -65,7 +65,8 @@ MODELS: Dict[str, ModelZooEntry] = {
                   "GLIP-L", "Swin-L, deep fusion, FourODs + GoldG + CC3M + SBU + 24M web pairs"),
         ModelZooEntry("glip_demo_shapes", "demo_glip_tiny_shapes", "glip_demo_shapes.pth", "",
                       None, "demo GLIP (tiny Swin, MiniLM)",
-                      "the embedded shapes demo; train it with scripts/demo.sh and copy "
+                      "the embedded shapes demo; train it with scripts/demo.sh in a checkout of the "
+                      "repository and copy "
                       "output/demo_shapes/model_final.pth into the cache under this file name"),
     )
 }
