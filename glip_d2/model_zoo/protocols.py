@@ -65,5 +65,7 @@ def apply_protocol(cfg, name: str):
             f"Protocol {path} has a _BASE_; a protocol is a fragment applied on top of a model "
             "config (use it with --config-file MODEL.yaml --protocol ...)."
         )
-    cfg.merge_from_file(path)
+    # merged as the mapping it is: cfg.merge_from_file would guess a config VERSION for the
+    # fragment and warn "has no VERSION" (a protocol sets evaluation keys only)
+    cfg.merge_from_other_cfg(type(cfg)(fragment))
     return cfg

@@ -77,6 +77,23 @@ def test_protocol_fits_a_two_stage_model_and_sets_only_evaluation_keys():
         assert a == b, key
 
 
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_a_protocol_applies_without_a_config_version_warning(name):
+    """A fragment has no VERSION (a model config's); merged as a file, Detectron2 warned
+    "Config '.../protocols/<name>.yaml' has no VERSION" on every --protocol run."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    compat = logging.getLogger("detectron2.config.compat")
+    compat.addHandler(handler)
+    try:
+        cfg = model_zoo.apply_protocol(_cfg("glip_swin_t"), name)
+    finally:
+        compat.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert cfg.VERSION == 2
+
+
 def test_bad_protocols_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown evaluation protocol 'lvis_mini'.*lvis_minival"):
         model_zoo.apply_protocol(_cfg("glip_swin_t"), "lvis_mini")
