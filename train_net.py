@@ -32,6 +32,7 @@ from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_e
                             enable_exact_resume, build_glip_lr_scheduler, keep_fractional_steps, load_eval_weights,
                             log_main_group_lr, match_grad_scaler_state, match_lr_hook_state, prompt_test_dataset,
                             resolve_schedule)
+from glip_d2.engine.evaluation import check_test_ground_truth
 from glip_d2.evaluation import odinw_suite_summary
 from glip_d2.model_zoo import apply_protocol, list_protocols
 
@@ -163,6 +164,11 @@ def load_cfg(args):
             apply_protocol(cfg, args.protocol)
         except (KeyError, AssertionError, yaml.YAMLError) as e:
             raise ValueError(f"Protocol {args.protocol!r}: {_reason(e)}") from e
+    misplaced = " ".join(o for o in args.opts if o.split("=")[0] in _flags())
+    if misplaced:  # argparse hands everything from the first KEY on to the overrides
+        raise ValueError(f"{misplaced!r} follows the KEY VALUE config overrides, which take every "
+                         "argument after the first KEY; put train_net.py's options first: "
+                         f"train_net.py --config-file FILE {misplaced} ... KEY VALUE ...")
     try:
         cfg.merge_from_list(args.opts)
     except (KeyError, AssertionError) as e:
@@ -173,6 +179,11 @@ def load_cfg(args):
     register_datasets_from_config(cfg, only=only)
     cfg.freeze()
     return cfg
+
+
+def _flags():
+    """The option strings of train_net.py's command line ("--eval-only", "--protocol", ...)."""
+    return {flag for action in argument_parser()._actions for flag in action.option_strings}
 
 
 def _reason(error: Exception) -> str:
@@ -191,10 +202,11 @@ def setup(args):
 
 def check_setup(cfg, args):
     """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
-    fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values, a checkpoint
-    period that is not positive)."""
+    fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values, test jsons the
+    COCO / LVIS evaluators cannot score, a checkpoint period that is not positive)."""
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     check_benchmark_options(cfg)  # else found by the first evaluation, after training
+    check_test_ground_truth(cfg)  # else found by each test set's evaluator, after training
     if len(cfg.MODEL.GLIP.VOCABULARY):  # else found by the first evaluation, after training
         for name in cfg.DATASETS.TEST:
             check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)

@@ -135,9 +135,11 @@ class _PositionedStream(IterableDataset):
                     data = self.mapper(record)
             except Exception as error:  # any failure of one record is that record's problem
                 if not self.skip_bad:
+                    reason = str(error).rstrip()
+                    end = "" if reason.endswith((".", "!", "?")) else "."  # no ".." after one
                     raise BadRecordError(
                         f"Training record {describe_record(record)} cannot be used: "
-                        f"{type(error).__name__}: {error}. Fix or remove the record, or set "
+                        f"{type(error).__name__}: {reason}{end} Fix or remove the record, or set "
                         "DATASETS.SKIP_BAD_RECORDS True to drop and count such records."
                     ) from error
                 skipped.append(f"{describe_record(record)}: {type(error).__name__}: {error}")

@@ -18,7 +18,7 @@ import logging
 import os
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..config import add_dataset_config
@@ -26,7 +26,8 @@ from ..data.register import GROUNDING_EVALUATOR_TYPES, ensure_class_metadata
 from ..text import apply_descriptions
 from ..evaluation import (FixedAPEvaluator, FlickrEvaluator, RefExpEvaluator, StandardLVISEvaluator,
                           check_lvis_cap, check_refcoco_match)
-from ..evaluation.ground_truth import check_coco_ground_truth, with_annotation_ids
+from ..evaluation.ground_truth import (check_coco_ground_truth, check_ground_truth_file,
+                                       with_annotation_ids)
 
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,42 @@ def check_benchmark_options(cfg) -> None:
     _coco_max_dets(opts)
     check_lvis_cap(opts.LVIS_MAX_DETS_PER_IMAGE)
     check_refcoco_match(opts.get("REFCOCO_MATCH", "giou"))
+
+
+# Test jsons this process has checked, by (path, size, modification time): train_net checks
+# before launching its processes and again in the main one, which is the same process for one GPU.
+_CHECKED_GROUND_TRUTH = set()
+
+
+def check_test_ground_truth(cfg) -> None:
+    """The ground truth of each COCO / LVIS json in ``DATASETS.TEST`` (``evaluator_type``
+    "coco", "odinw" or "lvis"), checked as its evaluator will check it
+    (:func:`glip_d2.evaluation.ground_truth.check_ground_truth_file`). Evaluators are built at
+    the first evaluation, after the whole training when ``TEST.EVAL_PERIOD`` is 0, and one after
+    another, each after the previous test set's inference; their errors come before the model
+    is built instead. Datasets that are not registered, or whose json is not there, are left to
+    ``check_datasets_present`` and the loaders.
+
+    Raises:
+        ValueError: naming the json and the record, as the evaluator would.
+    """
+    for name in cfg.DATASETS.TEST:
+        if name not in DatasetCatalog.list():
+            continue
+        meta = MetadataCatalog.get(name)
+        kind = meta.get("evaluator_type", "coco")
+        json_file = meta.get("json_file", None)
+        if kind not in ("coco", "odinw", "lvis") or not json_file or not os.path.isfile(json_file):
+            continue
+        stat = os.stat(json_file)
+        key = (os.path.abspath(json_file), stat.st_size, stat.st_mtime_ns)
+        if key in _CHECKED_GROUND_TRUTH:
+            continue
+        try:
+            check_ground_truth_file(json_file, "lvis" if kind == "lvis" else "coco")
+        except ValueError as e:
+            raise ValueError(f"DATASETS.TEST {name!r} ({kind} evaluation): {e}") from e
+        _CHECKED_GROUND_TRUTH.add(key)
 
 
 def build_glip_evaluator(cfg, dataset_name: str, output_folder=None):

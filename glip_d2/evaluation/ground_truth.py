@@ -4,7 +4,9 @@ The dataset loaders read a detection json without ``area``, without annotation i
 format) without ``frequency`` or the per-image federated lists: training needs none of them.
 pycocotools and the LVIS API do, and failed with a bare ``KeyError`` when the evaluator was built
 or, worse, after the whole inference. These checks run when the evaluator is built, before
-any image is read, and name the file, the record and what to add.
+any image is read, and name the file, the record and what to add; ``train_net.py`` also runs them
+on every test set before the model is built (:func:`check_ground_truth_file`), as an evaluator
+is built only after the training, or after the inference of the test sets before its own.
 """
 
 import json
@@ -15,7 +17,9 @@ from typing import Callable, TypeVar
 from detectron2.utils.file_io import PathManager
 
 __all__ = [
+    "check_annotation_ids",
     "check_coco_ground_truth",
+    "check_ground_truth_file",
     "check_lvis_ground_truth",
     "with_annotation_ids",
 ]
@@ -42,13 +46,32 @@ def with_annotation_ids(build: Callable[[], T], json_file: str) -> T:
             raise
         with PathManager.open(json_file, encoding="utf-8") as f:
             annotations = json.load(f).get("annotations") or []
-        index = next((i for i, a in enumerate(annotations) if "id" not in a), None)
-        if index is None:
+        error = _missing_id_error(annotations, json_file)
+        if error is None:
             raise
-        raise ValueError(
-            f"{json_file}: annotation #{index} has no 'id', which COCO / LVIS evaluation needs "
-            "to index the ground truth; give every annotation a unique integer 'id'."
-        ) from e
+        raise error from e
+
+
+def _missing_id_error(annotations, json_file: str):
+    """The ValueError for the first annotation without an ``"id"``; None when all have one."""
+    index = next((i for i, a in enumerate(annotations) if "id" not in a), None)
+    if index is None:
+        return None
+    return ValueError(
+        f"{json_file}: annotation #{index} has no 'id', which COCO / LVIS evaluation needs "
+        "to index the ground truth; give every annotation a unique integer 'id'."
+    )
+
+
+def check_annotation_ids(annotations, json_file: str) -> None:
+    """Every annotation has the ``"id"`` by which pycocotools and the LVIS API index it.
+
+    Raises:
+        ValueError: naming the file and the first annotation without an id.
+    """
+    error = _missing_id_error(annotations, json_file)
+    if error is not None:
+        raise error
 
 
 def _is_number(value) -> bool:
@@ -117,3 +140,30 @@ def check_lvis_ground_truth(dataset: dict, json_file: str) -> None:
                     "(every category exhaustively annotated on every image)."
                 )
     _check_areas(dataset.get("annotations") or [], json_file)
+
+
+def check_ground_truth_file(json_file: str, evaluator: str) -> None:
+    """Read ``json_file`` and check it as the ``evaluator`` ("coco" or "lvis") built on it will:
+    annotation ids, then :func:`check_coco_ground_truth` / :func:`check_lvis_ground_truth`.
+
+    ``train_net.py`` runs this on the test sets before the model is built: the evaluators check
+    their json only when they are built, which is after the whole training when
+    ``TEST.EVAL_PERIOD`` is 0, and, with several test sets, after the inference of those before.
+
+    Raises:
+        ValueError: naming the file and the record, as the evaluator would.
+    """
+    try:
+        with PathManager.open(json_file, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_file} is not valid json ({e}); evaluation reads its ground "
+                         "truth from it.") from e
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{json_file} is not a COCO / LVIS json (a mapping with 'images', "
+                         f"'annotations' and 'categories'); it holds a {type(dataset).__name__}.")
+    check_annotation_ids(dataset.get("annotations") or [], json_file)
+    if evaluator == "lvis":
+        check_lvis_ground_truth(dataset, json_file)
+    else:
+        check_coco_ground_truth(dataset, json_file)

@@ -76,6 +76,16 @@ def _fails_on_7(record):
 def test_a_bad_record_names_itself_or_is_skipped_and_counted():
     with pytest.raises(BadRecordError, match=r"image_id 7, file '7.png'.*SKIP_BAD_RECORDS"):
         _batches(_loader(_fails_on_7), 20)
+
+    def fails_with_a_sentence(record):  # the mapper's own messages end with a period
+        if record["image_id"] == 7:
+            raise ValueError("Mask R-CNN needs masks; train that image on boxes only.")
+        return draw_mapper(record)
+
+    with pytest.raises(BadRecordError) as error:
+        _batches(_loader(fails_with_a_sentence), 20)
+    assert "ValueError: Mask R-CNN needs masks; train that image on boxes only. Fix or remove " \
+           "the record" in str(error.value) and ".." not in str(error.value)
     loader = _loader(_fails_on_7, skip_bad_records=True)
     batches = _batches(loader, 20)
     assert all(len(b) == 4 for b in batches) and 7 not in {i for b in batches for i, _ in b}
