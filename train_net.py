@@ -34,7 +34,7 @@ from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_e
                             resolve_schedule)
 from glip_d2.engine.evaluation import check_test_ground_truth
 from glip_d2.evaluation import odinw_suite_summary
-from glip_d2.model_zoo import apply_protocol, list_protocols
+from glip_d2.model_zoo import apply_protocol, list_protocols, resolve_config_file
 
 
 class Trainer(DefaultTrainer):
@@ -148,9 +148,10 @@ class Trainer(DefaultTrainer):
 
 
 def load_cfg(args):
-    """The config of the arguments, its DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS registered; no side effects."""
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"Config file {args.config_file!r} does not exist.")
+    """The config of the arguments, its DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS registered.
+    ``args.config_file`` becomes the file read: a shipped config's path when it names one (so
+    that default_setup, which prints the file, and the launched processes read that file)."""
+    args.config_file = resolve_config_file(args.config_file)
     cfg = get_cfg()
     add_glip_config(cfg)
     # yacs reports a misspelt key as a KeyError (file) or AssertionError (overrides), which the

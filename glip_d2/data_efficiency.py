@@ -72,9 +72,11 @@ def _base_cfg(args):
     from .config import add_glip_config
     from .data.datasets import register_datasets_from_config
 
+    from .model_zoo import resolve_config_file
+
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(resolve_config_file(args.config_file))  # a file or a shipped config
     cfg.merge_from_list(args.opts)
     register_datasets_from_config(cfg)  # DATASETS.CUSTOM / PSEUDO_LABELS, as train_net does
     if args.weights:

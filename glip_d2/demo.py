@@ -119,7 +119,9 @@ def setup_cfg(args):
 
     from .config import add_glip_config
 
-    config_file = _config_file(args.config_file)
+    from .model_zoo import resolve_config_file
+
+    config_file = resolve_config_file(args.config_file)  # a file, or a shipped config's name
     if len(args.opts) % 2:
         raise ValueError(
             f"--opts takes KEY VALUE pairs, but {args.opts[-1]!r} has no value; give one for "
@@ -151,46 +153,6 @@ def setup_cfg(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
-
-
-def _config_file(name: str) -> str:
-    """``--config-file`` when it is a file, else the config glip_d2 ships under that name: from
-    an installed wheel, with no checkout, "configs/demo_glip_tiny_shapes.yaml" (as the README
-    writes it) and "demo_glip_tiny_shapes" name the packaged file (model_zoo.get_config_file)."""
-    if os.path.isfile(name):
-        return name
-    from . import model_zoo
-
-    if name in model_zoo.MODELS:  # a model name: its config, without the weights it pairs with
-        entry = model_zoo.MODELS[name]
-        raise FileNotFoundError(
-            f"Config file {name!r} does not exist; {name!r} is a model of the zoo: give its "
-            f"config, --config-file {entry.config}, and its checkpoint, --opts MODEL.WEIGHTS "
-            f"<path of {entry.file_name}>."
-        )
-    shipped = _shipped_config(name)
-    if shipped is None:
-        raise FileNotFoundError(
-            f"Config file {name!r} does not exist; the configs glip_d2 ships are named by "
-            "glip_d2.model_zoo.list_configs(), e.g. 'demo_glip_tiny_shapes'."
-        )
-    logger.warning(f"--config-file {name!r} is not a file here; using the config glip_d2 ships "
-                   f"under that name, {shipped}.")
-    return shipped
-
-
-def _shipped_config(name: str) -> Optional[str]:
-    """The packaged model config ``name`` names, if any (not a protocol: a fragment, which
-    model_zoo.get_config refuses too; no ".." leaving the configs' folder)."""
-    from . import model_zoo
-
-    if ".." in name.replace(os.sep, "/").split("/"):
-        return None
-    try:
-        path = model_zoo.get_config_file(name)
-    except ValueError:
-        return None
-    return None if model_zoo._config_name(path).startswith("protocols/") else path
 
 
 def collect_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:

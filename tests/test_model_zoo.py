@@ -462,3 +462,43 @@ def test_a_download_never_changes_the_process_umask(server, cache, monkeypatch):
     monkeypatch.setattr(os, "umask", no_umask)
     path = model_zoo.get_checkpoint("test_model")
     assert open(path, "rb").read() == PAYLOAD
+
+
+def test_every_command_line_takes_a_shipped_config_by_name_where_no_file_is(tmp_path, monkeypatch):
+    """From an installed wheel there is no configs/ folder: train_net.py, the data-efficiency
+    runner, pseudo-labelling and convert take a shipped config by name or by its checkout path,
+    as the demo CLI does; a file of that path, where there is one, is used as before."""
+    import argparse
+
+    from glip_d2 import data_efficiency
+    from glip_d2.checkpoint import convert
+    from glip_d2.pseudo_label import build_teacher, parse_args
+    from tests.reliability.helpers import load_train_net
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    train_net = load_train_net()
+    args = train_net.argument_parser().parse_args(["--config-file", "configs/glip_swin_t.yaml",
+                                                   "--eval-only"])
+    cfg = train_net.load_cfg(args)
+    assert args.config_file == model_zoo.get_config_file("glip_swin_t")  # what default_setup prints
+    assert cfg.MODEL.SWIN.EMBED_DIM == 96 and cfg.MODEL.DYHEAD.NUM_CONVS == 6
+    base = data_efficiency._base_cfg(argparse.Namespace(
+        config_file="demo_glip_tiny_shapes", opts=[], weights="", train_dataset="a",
+        test_dataset="b", batch_size=1))
+    assert base.MODEL.SWIN.EMBED_DIM == model_zoo.get_config("demo_glip_tiny_shapes").MODEL.SWIN.EMBED_DIM
+    teacher_args = parse_args(["--input", "c.json", "--output", "out", "--config-file",
+                               "two_stage/demo_faster_rcnn_shapes"])
+    build_teacher(teacher_args)
+    assert teacher_args.config_file == model_zoo.get_config_file("two_stage/demo_faster_rcnn_shapes")
+    model = model_zoo.get("demo_glip_tiny_shapes")
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    assert convert.main([str(tmp_path / "m.pth"), str(tmp_path / "o.pth"),
+                         "--config", "demo_glip_tiny_shapes"]) == 0
+    (tmp_path / "configs").mkdir()  # a file of that path is the user's own config
+    (tmp_path / "configs" / "glip_swin_t.yaml").write_text(
+        f'_BASE_: "{model_zoo.get_config_file("glip_swin_t")}"\nMODEL:\n  DYHEAD:\n    NUM_CONVS: 2\n')
+    args = train_net.argument_parser().parse_args(["--config-file", "configs/glip_swin_t.yaml"])
+    assert train_net.load_cfg(args).MODEL.DYHEAD.NUM_CONVS == 2
+    assert args.config_file == "configs/glip_swin_t.yaml"
+    with pytest.raises(FileNotFoundError, match="'nope' does not exist; the configs glip_d2 ships"):
+        train_net.load_cfg(train_net.argument_parser().parse_args(["--config-file", "nope"]))

@@ -323,9 +323,11 @@ def convert_checkpoint(
 
         from ..config import add_glip_config
 
+        from ..model_zoo import resolve_config_file
+
         cfg = get_cfg()
         add_glip_config(cfg)
-        cfg.merge_from_file(config_file)
+        cfg.merge_from_file(resolve_config_file(config_file))  # a file or a shipped config
         model = build_model_skeleton(cfg)
         report.update(compare_with_model(model, sd, kept))
         if ema_sd is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "get_protocol_file",
     "list_configs",
     "list_protocols",
+    "resolve_config_file",
     "sha256_of",
     "verify_cached",
 ]
@@ -127,6 +128,47 @@ def get_config_file(name: str) -> str:
             f"{list_configs()}; models: {sorted(MODELS)}."
         )
     return path
+
+
+def resolve_config_file(name: str) -> str:
+    """What a command line's ``--config-file`` names: the yaml file when there is one, else the
+    config glip_d2 ships under that name (logged). So from an installed wheel, with no checkout,
+    "configs/demo_glip_tiny_shapes.yaml" (as the README writes it) and "demo_glip_tiny_shapes"
+    name the packaged file.
+
+    Raises:
+        FileNotFoundError: when neither exists; for a zoo model's name, naming its config and
+            checkpoint; for a protocol, saying it goes on top of a model config.
+    """
+    if os.path.isfile(name):
+        return name
+    if name in MODELS:  # a model name: its config, without the weights it pairs with
+        entry = MODELS[name]
+        raise FileNotFoundError(
+            f"Config file {name!r} does not exist; {name!r} is a model of the zoo: give its "
+            f"config, --config-file {entry.config}, and its checkpoint, MODEL.WEIGHTS "
+            f"<path of {entry.file_name}>."
+        )
+    shipped = None
+    if ".." not in name.replace(os.sep, "/").split("/"):  # nothing outside the configs' folder
+        try:
+            shipped = get_config_file(name)
+        except ValueError:
+            pass
+    if shipped is None:
+        raise FileNotFoundError(
+            f"Config file {name!r} does not exist; the configs glip_d2 ships are named by "
+            "glip_d2.model_zoo.list_configs(), e.g. 'demo_glip_tiny_shapes'."
+        )
+    if _config_name(shipped).startswith("protocols/"):
+        raise FileNotFoundError(
+            f"Config file {name!r} does not exist, and the shipped config of that name is an "
+            "evaluation protocol, a fragment: give a model config as --config-file and the "
+            f"protocol as train_net.py --protocol {_config_name(shipped)[len('protocols/'):]}."
+        )
+    logger.warning(f"Config file {name!r} is not a file here; using the config glip_d2 ships "
+                   f"under that name, {shipped}.")
+    return shipped
 
 
 def get_checkpoint_url(name: str) -> str:

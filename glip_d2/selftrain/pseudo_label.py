@@ -266,9 +266,12 @@ def build_teacher(args) -> GroundingTeacher:
     """The teacher model from --config-file, --weights and the KEY VALUE overrides; its test
     thresholds lowered to --score-thresh (:func:`lower_test_thresholds`), its weights chosen
     as ``train_net.py --eval-only`` does (:func:`load_teacher_weights`)."""
+    from ..model_zoo import resolve_config_file
+
     cfg = get_cfg()
     add_glip_config(cfg)
     add_two_stage_config(cfg)
+    args.config_file = resolve_config_file(args.config_file)  # a file, or a shipped config's name
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if args.weights:

@@ -61,8 +61,9 @@ def test_the_demo_reads_the_readme_config_path_from_the_package(tmp_path, monkey
     "config, message",
     [
         ("glip_tiny", r"'glip_tiny' is a model of the zoo: give its config, --config-file "
-                      r"glip_swin_t, and its checkpoint, --opts MODEL.WEIGHTS"),
-        ("configs/protocols/coco.yaml", "list_configs"),  # a fragment is no model config
+                      r"glip_swin_t, and its checkpoint, MODEL.WEIGHTS"),
+        # a fragment is no model config
+        ("configs/protocols/coco.yaml", r"evaluation protocol, a fragment: .*--protocol coco\."),
         ("nope.yaml", r"Config file 'nope.yaml' does not exist; the configs glip_d2 ships"),
         ("../configs/glip_swin_t.yaml", "does not exist"),  # not looked up in the package
     ],
