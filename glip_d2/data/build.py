@@ -148,6 +148,7 @@ def load_checked_train_dicts(cfg, mapper):
                 "to a listed image). Give the json its boxes, or leave it out of DATASETS.TRAIN."
             )
         _check_mask_format(parts[-1], source, mapper)
+        _check_masks_everywhere(parts[-1], source, mapper, cfg.MODEL.META_ARCHITECTURE)
         if shots > 0 and has_captions:
             logger.warning(f"DATASETS.FEW_SHOT {shots}: {source} is a grounding (caption) dataset, "
                            "which has no classes to count shots of; it is used whole.")
@@ -182,6 +183,45 @@ def _check_mask_format(dicts, source: str, mapper) -> None:
                 "which INPUT.MASK_FORMAT 'polygon' (Detectron2's default) cannot hold; with "
                 "MODEL.MASK_ON set INPUT.MASK_FORMAT bitmask to train on these masks."
             )
+
+
+def _check_masks_everywhere(dicts, source: str, mapper, meta_architecture: str) -> None:
+    """With a mask head, a two-stage model (Detectron2's ROI mask head, in LanguageAwareRCNN or
+    GeneralizedRCNN) needs the masks of every image it trains on: an image whose boxes have no
+    segmentation failed at the first batch that drew it, mid-training. One-stage GLIP's mask
+    head trains such images on boxes only, so they pass there.
+
+    Raises:
+        ValueError: naming the dataset, how many images lack masks and the first of them.
+    """
+    if not getattr(mapper, "use_instance_mask", False) or _boxes_only_ok(meta_architecture):
+        return
+    box_only = [
+        d for d in dicts
+        if any(not a.get("iscrowd", 0) for a in d.get("annotations") or [])
+        and not any(a.get("segmentation") for a in d["annotations"] if not a.get("iscrowd", 0))
+    ]
+    if box_only:
+        raise ValueError(
+            f"{source}: {len(box_only)} of its {len(dicts)} training images have boxes without "
+            f"any 'segmentation' (the first: image {box_only[0].get('image_id')!r}); the mask "
+            f"head of {meta_architecture} (MODEL.MASK_ON) trains on the masks of every image "
+            "and would fail at the first batch that holds one. Add their segmentations, leave "
+            "those images (or the dataset) out of DATASETS.TRAIN, or set MODEL.MASK_ON False "
+            "(one-stage GLIP's mask head trains such images on boxes only)."
+        )
+
+
+def _boxes_only_ok(meta_architecture: str) -> bool:
+    """Whether the meta-architecture trains images without masks on boxes only (GLIP's)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from ..modeling.meta_arch.glip import GLIP
+
+    try:
+        return issubclass(META_ARCH_REGISTRY.get(meta_architecture), GLIP)
+    except KeyError:  # not registered: the model build names it
+        return True
 
 
 def _tag_with_dataset(parts, names) -> None:

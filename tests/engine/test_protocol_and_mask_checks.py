@@ -147,6 +147,32 @@ def test_rle_masks_train_with_bitmask_format(tmp_path, names):
     assert np.array_equal(masks.tensor[0].numpy(), mask.astype(bool))
 
 
+def test_a_box_only_image_under_a_two_stage_mask_head_is_refused_before_training(tmp_path, names):
+    """Detectron2's ROI mask head needs every image's masks: a dataset with box-only images
+    failed at the first batch that drew one ("MODEL.MASK_ON needs instances.gt_masks"), after
+    the set-up, possibly hours in. One-stage GLIP trains such images on boxes only."""
+    _rle_dataset(tmp_path)
+    data = json.loads((tmp_path / "train.json").read_text())
+    data["images"].append({"id": 2, "file_name": "a.png", "height": 64, "width": 80})
+    data["annotations"].append({"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9],
+                                "area": 81.0, "iscrowd": 0})  # a box, no segmentation
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    name = names("box_only_masks")
+    cfg = _mask_cfg(tmp_path, name, "bitmask")
+    with pytest.raises(ValueError, match=rf"{name}.*1 of its 2 training images have boxes without "
+                                         r"any 'segmentation' \(the first: image 2\); the mask head "
+                                         r"of LanguageAwareRCNN"):
+        load_checked_train_dicts(cfg, GroundingDatasetMapper(cfg, is_train=True))
+    from tests.helpers import tiny_cfg
+
+    one_stage = tiny_cfg()
+    one_stage.MODEL.MASK_ON, one_stage.INPUT.MASK_FORMAT = True, "bitmask"
+    one_stage.DATASETS.TRAIN = (name,)
+    one_stage.MODEL.GLIP.VOCABULARY = []
+    (records,) = load_checked_train_dicts(one_stage, GroundingDatasetMapper(one_stage, is_train=True))
+    assert len(records) == 2
+
+
 # ------------------------------------------------------------------ item 3: the protocol's datasets
 def test_missing_protocol_dataset_names_its_file(tmp_path, monkeypatch):
     """`--protocol lvis_minival` without the json: the error said lvis_v1_minival has "no glip_d2
