@@ -47,7 +47,8 @@ def add_glip_config(cfg):
     # scoring layers), "prompt" (GLIP prompt tuning: a zero-initialised offset on the frozen text
     # encoder's features of one fixed prompt, saved in the checkpoint) or "language_frozen".
     _C.MODEL.GLIP.TUNING = "full"
-    # GLIPv2 losses next to the grounding loss; each weight 0 = off (official GLIP).
+    # GLIPv2 / X-VLM losses next to the grounding loss; each weight a finite number >= 0, 0 = off
+    # (official GLIP).
     _C.MODEL.GLIP.LOSSES = CN()
     # Inter-image region-word contrastive loss: positive anchors' region features of the whole
     # batch (gathered across workers) against every prompt's words; a region's positives are
@@ -63,7 +64,8 @@ def add_glip_config(cfg):
     _C.MODEL.GLIP.LOSSES.ITC_WEIGHT = 0.0
     # Width of the shared space ITC projects the visual and text features into.
     _C.MODEL.GLIP.LOSSES.ITC_EMBED_DIM = 256
-    # Initial value of ITC's learned temperature (X-VLM: 0.07, kept in [0.001, 0.5]).
+    # Initial value of ITC's learned temperature, in [0.001, 0.5], the range it is kept in (X-VLM:
+    # 0.07).
     _C.MODEL.GLIP.LOSSES.ITC_TEMPERATURE = 0.07
     # X-VLM image-text matching (ITM): matched / mismatched classifier on the fused [CLS] of the
     # caption inputs; the mismatched pairs cost one more fusion-tower pass.

@@ -158,6 +158,7 @@ def load_checked_train_dicts(cfg, mapper):
                 parts[-1], shots, cfg.DATASETS.get("FEW_SHOT_SEED", 0), categories, source,
                 mode=cfg.DATASETS.get("FEW_SHOT_MODE", "official"),
             )
+    _check_some_masks(parts, mapper)
     return parts
 
 
@@ -210,6 +211,26 @@ def _check_masks_everywhere(dicts, source: str, mapper, meta_architecture: str) 
             "those images (or the dataset) out of DATASETS.TRAIN, or set MODEL.MASK_ON False "
             "(one-stage GLIP's mask head trains such images on boxes only)."
         )
+
+
+def _check_some_masks(parts, mapper) -> None:
+    """With a mask head, some training image must have a mask: one-stage GLIP trains box-only
+    images on boxes only, so data without any segmentation trained with ``loss_mask`` 0 at
+    every step, and the segm AP came from the untrained head.
+
+    Raises:
+        ValueError: saying that no DATASETS.TRAIN entry has a segmentation.
+    """
+    if not getattr(mapper, "use_instance_mask", False):
+        return
+    if any(a.get("segmentation") for part in parts for d in part for a in d.get("annotations") or []):
+        return
+    raise ValueError(
+        "MODEL.MASK_ON trains a mask head, but no annotation of the training datasets has a "
+        "'segmentation', so it would never train (loss_mask 0 at every step). Add a dataset "
+        "with masks to DATASETS.TRAIN (its loader must keep them: Detectron2's load_coco_json "
+        "and DATASETS.CUSTOM do), or set MODEL.MASK_ON False."
+    )
 
 
 def _boxes_only_ok(meta_architecture: str) -> bool:

@@ -171,6 +171,17 @@ def test_a_box_only_image_under_a_two_stage_mask_head_is_refused_before_training
     one_stage.MODEL.GLIP.VOCABULARY = []
     (records,) = load_checked_train_dicts(one_stage, GroundingDatasetMapper(one_stage, is_train=True))
     assert len(records) == 2
+    # ... but not when no image has a mask: loss_mask was 0 at every step, the head untrained
+    for a in data["annotations"]:
+        a.pop("segmentation", None)
+    (tmp_path / "no_masks.json").write_text(json.dumps(data))
+    no_masks = names("no_masks")
+    one_stage.DATASETS.CUSTOM = [[no_masks, str(tmp_path / "no_masks.json"), str(tmp_path)]]
+    one_stage.DATASETS.TRAIN = (no_masks,)
+    register_datasets_from_config(one_stage)
+    with pytest.raises(ValueError, match="no annotation of the training datasets has a "
+                                         "'segmentation', so it would never train"):
+        load_checked_train_dicts(one_stage, GroundingDatasetMapper(one_stage, is_train=True))
 
 
 # ------------------------------------------------------------------ item 3: the protocol's datasets

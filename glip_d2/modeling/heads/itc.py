@@ -108,6 +108,17 @@ class ImageTextContrastiveHead(nn.Module):
         weight: float = 1.0,
     ):
         super().__init__()
+        low, high = TEMPERATURE_RANGE
+        if not low <= temperature <= high:  # NaN fails too
+            raise ValueError(
+                f"MODEL.GLIP.LOSSES.ITC_TEMPERATURE {temperature} is outside [{low}, {high}], the "
+                "range the learned temperature is kept in (it would be clamped before the first "
+                "step; X-VLM starts at 0.07)."
+            )
+        if embed_dim < 1:
+            raise ValueError(
+                f"MODEL.GLIP.LOSSES.ITC_EMBED_DIM must be >= 1 (X-VLM: 256), got {embed_dim}."
+            )
         self.num_levels = len(strides)
         self.pooler = ROIPooler(
             output_size=pool_size,

@@ -2,6 +2,7 @@
 on the fusion tower's output levels at the boxes (ground-truth boxes in training, the ATSS
 detections at test time), then Detectron2's class-agnostic Mask R-CNN conv-upsample head and
 its mask loss / inference, so `pred_masks` come out as Detectron2's evaluators expect."""
+import math
 from typing import List, Sequence
 
 import torch
@@ -39,7 +40,7 @@ class GLIPMaskHead(nn.Module):
         ValueError: for a norm that fails on an empty batch ("SyncBN", "nnSyncBN",
             "naiveSyncBN"; before: an AssertionError at the first batch without masked boxes,
             possibly hours into training); "naiveSyncBN_N" synchronises the statistics and takes
-            empty batches.
+            empty batches. A loss_weight that is negative or not finite.
     """
 
     @configurable
@@ -63,6 +64,12 @@ class GLIPMaskHead(nn.Module):
                 "head gets (a batch, or one GPU's share of it, without masked boxes: box-only "
                 "images, boxes all cropped away). Use 'naiveSyncBN_N' (statistics synchronised "
                 "over the GPUs, empty batches allowed), 'GN' or 'BN'."
+            )
+        if not (math.isfinite(loss_weight) and loss_weight >= 0):
+            raise ValueError(
+                f"MODEL.GLIP.MASK_LOSS_WEIGHT {loss_weight} is not a finite number >= 0: it "
+                "multiplies the mask loss (a negative weight would push the masks away from the "
+                "ground truth); set MODEL.MASK_ON False to drop the mask head."
             )
         self.num_levels = len(strides)
         self.pooler = ROIPooler(

@@ -130,6 +130,17 @@ class XVLMBoxHead(nn.Module):
             raise ValueError(
                 f"MODEL.GLIP.TEXT_BOX_HEAD.POSITION_IN must be 'values' or 'keys', got {position_in!r}."
             )
+        if num_heads < 1 or hidden < 1:
+            raise ValueError(
+                f"MODEL.GLIP.TEXT_BOX_HEAD.NUM_HEADS ({num_heads}) and HIDDEN_DIM ({hidden}) must "
+                "be >= 1 (HIDDEN_DIM a multiple of NUM_HEADS; defaults 4 and 256)."
+            )
+        for key, weight in (("L1_WEIGHT", l1_weight), ("GIOU_WEIGHT", giou_weight)):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(
+                    f"MODEL.GLIP.TEXT_BOX_HEAD.{key} {weight} is not a finite number >= 0: it "
+                    "multiplies that box loss (0 turns it off; X-VLM uses 1)."
+                )
         if hidden % num_heads:
             raise ValueError(
                 f"MODEL.GLIP.TEXT_BOX_HEAD.HIDDEN_DIM ({hidden}) must be a multiple of NUM_HEADS ({num_heads})."

@@ -2,7 +2,7 @@
 import contextlib
 import logging
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from ..heads.mask_head import GLIPMaskHead
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..heads.text_box import build_text_box_head, cxcywh_to_xyxy, xyxy_to_cxcywh
 from ..language import build_language_backbone, resolve_text_model_path
-from ..tuning import PromptTuning, apply_tuning
+from ..tuning import LINEAR_PREFIXES, PromptTuning, apply_tuning
 from .prompting import PromptingMixin, default_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,42 @@ def _to_float(out: Dict) -> Dict:
         return t.float() if torch.is_tensor(t) and t.is_floating_point() else t
 
     return {k: [cast(t) for t in v] if isinstance(v, list) else cast(v) for k, v in out.items()}
+
+
+# MODEL.GLIP.LOSSES keys that weight a loss (0 = off).
+LOSS_WEIGHT_KEYS = ("CONTRASTIVE_WEIGHT", "MLM_WEIGHT", "ITC_WEIGHT", "ITM_WEIGHT")
+# Heads whose loss is switched on by a config key, and that key (for the linear-probe check).
+LOSS_HEAD_KEYS = {
+    "mlm_head": "MODEL.GLIP.LOSSES.MLM_WEIGHT",
+    "itc_head": "MODEL.GLIP.LOSSES.ITC_WEIGHT",
+    "itm_head": "MODEL.GLIP.LOSSES.ITM_WEIGHT",
+    "text_box_head": "MODEL.GLIP.TEXT_BOX_HEAD.NAME",
+}
+
+
+def check_loss_weights(cfg) -> None:
+    """Each MODEL.GLIP.LOSSES weight must be a finite number >= 0.
+
+    Raises:
+        ValueError: naming the key (before: a negative or NaN weight turned its loss off
+            silently, since the heads are built for weights > 0, and inf made every loss inf).
+    """
+    for key in LOSS_WEIGHT_KEYS:
+        value = cfg.MODEL.GLIP.LOSSES[key]
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"MODEL.GLIP.LOSSES.{key} {value} is not a finite number >= 0: it multiplies its "
+                "loss, and 0 turns the loss off (docs/glipv2_xvlm.md)."
+            )
+
+
+def _last_linear_prefix(module: Optional[nn.Module], name: str) -> Tuple[str, ...]:
+    """The parameter prefix of ``module``'s last linear layer (registration order), as
+    ``name.<path>.``; () without a module or a linear layer."""
+    if module is None:
+        return ()
+    linear = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    return (f"{name}.{linear[-1]}.",) if linear else ()
 
 
 def _alignment_heads(cfg, backbone, language_dim: int) -> Dict[str, Optional[nn.Module]]:
@@ -226,14 +262,41 @@ class GLIP(CPUFallbackMixin, PromptingMixin, nn.Module):
             self.prompt_tuning = PromptTuning(max_query_len, language_backbone.language_dim)
             if mlm_head is not None:  # its masked prompts would bypass the one tuned prompt
                 logger.info("Prompt tuning: the MLM loss is off (MLM_WEIGHT is ignored).")
-        self._frozen_modules = apply_tuning(self, tuning)
+        # a linear probe trains the text-to-box head's last layer too, as the mask head's: frozen
+        # whole, a new head would never learn (and PREDICT would answer with its random boxes)
+        linear = LINEAR_PREFIXES + _last_linear_prefix(text_box_head, "text_box_head")
+        self._frozen_modules = apply_tuning(self, tuning, linear)
+        if tuning == "linear":
+            self._check_linear_probe_losses()
         if text_dropout_when_frozen and tuning == "full":  # LANGUAGE_BACKBONE.DROPOUT_WHEN_FROZEN
             self._frozen_modules = [m for m in self._frozen_modules if m != "language_backbone"
                                     and not m.startswith("language_backbone.")]
 
+    def _check_linear_probe_losses(self) -> None:
+        """Under TUNING linear, a loss whose head has no trainable parameter would train nothing:
+        MLM, ITC and ITM reach none of the layers a linear probe trains.
+
+        Raises:
+            ValueError: naming the keys to turn off (before: their losses were computed every
+                step, logged, and trained nothing).
+        """
+        dead = [
+            key for name, key in LOSS_HEAD_KEYS.items()
+            if getattr(self, name) is not None
+            and not any(p.requires_grad for p in getattr(self, name).parameters())
+        ]
+        if dead:
+            raise ValueError(
+                f"MODEL.GLIP.TUNING 'linear' freezes every parameter that {', '.join(dead)} would "
+                "train (a linear probe trains only the final layers of the grounding, mask and "
+                "text-to-box heads), so those losses would train nothing: set them to 0 (NAME "
+                "'') for a linear probe, or use TUNING 'full' or 'language_frozen'."
+            )
+
     @classmethod
     def from_config(cls, cfg):
         lb = cfg.MODEL.LANGUAGE_BACKBONE
+        check_loss_weights(cfg)
         backbone = build_backbone(cfg)
         language_backbone = build_language_backbone(cfg)
         missing = [f for f in cfg.MODEL.GLIP.IN_FEATURES if f not in backbone.output_shape()]
