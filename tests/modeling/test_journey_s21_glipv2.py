@@ -184,3 +184,33 @@ def test_every_head_trains_saves_and_reloads(tmp_path):
     assert not incompatible.unexpected_keys
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in init.items())
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+@pytest.mark.parametrize("key, value", [
+    ("LOSSES.MLM_WEIGHT", 1.0), ("LOSSES.ITC_WEIGHT", 0.5), ("LOSSES.ITM_WEIGHT", 1.0),
+    ("TEXT_BOX_HEAD.NAME", "XVLMBoxHead"),
+])
+def test_the_two_stage_model_refuses_one_stage_only_heads(key, value):
+    """LanguageAwareRCNN has no MLM / ITC / ITM / text-to-box head: the keys were ignored (a
+    refexp evaluation with PREDICT scored the ROI detections, the losses never ran)."""
+    from detectron2.modeling import build_model
+
+    from tests.roi.roi_helpers import two_stage_cfg
+
+    cfg = two_stage_cfg()
+    section, name = key.split(".")
+    cfg.MODEL.GLIP[section][name] = value
+    with pytest.raises(ValueError, match=rf"MODEL\.GLIP\.{key} .*'LanguageAwareRCNN' has no such "
+                                         r"head.*set them off"):
+        build_model(cfg)
+
+
+def test_the_two_stage_model_checks_the_loss_weights_it_reads():
+    from detectron2.modeling import build_model
+
+    from tests.roi.roi_helpers import two_stage_cfg
+
+    cfg = two_stage_cfg()
+    cfg.MODEL.GLIP.LOSSES.CONTRASTIVE_WEIGHT = float("nan")  # read by GLIP's head as the RPN
+    with pytest.raises(ValueError, match=r"CONTRASTIVE_WEIGHT nan is not a finite number >= 0"):
+        build_model(cfg)

@@ -31,6 +31,7 @@ from ..fusion import build_fusion_tower, check_pyramid_levels
 from ..language import build_language_backbone, resolve_text_model_path
 from ..roi_heads import EncodedPrompt, RegionTextInputs
 from ..tuning import TWO_STAGE_LINEAR_PREFIXES, PromptTuning, apply_tuning
+from .glip import check_loss_weights
 from .prompting import PromptingMixin, default_vocabulary
 
 __all__ = ["LanguageAwareRCNN"]
@@ -51,6 +52,40 @@ def _precomputed_proposals(batched_inputs: List[Dict], device) -> List[Instances
             "input an Instances of proposal_boxes and objectness_logits as 'proposals'."
         )
     return [x["proposals"].to(device) for x in batched_inputs]
+
+
+# MODEL.GLIP keys of heads only one-stage GLIP has, with their "off" value.
+_ONE_STAGE_ONLY = {
+    "LOSSES.MLM_WEIGHT": 0.0,
+    "LOSSES.ITC_WEIGHT": 0.0,
+    "LOSSES.ITM_WEIGHT": 0.0,
+    "TEXT_BOX_HEAD.NAME": "",
+}
+
+
+def _check_one_stage_keys(cfg) -> None:
+    """The two-stage model has no MLM, ITC/ITM or text-to-box head: those keys set on it were
+    ignored, so a refexp evaluation with TEXT_BOX_HEAD.PREDICT scored the ROI detections, and
+    the losses never ran. The loss weights it does read (CONTRASTIVE_WEIGHT, through GLIP's
+    head as the RPN) must be finite and >= 0, as for one-stage GLIP.
+
+    Raises:
+        ValueError: naming the keys.
+    """
+    check_loss_weights(cfg)
+    on = []
+    for key, off in _ONE_STAGE_ONLY.items():
+        node = cfg.MODEL.GLIP
+        for part in key.split("."):
+            node = node[part]
+        if node != off:
+            on.append(f"MODEL.GLIP.{key} {node!r}")
+    if on:
+        raise ValueError(
+            f"{', '.join(on)}: META_ARCHITECTURE 'LanguageAwareRCNN' has no such head (MLM, "
+            "ITC/ITM and the text-to-box head are one-stage GLIP's, META_ARCHITECTURE 'GLIP'); "
+            "set them off (0, NAME '') for the two-stage model."
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -161,6 +196,7 @@ class LanguageAwareRCNN(CPUFallbackMixin, PromptingMixin, GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
+        _check_one_stage_keys(cfg)
         ret = super().from_config(cfg)
         if "text" not in inspect.signature(ret["roi_heads"].forward).parameters:
             # a stock head would fail at the first forward with "unexpected keyword 'text'"
