@@ -23,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 from glip_d2 import add_glip_config
 from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data import GroundingDatasetMapper, build_grounding_train_loader
+from glip_d2.data.class_descriptions import class_descriptions_from_config
 from glip_d2.data.datasets import register_datasets_from_config
 from glip_d2.engine import (EMAHook, ModelEMA, WeightDecaySchedule, build_glip_evaluator, build_glip_optimizer,
                             build_glip_writers, check_benchmark_options, check_checkpoint_period,
@@ -204,10 +205,12 @@ def setup(args):
 def check_setup(cfg, args):
     """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
     fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values, test jsons the
-    COCO / LVIS evaluators cannot score, a checkpoint period that is not positive)."""
+    COCO / LVIS evaluators cannot score, class descriptions that do not fit, a checkpoint period
+    that is not positive)."""
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     check_benchmark_options(cfg)  # else found by the first evaluation, after training
     check_test_ground_truth(cfg)  # else found by each test set's evaluator, after training
+    class_descriptions_from_config(cfg)  # else a bad training record, or a traceback at the build
     if len(cfg.MODEL.GLIP.VOCABULARY):  # else found by the first evaluation, after training
         for name in cfg.DATASETS.TEST:
             check_fixed_vocabulary(cfg.MODEL.GLIP.VOCABULARY, name)

@@ -7,6 +7,7 @@ used (training prompts, the test vocabulary), is then its class names with these
 """
 
 import difflib
+import os
 from typing import Dict, List, Optional, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -22,7 +23,9 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
     Raises:
         ValueError: for an entry that is not ``[dataset_name, file or JSON]``, a dataset named
             twice, a dataset that is neither in DATASETS.TRAIN/TEST nor registered (a misspelt
-            name, whose descriptions would never be used), or a file that cannot be parsed.
+            name, whose descriptions would never be used), a file that cannot be parsed, or
+            descriptions that do not fit the known class names of a DATASETS.TRAIN/TEST
+            dataset (a list of another length, a mapping key that is no class name).
     """
     used = list(cfg.DATASETS.get("TRAIN", [])) + list(cfg.DATASETS.get("TEST", []))
     out = {}
@@ -41,7 +44,26 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
         if entry[0] not in used and entry[0] not in DatasetCatalog:
             raise ValueError(_unknown_dataset_message(entry[0], used))
         out[entry[0]] = load_descriptions(entry[1])
+        if entry[0] in used:
+            _check_fits_classes(entry[0], entry[1], out[entry[0]])
     return out
+
+
+def _check_fits_classes(name: str, source: str, descriptions) -> None:
+    """Refuse descriptions that do not fit a dataset's classes (another number of entries, a
+    name it does not have) when the config is read, naming the entry; found later, a training
+    dataset's failed only in the first training step, reported as a bad training record."""
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if classes is None:  # not known before the dataset is loaded: checked where it is used
+        return
+    try:
+        apply_descriptions(classes, descriptions)
+    except (TypeError, ValueError) as e:
+        where = repr(source) if os.path.isfile(source) else "inline JSON"
+        raise ValueError(
+            f"DATASETS.CLASS_DESCRIPTIONS entry for dataset {name!r} ({where}) does not fit its "
+            f"classes: {e}"
+        ) from e
 
 
 def _unknown_dataset_message(name: str, used: List[str]) -> str:

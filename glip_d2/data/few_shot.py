@@ -79,10 +79,12 @@ def sample_few_shot(
                     else _instances(dicts, k, seed, wanted, available))
     subset = [dicts[i] for i in chosen]
     counts = category_counts(subset)
+    # per category in the unit k counts, so the line shows that each category got its k
+    got = _images_per_category(subset) if mode == "official" else counts
     logger.info(
-        f"{source}: {k}-shot subset (seed {seed}) of {len(subset)} of {len(dicts)} images, "
-        f"{sum(counts[c] for c in wanted)} instances, {min(counts[c] for c in wanted)}-"
-        f"{max(counts[c] for c in wanted)} per category."
+        f"{source}: {k}-shot subset (seed {seed}, {mode} mode) of {len(subset)} of {len(dicts)} "
+        f"images, {sum(counts[c] for c in wanted)} instances; {unit} per category: "
+        f"{min(got[c] for c in wanted)}-{max(got[c] for c in wanted)}."
     )
     return subset
 

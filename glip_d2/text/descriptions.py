@@ -209,14 +209,22 @@ def apply_descriptions(
         if unknown:
             raise ValueError(
                 f"Class descriptions for {unknown} match no class name of the dataset "
-                f"({list(class_names)[:10]}...); key them by the dataset's thing_classes."
+                f"({_listing(class_names)}); key them by the dataset's thing_classes."
             )
         return [
             _keyed_description(n, descriptions[n]) if n in descriptions else n for n in class_names
         ]
     if len(descriptions) != len(class_names):
         raise ValueError(
-            f"{len(descriptions)} class descriptions for {len(class_names)} classes; give one "
-            "entry per class in label order, or a mapping name -> description."
+            f"{len(descriptions)} class descriptions for {len(class_names)} classes "
+            f"({_listing(class_names)}); give one entry per class in label order, or a mapping "
+            "name -> description."
         )
     return [d if isinstance(d, str) else as_description(d, i) for i, d in enumerate(descriptions)]
+
+
+def _listing(class_names: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` class names, for a message ("..." only when there are more)."""
+    names = list(class_names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
