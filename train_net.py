@@ -202,11 +202,27 @@ def setup(args):
     return cfg
 
 
+def check_output_dir(output_dir: str) -> None:
+    """OUTPUT_DIR must be a folder this process can create or write to; else each launched
+    process failed in default_setup with a traceback. Nothing is created here (a config found
+    wrong by a later check leaves no trace)."""
+    path = os.path.abspath(output_dir)
+    while not os.path.exists(path):  # the nearest part of the path that exists
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise OSError(f"OUTPUT_DIR {output_dir!r} cannot be created: {path!r} is a file, not a "
+                      "folder. Set OUTPUT_DIR to a folder you can write to.")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(f"OUTPUT_DIR {output_dir!r} cannot be written: {path!r} is not writable. "
+                      "Set OUTPUT_DIR to a folder you can write to.")
+
+
 def check_setup(cfg, args):
     """Errors of the config found before any model is built (missing datasets, AMP on the CPU, a
     fixed vocabulary that is not a test set's class list, TEST.BENCHMARK values, test jsons the
     COCO / LVIS evaluators cannot score, class descriptions that do not fit, a checkpoint period
     that is not positive)."""
+    check_output_dir(cfg.OUTPUT_DIR)
     check_datasets_present(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     check_benchmark_options(cfg)  # else found by the first evaluation, after training
     check_test_ground_truth(cfg)  # else found by each test set's evaluator, after training

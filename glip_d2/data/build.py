@@ -234,15 +234,15 @@ def _check_some_masks(parts, mapper) -> None:
 
 
 def _boxes_only_ok(meta_architecture: str) -> bool:
-    """Whether the meta-architecture trains images without masks on boxes only (GLIP's)."""
+    """Whether the meta-architecture trains images without masks on boxes only (GLIP's says so
+    with ``trains_box_only_images``; the data side does not import the model side)."""
     from detectron2.modeling import META_ARCH_REGISTRY
 
-    from ..modeling.meta_arch.glip import GLIP
-
     try:
-        return issubclass(META_ARCH_REGISTRY.get(meta_architecture), GLIP)
+        arch = META_ARCH_REGISTRY.get(meta_architecture)
     except KeyError:  # not registered: the model build names it
         return True
+    return bool(getattr(arch, "trains_box_only_images", False))
 
 
 def _tag_with_dataset(parts, names) -> None:

@@ -11,4 +11,4 @@ from .resume import (ExactResumeHook, enable_exact_resume, get_rng_state, match_
 from .schedule import (build_glip_lr_scheduler, check_checkpoint_period, keep_fractional_steps,
                        resolve_schedule)
 from .weight_decay import WeightDecaySchedule
-from .writers import build_glip_writers, tensorboard_available
+from .writers import RedoneIterationLogs, build_glip_writers, drop_records_from, tensorboard_available

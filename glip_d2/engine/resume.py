@@ -99,6 +99,14 @@ class ExactResumeHook(HookBase):
             state["stream"] = self.data_loader.state_dict()
         return state
 
+    def before_train(self):
+        start, max_iter = self.trainer.start_iter, self.trainer.max_iter
+        if start >= max_iter > 0:  # Detectron2 trains nothing then, and evaluates
+            logger.warning(
+                f"The resumed checkpoint is at iteration {start}, SOLVER.MAX_ITER is {max_iter}: "
+                "there is nothing left to train. Raise SOLVER.MAX_ITER to train longer; "
+                "--eval-only evaluates a checkpoint without this run.")
+
     def before_step(self):
         if self._rng is not None:
             set_rng_state(self._rng)
@@ -152,9 +160,13 @@ def match_grad_scaler_state(state_dict: Dict, inner_trainer) -> Dict:
 
 def enable_exact_resume(trainer) -> ExactResumeHook:
     """Add :class:`ExactResumeHook` to a Detectron2 ``DefaultTrainer`` as its first hook (before
-    the checkpointer), so ``--resume`` continues the same run. Call in the trainer's
-    ``__init__``, after ``super().__init__`` and before ``resume_or_load``."""
+    the checkpointer), so ``--resume`` continues the same run, and
+    :class:`~glip_d2.engine.writers.RedoneIterationLogs`, so its metrics.json and TensorBoard
+    events keep one record per iteration. Call in the trainer's ``__init__``, after
+    ``super().__init__`` and before ``resume_or_load``."""
     import weakref
+
+    from .writers import RedoneIterationLogs
 
     cfg = trainer.cfg
     hook = ExactResumeHook(
@@ -162,4 +174,7 @@ def enable_exact_resume(trainer) -> ExactResumeHook:
     )
     hook.trainer = weakref.proxy(trainer)
     trainer._hooks.insert(0, hook)
+    logs = RedoneIterationLogs(cfg.OUTPUT_DIR)
+    logs.trainer = weakref.proxy(trainer)
+    trainer._hooks.insert(1, logs)
     return hook

@@ -169,6 +169,11 @@ class GLIP(CPUFallbackMixin, PromptingMixin, nn.Module):
     indices into the vocabulary (or phrase indices), so Detectron2's evaluators work unchanged.
     """
 
+    # its mask head trains the images without masks of a mixed batch on boxes only (read by the
+    # data side's checks, glip_d2/data/build.py, without importing the model)
+    trains_box_only_images = True
+
+
     @configurable
     def __init__(
         self,
