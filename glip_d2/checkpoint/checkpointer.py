@@ -416,7 +416,10 @@ def check_coverage(
     under the same name and shape; ``used`` the share of ``sd``'s tensors that the model takes.
     A checkpoint passes when ``matched >= min_fraction``, or, with ``partial_init_ok`` (a
     training initialisation such as ImageNet backbone weights), when ``used >= min_fraction``.
-    A checkpoint that matches no parameter at all never passes.
+    A checkpoint that matches no parameter at all never passes. A model whose checkpoints are
+    meant to provide a part of it names that part's parameter prefixes in its
+    ``checkpoint_coverage_prefixes`` (RegionCLIP's student: a detector's backbone and RPN);
+    ``matched`` then counts those parameters only.
 
     Args:
         model: the model to be loaded (DDP wrappers are unwrapped).
@@ -432,7 +435,8 @@ def check_coverage(
         ValueError: listing what the model expects and what the checkpoint holds.
     """
     model = unwrap_model(model)
-    params = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    part = tuple(getattr(model, "checkpoint_coverage_prefixes", ()))
+    params = {k: tuple(p.shape) for k, p in model.named_parameters() if not part or k.startswith(part)}
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = {
         k: tuple(v.shape) for k, v in sd.items() if isinstance(v, (torch.Tensor, np.ndarray))

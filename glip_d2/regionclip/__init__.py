@@ -2,11 +2,6 @@
 student meta-architecture, and initialising a language-aware R-CNN from the student."""
 
 from .concepts import build_concept_pool, extract_concepts, read_concept_file, write_concept_file
-from .convert import (
-    STUDENT_TO_DETECTOR,
-    init_detector_from_regionclip,
-    regionclip_to_detector_state_dict,
-)
 from .losses import (
     image_text_contrastive_loss,
     pseudo_region_labels,
@@ -31,3 +26,20 @@ __all__ = [
     "regionclip_to_detector_state_dict",
     "write_concept_file",
 ]
+
+# Imported on first use: `python -m glip_d2.regionclip.convert` imports this package first, and
+# a package that had already imported `convert` made runpy warn that the module "may result in
+# unpredictable behaviour" on every run.
+_FROM_CONVERT = (
+    "STUDENT_TO_DETECTOR",
+    "init_detector_from_regionclip",
+    "regionclip_to_detector_state_dict",
+)
+
+
+def __getattr__(name):
+    if name in _FROM_CONVERT:
+        from . import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,6 +46,9 @@ _LEADING = {
 }
 # Caption boilerplate that names the picture, not a region in it.
 _NOT_CONCEPTS = {"photo", "picture", "image", "view", "scene", "close up", "closeup", "shot"}
+# The nouns of the relations above ("to the left of", "in front of", "on top of"): spaCy makes
+# them noun chunks of their own ("the left"), which name a place, not a region's content.
+_NOT_CONCEPTS |= {"left", "right", "front", "top"}
 
 
 def _normalise(text: str) -> str:
@@ -62,7 +65,7 @@ def extract_concepts(caption: str, backend: str = "auto") -> List[str]:
     Noun phrases come from :func:`glip_d2.nlp.find_noun_phrases` (spaCy noun chunks, or the
     comma/period/"and" split); each is cut at relation words ("of", "on", "next to", ...),
     lower-cased, stripped of leading articles, numbers and quantifiers, and dropped when it only
-    names the picture ("photo", "image", ...).
+    names the picture ("photo", "image", ...) or a relation's place ("left", "front", ...).
 
     Args:
         caption: free text.

@@ -1,19 +1,26 @@
 """Initialising a language-aware R-CNN from a RegionCLIP-pretrained student.
 
-    python -m glip_d2.regionclip.convert --detector-config configs/two_stage/faster_rcnn_R_50_FPN_glip.yaml \
-        --student output/regionclip/model_final.pth --output regionclip_init.pth [KEY VALUE ...]
+    python -m glip_d2.regionclip.convert \\
+        --detector-config configs/two_stage/faster_rcnn_R_50_FPN_glip.yaml \\
+        --student output/regionclip_pretrain_R_50_FPN/model_final.pth \\
+        --output regionclip_init.pth MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM 512 [KEY VALUE ...]
 
 writes the mapped weights as a Detectron2 checkpoint ({"model": ...}) for the detector's
 MODEL.WEIGHTS, and prints what was loaded, skipped for shape and left unmapped. The student's
 weights are chosen as ``train_net.py --eval-only`` chooses them: its "ema" entry (a pretraining
 run with SOLVER.EMA_DECAY > 0 saves one) when the detector config's TEST.USE_EMA is on (the
 default; pass ``TEST.USE_EMA False`` for the raw weights), else its "model" entry.
+
+The student's projection is copied only into a detector whose MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM
+is the CLIP teacher's projection_dim (512 for ViT-B/32; the shipped detector configs say 256):
+hence the override above, which the config that fine-tunes the detector must give too. Without
+it the projection is skipped for its shape, and the command says which value to pass.
 """
 
 import argparse
 import logging
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,6 +30,7 @@ __all__ = [
     "regionclip_to_detector_state_dict",
     "init_detector_from_regionclip",
     "student_weights",
+    "projection_hint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +94,26 @@ def regionclip_to_detector_state_dict(
     return out, report
 
 
+def projection_hint(
+    student_sd: Dict[str, torch.Tensor], detector: nn.Module, report: Dict[str, List[str]]
+) -> Optional[str]:
+    """What to pass when the student's projection was skipped for its shape (None: it was
+    not). The detector's projection has MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM outputs (256 in the
+    shipped configs), the student's the CLIP teacher's projection_dim (512 for ViT-B/32), so
+    by default the projection the pretraining trained is silently left out."""
+    skipped = [k for k in report["shape_mismatch"] if k.endswith("region_proj.weight")]
+    weight = student_sd.get("region_proj.weight")
+    if not skipped or weight is None:
+        return None
+    width = detector.state_dict()[skipped[0]].shape[0]
+    return (
+        f"The student's projection has {weight.shape[0]} outputs (its CLIP teacher's "
+        f"projection_dim), the detector's {width} (MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM), so it "
+        f"was not copied. To copy it, pass MODEL.LANGUAGE_ROI_HEADS.EMBED_DIM {weight.shape[0]} "
+        "here and in the config that fine-tunes the detector."
+    )
+
+
 def init_detector_from_regionclip(
     detector: nn.Module, student_sd: Dict[str, torch.Tensor]
 ) -> Dict[str, List[str]]:
@@ -96,6 +124,9 @@ def init_detector_from_regionclip(
         f"RegionCLIP init: {len(report['loaded'])} tensors loaded, "
         f"{len(report['shape_mismatch'])} skipped for shape, {len(report['unmapped'])} unmapped."
     )
+    hint = projection_hint(student_sd, detector, report)
+    if hint:
+        logger.warning(hint)
     return report
 
 
@@ -156,6 +187,9 @@ def main(argv=None) -> Dict[str, List[str]]:
         f"{len(report['shape_mismatch'])} skipped for shape {report['shape_mismatch'][:5]}, "
         f"{len(report['unmapped'])} unmapped {report['unmapped'][:5]}"
     )
+    hint = projection_hint(student_sd, detector, report)
+    if hint:
+        print(hint)
     return report
 
 

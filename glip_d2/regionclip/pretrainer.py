@@ -19,7 +19,7 @@ a language-aware R-CNN.
 
 import copy
 import logging
-from collections import Counter
+import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -54,8 +54,7 @@ logger = logging.getLogger(__name__)
 def _concepts_from_config(cfg) -> List[str]:
     rc = cfg.MODEL.REGIONCLIP
     if rc.CONCEPT_FILE:
-        concepts = read_concept_file(rc.CONCEPT_FILE)
-        return concepts[: rc.MAX_CONCEPTS] if rc.MAX_CONCEPTS > 0 else concepts
+        return _concepts_from_file(rc.CONCEPT_FILE, rc.MAX_CONCEPTS)
     captions = [
         d["caption"]
         for name in cfg.DATASETS.TRAIN
@@ -80,6 +79,61 @@ def _concepts_from_config(cfg) -> List[str]:
         f"frequent first: {pool[:5]}"
     )
     return _same_on_every_process(pool, backend)
+
+
+def _concepts_from_file(path: str, max_concepts: int) -> List[str]:
+    """The first `max_concepts` (0: all) concepts of MODEL.REGIONCLIP.CONCEPT_FILE `path`.
+
+    Raises:
+        FileNotFoundError: if `path` is not a file.
+        ValueError: if it lists no concept, or a concept twice (:func:`_check_concepts`).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.REGIONCLIP.CONCEPT_FILE {path!r} does not exist; give a text file with one "
+            "concept per line, or '' to mine the concepts from the captions of DATASETS.TRAIN."
+        )
+    concepts = read_concept_file(path)
+    if max_concepts > 0:
+        concepts = concepts[:max_concepts]
+    _check_concepts(concepts, f"MODEL.REGIONCLIP.CONCEPT_FILE {path!r}")
+    return concepts
+
+
+def _concept_key(concept: str) -> str:
+    """What the CLIP teacher sees of a concept: its tokenizer lower-cases and splits at
+    whitespace, so "Red  circle" and "red circle" are one concept."""
+    return " ".join(concept.lower().split())
+
+
+def _check_concepts(concepts: Sequence[str], source: str) -> None:
+    """Refuse an empty pool, or one that names a concept twice.
+
+    A repeated concept is its own hard negative: its copies get the same logit, so the
+    pseudo-label cross-entropy cannot fall below ln 2 and the copies split the distilled
+    probability.
+    """
+    if not concepts:
+        raise ValueError(
+            f"The RegionCLIP concept pool is empty ({source}): regions need concepts to be "
+            "labelled with (a concept file skips blank lines and lines starting with '#')."
+        )
+    groups: Dict[str, List[str]] = {}
+    for c in concepts:
+        groups.setdefault(_concept_key(c), []).append(c)
+    repeated = sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    if repeated:
+        spellings = [g for g in repeated if len(set(g)) > 1]
+        raise ValueError(
+            f"The RegionCLIP concept pool ({source}) repeats {[g[0] for g in repeated[:10]]}"
+            + (
+                f", spelled {spellings[:5]} (one concept to the CLIP tokenizer, which ignores "
+                "case and extra spaces)"
+                if spellings
+                else ""
+            )
+            + "; list each concept once."
+        )
 
 
 def _same_on_every_process(pool: List[str], backend: str) -> List[str]:
@@ -120,6 +174,13 @@ class RegionCLIPPretrainer(CPUFallbackMixin, nn.Module):
     matching, cannot tell the two copies apart (Detectron2 refuses the ambiguity); give
     a checkpoint in the model's own names, e.g. a Detectron2 detector's.
     """
+
+    # What MODEL.WEIGHTS must provide (glip_d2's checkpointer judges its coverage on these
+    # parameters only): a detector's backbone and trained RPN. The rest is the frozen CLIP
+    # teacher (TEACHER_PATH), the RPN's backbone copied from ``backbone`` and the student's new
+    # box head and projection; a detector's text encoder has no place here. Counted over the
+    # whole model, a language-aware R-CNN checkpoint provided about 35 % and was refused.
+    checkpoint_coverage_prefixes = ("backbone.", "proposal_generator.")
 
     @configurable
     def __init__(
@@ -169,19 +230,7 @@ class RegionCLIPPretrainer(CPUFallbackMixin, nn.Module):
             shape.channels * (shape.height or 1) * (shape.width or 1), teacher.embed_dim
         )
         self.concepts = list(concepts)
-        if not self.concepts:
-            raise ValueError(
-                "The RegionCLIP concept pool is empty (MODEL.REGIONCLIP.CONCEPT_FILE has no "
-                "concept?): regions need concepts to be labelled with."
-            )
-        repeated = sorted(c for c, n in Counter(self.concepts).items() if n > 1)
-        if repeated:
-            # A repeated concept is its own hard negative: its copies get the same logit, so
-            # the pseudo-label cross-entropy cannot fall below ln 2 and the copies split the
-            # distilled probability.
-            raise ValueError(
-                f"The RegionCLIP concept pool repeats {repeated[:10]}; list each concept once."
-            )
+        _check_concepts(self.concepts, "the given concepts")
         self.register_buffer(
             "concept_emb", teacher.encode_concepts(self.concepts), persistent=False
         )

@@ -18,6 +18,68 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 REGION_INPUTS = ("crops", "roi_align")
 
 
+_SAVE_HINT = (
+    "save a CLIP model (e.g. openai/clip-vit-base-patch32) there with CLIPModel.save_pretrained "
+    "and its tokenizer."
+)
+
+
+def _load_clip(path: str) -> nn.Module:
+    """The `CLIPModel` of the folder `path`, refused unless every weight comes from the folder.
+
+    `CLIPModel.from_pretrained` accepts another model's folder (a BERT, say) with a warning and
+    initialises what it lacks at random: the whole teacher would then be random, and every
+    pseudo label with it, while the run looks normal.
+    """
+    from transformers import CLIPModel
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(
+            f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} has no config.json, so it holds no saved "
+            f"model; {_SAVE_HINT}"
+        )
+    with open(config, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != "clip":
+        raise ValueError(
+            f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} holds a {model_type!r} model, not a CLIP "
+            f"model (config.json model_type 'clip'); {_SAVE_HINT}"
+        )
+    try:
+        clip, info = CLIPModel.from_pretrained(
+            path, local_files_only=True, output_loading_info=True
+        )
+    except OSError as error:  # e.g. config.json without a weights file
+        raise FileNotFoundError(
+            f"MODEL.REGIONCLIP.TEACHER_PATH {path!r}: the CLIP model cannot be loaded ({error}); "
+            f"{_SAVE_HINT}"
+        ) from error
+    if info["missing_keys"]:
+        missing = info["missing_keys"]
+        raise ValueError(
+            f"MODEL.REGIONCLIP.TEACHER_PATH {path!r}: its weights lack {len(missing)} tensors of "
+            f"the CLIP model (e.g. {missing[:3]}), which would start at random; give the folder "
+            "of a complete CLIP checkpoint."
+        )
+    return clip
+
+
+def _load_tokenizer(path: str):
+    """The tokenizer saved with the CLIP model in `path`."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, TypeError, ValueError) as error:  # no tokenizer files: TypeError (4.x)
+        raise FileNotFoundError(
+            f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} has a CLIP model but no tokenizer that loads "
+            f"({type(error).__name__}: {error}); save the model's tokenizer there too "
+            "(tokenizer.save_pretrained)."
+        ) from error
+    return tokenizer
+
+
 class CLIPRegionTeacher(nn.Module):
     """A Hugging Face `CLIPModel` scoring image regions against text concepts. Frozen.
 
@@ -61,17 +123,20 @@ class CLIPRegionTeacher(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "CLIPRegionTeacher":
-        """Load model, tokenizer and pixel statistics from a local folder (no network)."""
-        from transformers import AutoTokenizer, CLIPModel
+        """Load model, tokenizer and pixel statistics from a local folder (no network).
 
+        Raises:
+            FileNotFoundError: if `path` is not a folder, or lacks the model's config, weights or
+                tokenizer.
+            ValueError: if the folder holds another kind of model than CLIP, or CLIP weights that
+                leave part of the model at its random initialisation.
+        """
         if not os.path.isdir(path):
             raise FileNotFoundError(
-                f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} is not a folder; save a CLIP model "
-                "(e.g. openai/clip-vit-base-patch32) there with CLIPModel.save_pretrained and "
-                "its tokenizer."
+                f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} is not a folder; {_SAVE_HINT}"
             )
-        clip = CLIPModel.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        clip = _load_clip(path)
+        tokenizer = _load_tokenizer(path)
         pre = os.path.join(path, "preprocessor_config.json")
         if os.path.isfile(pre):
             with open(pre) as f:

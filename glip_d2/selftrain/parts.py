@@ -62,6 +62,20 @@ def _fingerprint(records: Sequence[CaptionRecord]) -> str:
     return h.hexdigest()
 
 
+def _first_change(labelled: Sequence[Dict], chunk: Sequence[CaptionRecord]) -> str:
+    """The first difference between the records a part labelled and those the collection now
+    puts there, in words."""
+    for position, (old, new) in enumerate(zip(labelled, chunk)):
+        for key, value in (("id", new.image_id), ("file_name", new.file_name),
+                           ("caption", new.caption)):
+            if old.get(key) != value:
+                return (
+                    f"image {position + 1} of the part, id {old.get('id')}: {key} "
+                    f"{old.get(key)!r} then, {value!r} now"
+                )
+    return f"the part labelled {len(labelled)} images, the collection now puts {len(chunk)} there"
+
+
 class PartStore:
     """Part files of one run (see the module docstring)."""
 
@@ -144,11 +158,12 @@ class PartStore:
         if not os.path.exists(path):
             return False
         with open(path, encoding="utf-8") as f:
-            fingerprint = json.load(f)["inputs"]
-        if fingerprint != _fingerprint(chunk):
+            part = json.load(f)
+        if part["inputs"] != _fingerprint(chunk):
             raise ValueError(
                 f"{path} was computed from other images or captions than the collection now "
-                "gives; the input changed since the run started. Use a new --output-dir."
+                f"gives ({_first_change(part.get('images', []), chunk)}); the input changed since "
+                "the run started. Restore it, or use a new --output-dir."
             )
         return True
 

@@ -421,3 +421,30 @@ def test_regionclip_convert_takes_the_students_ema_as_eval_only(tmp_path, capsys
         converted = torch.load(out, weights_only=True)["model"]
         assert torch.equal(converted[key], expected[key])
         assert f"the student's {words} weights" in capsys.readouterr().out
+
+
+def test_regionclip_takes_a_language_aware_detector_as_model_weights(clip_dir, tmp_path):
+    """The documented MODEL.WEIGHTS, a language-aware R-CNN with a trained RPN, was refused by
+    the coverage check ("provides 34.1% of the model's parameters"): counted over the whole
+    student, the frozen CLIP teacher and the RPN's backbone copy were missing from it and its
+    text encoder unused. Coverage is judged on the backbone and the RPN, what it provides."""
+    import glip_d2.regionclip  # noqa: F401
+    from glip_d2.checkpoint import GLIPCheckpointer
+    from glip_d2.checkpoint.checkpointer import check_coverage
+
+    torch.manual_seed(0)
+    detector = build_model(two_stage_cfg()).state_dict()
+    assert any(k.startswith("language_backbone.") for k in detector)
+    path = tmp_path / "detector.pth"
+    torch.save({"model": detector}, path)
+    student = build_model(_rpn_student_cfg(clip_dir, tmp_path))
+    GLIPCheckpointer(student, partial_init_ok=True).load(str(path))  # as train_net loads it
+    sd = student.state_dict()
+    parts = [k for k in detector if k.startswith(("backbone.", "proposal_generator."))]
+    assert parts and all(torch.equal(sd[k], detector[k]) for k in parts)
+    assert all(torch.equal(sd["rpn_backbone." + k[len("backbone."):]], detector[k])
+               for k in parts if k.startswith("backbone."))
+    assert check_coverage(student, detector)["matched"] == 1.0
+    # a checkpoint of something else is still refused
+    with pytest.raises(ValueError, match="provides 0.0% of the model's parameters"):
+        check_coverage(student, {"roi_heads.x": torch.zeros(3)}, partial_init_ok=True)

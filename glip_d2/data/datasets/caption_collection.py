@@ -98,7 +98,7 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
     Raises:
         ValueError: on an unknown extension, a missing field, an empty (or blank) caption, a
             caption or image path that is not a string, a CSV row with more fields than the
-            header, or a repeated id.
+            header, a repeated id, or a collection without any record.
     """
     ext = os.path.splitext(path)[1].lower()
     rows = []
@@ -126,6 +126,13 @@ def read_caption_collection(path: str) -> List[CaptionRecord]:
         raise ValueError(
             f"Unknown collection format {ext!r} ({path}); give a .jsonl file or a .csv/.tsv with "
             "a header row (file_name, caption)."
+        )
+    if not rows:
+        # an empty file (a failed dump) would make an empty pseudo-label dataset or concept pool
+        # that fails far from its cause, or trains on nothing
+        raise ValueError(
+            f"{path} holds no image-caption record; give a collection with at least one line "
+            '{"file_name": ..., "caption": ...} (.jsonl) or one row under the header (.csv/.tsv).'
         )
     records, seen = [], set()
     for index, (where, row) in enumerate(rows):
