@@ -56,7 +56,7 @@ def _load_clip(path: str) -> nn.Module:
             f"{_SAVE_HINT}"
         ) from error
     if info["missing_keys"]:
-        missing = info["missing_keys"]
+        missing = sorted(info["missing_keys"])  # a list in transformers 4, a set in 5
         raise ValueError(
             f"MODEL.REGIONCLIP.TEACHER_PATH {path!r}: its weights lack {len(missing)} tensors of "
             f"the CLIP model (e.g. {missing[:3]}), which would start at random; give the folder "
@@ -69,15 +69,20 @@ def _load_tokenizer(path: str):
     """The tokenizer saved with the CLIP model in `path`."""
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, TypeError, ValueError) as error:  # no tokenizer files: TypeError (4.x)
-        raise FileNotFoundError(
+    def missing(reason):
+        return FileNotFoundError(
             f"MODEL.REGIONCLIP.TEACHER_PATH {path!r} has a CLIP model but no tokenizer that loads "
-            f"({type(error).__name__}: {error}); save the model's tokenizer there too "
-            "(tokenizer.save_pretrained)."
-        ) from error
-    return tokenizer
+            f"({reason}); save the model's tokenizer there too (tokenizer.save_pretrained)."
+        )
+
+    # transformers 5 builds a CLIP tokenizer with an empty vocabulary from no files at all, so
+    # every concept would be unknown tokens; its files are tokenizer.json or vocab.json (+ merges)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
+        raise missing("no tokenizer.json or vocab.json")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, TypeError, ValueError) as error:
+        raise missing(f"{type(error).__name__}: {error}") from error
 
 
 class CLIPRegionTeacher(nn.Module):
