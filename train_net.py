@@ -166,8 +166,10 @@ def load_cfg(args):
             apply_protocol(cfg, args.protocol)
         except (KeyError, AssertionError, yaml.YAMLError) as e:
             raise ValueError(f"Protocol {args.protocol!r}: {_reason(e)}") from e
-    misplaced = " ".join(o for o in args.opts if o.split("=")[0] in _flags())
-    if misplaced:  # argparse hands everything from the first KEY on to the overrides
+    # argparse hands everything from the first KEY on to the overrides; no config key or value
+    # starts with "--" ("--eval" too: argparse takes abbreviated options)
+    misplaced = " ".join(o for o in args.opts if o.startswith("--"))
+    if misplaced:
         raise ValueError(f"{misplaced!r} follows the KEY VALUE config overrides, which take every "
                          "argument after the first KEY; put train_net.py's options first: "
                          f"train_net.py --config-file FILE {misplaced} ... KEY VALUE ...")
@@ -181,11 +183,6 @@ def load_cfg(args):
     register_datasets_from_config(cfg, only=only)
     cfg.freeze()
     return cfg
-
-
-def _flags():
-    """The option strings of train_net.py's command line ("--eval-only", "--protocol", ...)."""
-    return {flag for action in argument_parser()._actions for flag in action.option_strings}
 
 
 def _reason(error: Exception) -> str:

@@ -5,9 +5,11 @@ then takes the target's name (``os.replace``, atomic on POSIX): a reader or a re
 sees half a file, and a command stopped mid-write keeps the last complete one. The temporary
 file is removed when anything fails.
 
-The temporary file is named ``.<target name>.<process id>.<8 random characters>.tmp``. A process
-killed mid-write (SIGKILL, the machine down) cannot remove its own; :func:`remove_abandoned`
-removes those whose process is gone, which a resumed training run does in its output folder.
+The temporary file is named ``.<target name>.<process id>@<machine>.<8 random characters>.tmp``
+(``<machine>``: 8 hex digits of the host name's sha256). A process killed mid-write (SIGKILL, the
+machine down) cannot remove its own; :func:`remove_abandoned` removes those of this machine whose
+process is gone and that no write has touched for a minute, which a resumed training run does in
+its output folder (a folder shared with other machines keeps their files).
 
 The temporary file gets the mode any new file gets (0666 less the umask), so the target is as
 readable as one written in place; :func:`tempfile.mkstemp` would make it private (0600), and
@@ -18,10 +20,13 @@ It is a leaf module (nothing of glip_d2 imported), so the data side, the self-tr
 model zoo and the tools can all use it.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
 import secrets
+import socket
+import time
 from typing import IO, Any, Callable, Iterator, List, Tuple
 
 __all__ = [
@@ -32,7 +37,15 @@ __all__ = [
     "remove_abandoned",
 ]
 
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what complete_temp_file names
+# what complete_temp_file names: .<target>.<pid>@<machine>.<random>.tmp
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)@([0-9a-f]{8})\.[0-9a-f]{8}\.tmp$")
+# a temporary file untouched this long is no write in progress (writes are sequential)
+_ABANDONED_AFTER_S = 60.0
+
+
+def _machine() -> str:
+    """8 hex digits naming this machine (its host name's sha256), for temporary file names."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 
 
 def new_file(directory: str, prefix: str, suffix: str) -> Tuple[int, str]:
@@ -61,7 +74,7 @@ def complete_temp_file(
     caller moved it away (to ``path``, or by a hard link)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = new_file(directory, f".{os.path.basename(path)}.{os.getpid()}.", ".tmp")
+    fd, tmp = new_file(directory, f".{os.path.basename(path)}.{os.getpid()}@{_machine()}.", ".tmp")
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
@@ -97,9 +110,11 @@ def _process_gone(pid: int) -> bool:
 
 def remove_abandoned(directory: str) -> List[Tuple[str, int]]:
     """Remove the temporary files in ``directory`` (not its subfolders) that
-    :func:`complete_temp_file` made for a process of this machine that no longer runs: what a
-    write killed before its rename left behind. A file of a running process (a write in
-    progress) is kept, and so is one whose process id a new process has taken since.
+    :func:`complete_temp_file` made for a process of this machine that no longer runs and that
+    no write has touched for a minute: what a write killed before its rename left behind. A file
+    of a running process (a write in progress) is kept, and so is one whose process id a new
+    process has taken since, and one of another machine (a shared folder: its process cannot be
+    seen from here).
 
     Returns:
         (path, size in bytes) of each file removed.
@@ -109,13 +124,17 @@ def remove_abandoned(directory: str) -> List[Tuple[str, int]]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return removed
+    here = _machine()
     for name in names:
         match = _TEMP_NAME.match(name)
-        if not match or not _process_gone(int(match.group(1))):
+        if not match or match.group(2) != here or not _process_gone(int(match.group(1))):
             continue
         path = os.path.join(directory, name)
         try:
-            size = os.path.getsize(path)
+            stat = os.stat(path)
+            if time.time() - stat.st_mtime < _ABANDONED_AFTER_S:
+                continue
+            size = stat.st_size
             os.remove(path)
         except FileNotFoundError:  # removed meanwhile
             continue

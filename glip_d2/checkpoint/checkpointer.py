@@ -456,8 +456,10 @@ def check_coverage(
         if partial_init_ok
         else f"at least {min_fraction:.0%}"
     )
+    of_what = (f"the model's parameters under {', '.join(part)}" if part
+               else "the model's parameters")
     raise ValueError(
-        f"{source} provides {matched:.1%} of the model's parameters ({need} needed); loading it "
+        f"{source} provides {matched:.1%} of {of_what} ({need} needed); loading it "
         "would leave the model mostly random. "
         f"The model expects {len(own)} tensors such as {_examples(own, 3)}; "
         f"the checkpoint holds {len(shapes)} tensors such as {_examples(shapes, 3)}; "

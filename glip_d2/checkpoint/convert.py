@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..atomic_file import atomic_write
+from ..atomic_file import complete_temp_file
 from .checkpointer import (
     atomic_torch_save,
     check_coverage,
@@ -144,7 +144,7 @@ def save_state_dict(
         entries = {"model": sd} if ema is None else {"model": sd, "ema": ema}
         atomic_torch_save(dict(entries, **extra), path)
         return
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     # safetensors stores neither views of shared memory nor non-contiguous tensors.
     seen, flat = set(), {}
@@ -153,8 +153,12 @@ def save_state_dict(
         ptr = value.untyped_storage().data_ptr()
         flat[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
-    data = save(flat, metadata=dict({"format": "pt", "producer": "glip_d2"}, **meta))
-    atomic_write(path, lambda f: f.write(data), binary=True)
+    # written by path (safetensors' save() would hold a second copy of the file in memory)
+    with complete_temp_file(path, lambda f: None, binary=True) as tmp:
+        save_file(flat, tmp, metadata=dict({"format": "pt", "producer": "glip_d2"}, **meta))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def build_model_skeleton(cfg):

@@ -200,7 +200,7 @@ def _check_masks_everywhere(dicts, source: str, mapper, meta_architecture: str) 
     box_only = [
         d for d in dicts
         if any(not a.get("iscrowd", 0) for a in d.get("annotations") or [])
-        and not any(a.get("segmentation") for a in d["annotations"] if not a.get("iscrowd", 0))
+        and not any(_has_mask(a) for a in d["annotations"] if not a.get("iscrowd", 0))
     ]
     if box_only:
         raise ValueError(
@@ -214,23 +214,31 @@ def _check_masks_everywhere(dicts, source: str, mapper, meta_architecture: str) 
 
 
 def _check_some_masks(parts, mapper) -> None:
-    """With a mask head, some training image must have a mask: one-stage GLIP trains box-only
-    images on boxes only, so data without any segmentation trained with ``loss_mask`` 0 at
-    every step, and the segm AP came from the untrained head.
-
-    Raises:
-        ValueError: saying that no DATASETS.TRAIN entry has a segmentation.
-    """
+    """With a mask head, warn when no training image has a mask: one-stage GLIP trains box-only
+    images on boxes only, so its mask head keeps what it had (a pretrained mask model
+    fine-tuned on boxes, or self-trained on pseudo-labels, which have no masks) while
+    ``loss_mask`` is 0 at every step. Two-stage models refuse box-only images before this
+    (:func:`_check_masks_everywhere`)."""
     if not getattr(mapper, "use_instance_mask", False):
         return
-    if any(a.get("segmentation") for part in parts for d in part for a in d.get("annotations") or []):
+    if any(_has_mask(a) for part in parts for d in part for a in d.get("annotations") or []):
         return
-    raise ValueError(
-        "MODEL.MASK_ON trains a mask head, but no annotation of the training datasets has a "
-        "'segmentation', so it would never train (loss_mask 0 at every step). Add a dataset "
-        "with masks to DATASETS.TRAIN (its loader must keep them: Detectron2's load_coco_json "
-        "and DATASETS.CUSTOM do), or set MODEL.MASK_ON False."
+    logger.warning(
+        "MODEL.MASK_ON: no annotation of the training datasets has a 'segmentation', so the "
+        "mask head does not train (loss_mask 0 at every step) and keeps its loaded or initial "
+        "weights. Add a dataset with masks to DATASETS.TRAIN (its loader must keep them: "
+        "Detectron2's load_coco_json and DATASETS.CUSTOM do), or set MODEL.MASK_ON False if no "
+        "masks are wanted."
     )
+
+
+def _has_mask(annotation) -> bool:
+    """Whether an annotation has a segmentation: a non-empty polygon list or RLE dict, or a
+    bitmask array (whose truth value numpy refuses)."""
+    segm = annotation.get("segmentation")
+    if segm is None:
+        return False
+    return segm.size > 0 if hasattr(segm, "size") and hasattr(segm, "shape") else bool(segm)
 
 
 def _boxes_only_ok(meta_architecture: str) -> bool:

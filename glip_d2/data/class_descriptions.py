@@ -28,6 +28,10 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
             dataset (a list of another length, a mapping key that is no class name).
     """
     used = list(cfg.DATASETS.get("TRAIN", [])) + list(cfg.DATASETS.get("TEST", []))
+    # entries the config declares (registered only where used, e.g. only the test sets with
+    # --eval-only) are datasets too, not misspellings
+    declared = [e[0] for key in ("CUSTOM", "CAPTIONS", "PSEUDO_LABELS")
+                for e in cfg.DATASETS.get(key, []) if len(e) and isinstance(e[0], str)]
     out = {}
     for entry in cfg.DATASETS.get("CLASS_DESCRIPTIONS", []):
         # a bare string of two characters would pass the length test as [char, char]
@@ -41,8 +45,8 @@ def class_descriptions_from_config(cfg) -> Dict[str, Union[list, dict]]:
                 f"DATASETS.CLASS_DESCRIPTIONS names dataset {entry[0]!r} twice; give each "
                 "dataset one descriptions entry."
             )
-        if entry[0] not in used and entry[0] not in DatasetCatalog:
-            raise ValueError(_unknown_dataset_message(entry[0], used))
+        if entry[0] not in used + declared and entry[0] not in DatasetCatalog:
+            raise ValueError(_unknown_dataset_message(entry[0], used, declared))
         out[entry[0]] = load_descriptions(entry[1])
         if entry[0] in used:
             _check_fits_classes(entry[0], entry[1], out[entry[0]])
@@ -66,12 +70,14 @@ def _check_fits_classes(name: str, source: str, descriptions) -> None:
         ) from e
 
 
-def _unknown_dataset_message(name: str, used: List[str]) -> str:
-    close = difflib.get_close_matches(name, used + list(DatasetCatalog), n=3)
+def _unknown_dataset_message(name: str, used: List[str], declared: List[str]) -> str:
+    known = list(dict.fromkeys(used + declared + list(DatasetCatalog)))  # each name once
+    close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return (
         f"DATASETS.CLASS_DESCRIPTIONS names dataset {name!r}, which is neither in "
-        f"DATASETS.TRAIN/TEST ({', '.join(used) or 'none'}) nor registered, so its descriptions "
+        f"DATASETS.TRAIN/TEST ({', '.join(used) or 'none'}), DATASETS.CUSTOM / CAPTIONS / "
+        "PSEUDO_LABELS nor registered, so its descriptions "
         f"would never be used.{hint} Name the dataset as DATASETS.TRAIN/TEST does."
     )
 

@@ -146,6 +146,10 @@ def check_test_ground_truth(cfg) -> None:
     Raises:
         ValueError: naming the json and the record, as the evaluator would.
     """
+    from detectron2.utils import comm
+
+    if not comm.is_main_process():  # checked before launch and on the main process: not N times
+        return
     for name in cfg.DATASETS.TEST:
         if name not in DatasetCatalog.list():
             continue

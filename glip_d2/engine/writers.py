@@ -95,7 +95,7 @@ def drop_records_from(json_file: str, first_iteration: int) -> int:
     lines stay as they are. Rewritten in place: Detectron2's JSONWriter holds the file open for
     appending.
 
-    A last record of ``first_iteration`` without "lr" stays: the final evaluation of a run that
+    A record of ``first_iteration`` without "lr" stays: the final evaluation of a run that
     ended there (Detectron2 logs it at iteration MAX_ITER, one past the last step, which a
     resumed run with a larger SOLVER.MAX_ITER trains next).
 
@@ -111,8 +111,7 @@ def drop_records_from(json_file: str, first_iteration: int) -> int:
         else:
             torn = 0
         records = [_record(line) for line in lines]
-        kept = [line for i, (line, r) in enumerate(zip(lines, records))
-                if not _redone(r, first_iteration, last=i == len(lines) - 1)]
+        kept = [line for line, r in zip(lines, records) if not _redone(r, first_iteration)]
         if len(kept) < len(lines) + torn:
             f.seek(0)
             f.write("".join(kept))
@@ -130,9 +129,10 @@ def _record(line: str):
     return record if isinstance(record, dict) else None
 
 
-def _redone(record, first_iteration: int, last: bool) -> bool:
+def _redone(record, first_iteration: int) -> bool:
     iteration = record.get("iteration") if record else None
     if not isinstance(iteration, int) or iteration < first_iteration:
         return False  # earlier, or not a record of Detectron2's: left alone
-    final_evaluation = last and iteration == first_iteration and "lr" not in record
-    return not final_evaluation
+    # the final evaluation of a run that ended at first_iteration (no "lr": no training step),
+    # wherever it is (a later run killed before its first checkpoint appended after it)
+    return not (iteration == first_iteration and "lr" not in record)

@@ -184,7 +184,8 @@ def test_good_test_sets_pass_and_are_read_once(train_net, tmp_path, names, monke
     assert [os.path.basename(a[0]) for a in reads] == ["test.json"]
 
 
-@pytest.mark.parametrize("tail", [["--protocol", "lvis_minival"], ["--eval-only"], ["--protocol=coco"]])
+@pytest.mark.parametrize("tail", [["--protocol", "lvis_minival"], ["--eval-only"], ["--protocol=coco"],
+                                  ["--eval"]])  # argparse takes abbreviated options
 def test_options_after_the_overrides_are_named(train_net, tmp_path, capsys, tail):
     """`train_net.py --config-file M.yaml MODEL.WEIGHTS w.pth --protocol lvis_minival` (the
     protocol appended to a working command): argparse reads it as two more overrides, and the

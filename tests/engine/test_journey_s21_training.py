@@ -48,10 +48,11 @@ def test_a_finished_runs_final_evaluation_stays_when_a_longer_run_resumes_it(tmp
     _write_records(path, records)
     assert drop_records_from(str(path), 45) == 0
     assert _iterations(path) == [44, 45]
-    # a training record of that iteration (a killed run's) is redone, and so dropped
-    _write_records(path, records + [{"iteration": 45, "lr": 0.001}])
+    # a training record of that iteration (a longer run's, killed before its first checkpoint)
+    # is redone, and so dropped; the finished run's evaluation before it stays
+    _write_records(path, records + [{"iteration": 45, "lr": 0.001}, {"iteration": 49, "lr": 0.001}])
     assert drop_records_from(str(path), 45) == 2
-    assert _iterations(path) == [44]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records
 
 
 class _Trainer:

@@ -188,7 +188,7 @@ def test_every_head_trains_saves_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("key, value", [
     ("LOSSES.MLM_WEIGHT", 1.0), ("LOSSES.ITC_WEIGHT", 0.5), ("LOSSES.ITM_WEIGHT", 1.0),
-    ("TEXT_BOX_HEAD.NAME", "XVLMBoxHead"),
+    ("TEXT_BOX_HEAD.NAME", "XVLMBoxHead"), ("TEXT_BOX_HEAD.PREDICT", True),
 ])
 def test_the_two_stage_model_refuses_one_stage_only_heads(key, value):
     """LanguageAwareRCNN has no MLM / ITC / ITM / text-to-box head: the keys were ignored (a

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,22 +61,30 @@ def test_the_target_gets_the_mode_of_a_new_file_without_touching_the_umask(tmp_p
 
 def test_a_killed_writers_temporary_file_is_removed_a_running_ones_is_kept(tmp_path):
     """A write killed before its rename (SIGKILL) leaves its temporary file; remove_abandoned
-    removes it when its process is gone, and keeps one whose process still runs."""
+    removes it when its process on this machine is gone and no write touched it for a minute,
+    and keeps one whose process still runs, a fresh one, and one of another machine (a shared
+    folder, whose processes cannot be seen from here)."""
+    from glip_d2.atomic_file import _machine
+
     names = []
     atomic_write(str(tmp_path / "model_final.pth"), lambda f: names.extend(_leftovers(tmp_path)))
-    (name,) = names  # the temporary file while the write ran names this process
-    assert name.startswith(f".model_final.pth.{os.getpid()}.") and name.endswith(".tmp")
+    (name,) = names  # the temporary file while the write ran names this process and machine
+    assert name.startswith(f".model_final.pth.{os.getpid()}@{_machine()}.") and name.endswith(".tmp")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    dead_pid = int(gone.stdout)
-    abandoned = tmp_path / f".model_0000005.pth.{dead_pid}.0123abcd.tmp"
+    dead_pid, here = int(gone.stdout), _machine()
+    old = time.time() - 120
+    abandoned = tmp_path / f".model_0000005.pth.{dead_pid}@{here}.0123abcd.tmp"
     abandoned.write_bytes(b"x" * 1000)
-    running = tmp_path / f".model_0000009.pth.{os.getpid()}.0123abcd.tmp"
-    running.write_bytes(b"x")
+    running = tmp_path / f".model_0000009.pth.{os.getpid()}@{here}.0123abcd.tmp"
+    fresh = tmp_path / f".model_0000010.pth.{dead_pid}@{here}.0123abcd.tmp"  # touched just now
+    elsewhere = tmp_path / f".model_0000011.pth.{dead_pid}@{'0' * 8 if here != '0' * 8 else '1' * 8}.0123abcd.tmp"
     others = [tmp_path / "notes.tmp", tmp_path / f".x.{dead_pid}.tmp", tmp_path / "sub" / abandoned.name]
     others[-1].parent.mkdir()
-    for path in others:
+    for path in [running, fresh, elsewhere] + others:
         path.write_bytes(b"x")
+    for path in [abandoned, running, elsewhere] + others:
+        os.utime(path, (old, old))
     assert remove_abandoned(str(tmp_path)) == [(str(abandoned), 1000)]
-    assert not abandoned.exists() and running.exists() and all(p.exists() for p in others)
+    assert not abandoned.exists() and all(p.exists() for p in [running, fresh, elsewhere] + others)
     assert remove_abandoned(str(tmp_path / "absent")) == []

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from glip_d2.atomic_file import _machine
 from tests.reliability.helpers import fast_tiny_cfg, write_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,10 +110,13 @@ def test_killed_and_resumed_training_reproduces_the_uninterrupted_run(tmp_path, 
     assert resumed_from < before_kill[-1][0]  # iterations after the checkpoint are redone
     # what a checkpoint write killed before its rename leaves (its process is gone), and one of a
     # process that still runs (this one): the resumed run removes the first only
-    abandoned = killed_dir / f".model_0000005.pth.{victim.pid}.0123abcd.tmp"
+    here, old = _machine(), time.time() - 120  # untouched for two minutes
+    abandoned = killed_dir / f".model_0000005.pth.{victim.pid}@{here}.0123abcd.tmp"
     abandoned.write_bytes(b"x" * 2**20)
-    running = killed_dir / f".model_0000005.pth.{os.getpid()}.0123abcd.tmp"
+    running = killed_dir / f".model_0000005.pth.{os.getpid()}@{here}.0123abcd.tmp"
     running.write_bytes(b"x")
+    for path in (abandoned, running):
+        os.utime(path, (old, old))
     _wait(_start(killed_cfg, killed_log, procs, resume=True), "the resumed run")
     assert not abandoned.exists() and running.exists()
     assert f"Removed 1 incomplete file(s) (1.0 MiB) that a killed run left in {killed_dir}: " \

@@ -46,7 +46,8 @@ def test_errors_in_a_descriptions_file_name_the_file(tmp_path, suffix, text, mes
         (["ds"], r"entry 'ds' must be \[dataset_name"),  # 2 characters: ["d", "s"] before
         # a misspelt name was silently ignored: the model was prompted without descriptions
         ([["dss", '["a"]']], r"names dataset 'dss', which is neither in DATASETS.TRAIN/TEST "
-                             r"\(ds, other\) nor registered.* Did you mean 'ds'"),
+                             r"\(ds, other\), DATASETS.CUSTOM / CAPTIONS / PSEUDO_LABELS nor "
+                             r"registered.* Did you mean 'ds'\?"),
     ],
 )
 def test_config_descriptions_reject_a_dataset_named_twice_a_bare_string_or_an_unknown_name(
@@ -68,3 +69,8 @@ def test_config_descriptions_reject_a_dataset_named_twice_a_bare_string_or_an_un
     cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()
     cfg.DATASETS.CLASS_DESCRIPTIONS = [["coco_2017_val", '["a"]']]  # registered, not in use
     assert class_descriptions_from_config(cfg) == {"coco_2017_val": ["a"]}
+    # declared by the config but not registered (train_net --eval-only registers only the test
+    # sets of DATASETS.CUSTOM): a suite's descriptions are taken, not called misspelt
+    cfg.DATASETS.CUSTOM = [["suite_a", "a.json", "images"]]
+    cfg.DATASETS.CLASS_DESCRIPTIONS = [["suite_a", '["a"]']]
+    assert class_descriptions_from_config(cfg) == {"suite_a": ["a"]}

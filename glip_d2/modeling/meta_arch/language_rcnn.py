@@ -60,6 +60,7 @@ _ONE_STAGE_ONLY = {
     "LOSSES.ITC_WEIGHT": 0.0,
     "LOSSES.ITM_WEIGHT": 0.0,
     "TEXT_BOX_HEAD.NAME": "",
+    "TEXT_BOX_HEAD.PREDICT": False,
 }
 
 
