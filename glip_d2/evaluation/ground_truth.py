@@ -46,21 +46,11 @@ def with_annotation_ids(build: Callable[[], T], json_file: str) -> T:
             raise
         with PathManager.open(json_file, encoding="utf-8") as f:
             annotations = json.load(f).get("annotations") or []
-        error = _missing_id_error(annotations, json_file)
-        if error is None:
-            raise
-        raise error from e
-
-
-def _missing_id_error(annotations, json_file: str):
-    """The ValueError for the first annotation without an ``"id"``; None when all have one."""
-    index = next((i for i, a in enumerate(annotations) if "id" not in a), None)
-    if index is None:
-        return None
-    return ValueError(
-        f"{json_file}: annotation #{index} has no 'id', which COCO / LVIS evaluation needs "
-        "to index the ground truth; give every annotation a unique integer 'id'."
-    )
+        try:
+            check_annotation_ids(annotations, json_file)
+        except ValueError as missing:
+            raise missing from e
+        raise
 
 
 def check_annotation_ids(annotations, json_file: str) -> None:
@@ -69,9 +59,12 @@ def check_annotation_ids(annotations, json_file: str) -> None:
     Raises:
         ValueError: naming the file and the first annotation without an id.
     """
-    error = _missing_id_error(annotations, json_file)
-    if error is not None:
-        raise error
+    index = next((i for i, a in enumerate(annotations) if "id" not in a), None)
+    if index is not None:
+        raise ValueError(
+            f"{json_file}: annotation #{index} has no 'id', which COCO / LVIS evaluation needs "
+            "to index the ground truth; give every annotation a unique integer 'id'."
+        )
 
 
 def _is_number(value) -> bool:
@@ -153,12 +146,9 @@ def check_ground_truth_file(json_file: str, evaluator: str) -> None:
     Raises:
         ValueError: naming the file and the record, as the evaluator would.
     """
-    try:
-        with PathManager.open(json_file, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file} is not valid json ({e}); evaluation reads its ground "
-                         "truth from it.") from e
+    from ..data.datasets._utils import read_json  # names a file that is not json
+
+    dataset = read_json(json_file, PathManager.open)
     if not isinstance(dataset, dict):
         raise ValueError(f"{json_file} is not a COCO / LVIS json (a mapping with 'images', "
                          f"'annotations' and 'categories'); it holds a {type(dataset).__name__}.")

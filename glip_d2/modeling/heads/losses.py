@@ -1,4 +1,7 @@
-"""GLIP's ATSS losses: token-level sigmoid focal loss, centerness-weighted GIoU, centerness BCE."""
+"""GLIP's ATSS losses: token-level sigmoid focal loss, centerness-weighted GIoU, centerness BCE;
+and the check every configured loss weight passes."""
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -6,6 +9,22 @@ from detectron2.utils import comm
 from torchvision.ops import sigmoid_focal_loss
 
 from . import box_coder
+
+
+def check_loss_weight(key: str, value: float, what_it_does: str) -> None:
+    """A loss weight must be a finite number >= 0: a negative or NaN one turned its loss off
+    silently or trained away from the ground truth, and inf made every loss inf.
+
+    Args:
+        key: the config key, for the message.
+        value: its value.
+        what_it_does: the rest of the message (what the weight multiplies, how to turn it off).
+
+    Raises:
+        ValueError: "<key> <value> is not a finite number >= 0: <what_it_does>".
+    """
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{key} {value} is not a finite number >= 0: {what_it_does}")
 
 
 def reduce_sum(x: torch.Tensor) -> torch.Tensor:

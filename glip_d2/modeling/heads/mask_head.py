@@ -2,7 +2,6 @@
 on the fusion tower's output levels at the boxes (ground-truth boxes in training, the ATSS
 detections at test time), then Detectron2's class-agnostic Mask R-CNN conv-upsample head and
 its mask loss / inference, so `pred_masks` come out as Detectron2's evaluators expect."""
-import math
 from typing import List, Sequence
 
 import torch
@@ -18,6 +17,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from .anchors import tower_level_strides
+from .losses import check_loss_weight
 
 # Norms that cannot take an empty batch, which this head gets whenever a batch (or one GPU's share
 # of it) has no masked box: Detectron2's Conv2d refuses nn.SyncBatchNorm ("SyncBN", "nnSyncBN") on
@@ -65,12 +65,11 @@ class GLIPMaskHead(nn.Module):
                 "images, boxes all cropped away). Use 'naiveSyncBN_N' (statistics synchronised "
                 "over the GPUs, empty batches allowed), 'GN' or 'BN'."
             )
-        if not (math.isfinite(loss_weight) and loss_weight >= 0):
-            raise ValueError(
-                f"MODEL.GLIP.MASK_LOSS_WEIGHT {loss_weight} is not a finite number >= 0: it "
-                "multiplies the mask loss (a negative weight would push the masks away from the "
-                "ground truth); set MODEL.MASK_ON False to drop the mask head."
-            )
+        check_loss_weight(
+            "MODEL.GLIP.MASK_LOSS_WEIGHT", loss_weight,
+            "it multiplies the mask loss (a negative weight would push the masks away from the "
+            "ground truth); set MODEL.MASK_ON False to drop the mask head.",
+        )
         self.num_levels = len(strides)
         self.pooler = ROIPooler(
             output_size=resolution,

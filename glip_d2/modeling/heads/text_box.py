@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .anchors import tower_level_strides
+from .losses import check_loss_weight
 
 TEXT_BOX_HEAD_REGISTRY = Registry("TEXT_BOX_HEAD")
 TEXT_BOX_HEAD_REGISTRY.__doc__ = """
@@ -136,11 +137,8 @@ class XVLMBoxHead(nn.Module):
                 "be >= 1 (HIDDEN_DIM a multiple of NUM_HEADS; defaults 4 and 256)."
             )
         for key, weight in (("L1_WEIGHT", l1_weight), ("GIOU_WEIGHT", giou_weight)):
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ValueError(
-                    f"MODEL.GLIP.TEXT_BOX_HEAD.{key} {weight} is not a finite number >= 0: it "
-                    "multiplies that box loss (0 turns it off; X-VLM uses 1)."
-                )
+            check_loss_weight(f"MODEL.GLIP.TEXT_BOX_HEAD.{key}", weight,
+                              "it multiplies that box loss (0 turns it off; X-VLM uses 1).")
         if hidden % num_heads:
             raise ValueError(
                 f"MODEL.GLIP.TEXT_BOX_HEAD.HIDDEN_DIM ({hidden}) must be a multiple of NUM_HEADS ({num_heads})."

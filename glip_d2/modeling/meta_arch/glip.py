@@ -17,6 +17,7 @@ from ..fusion import check_pyramid_levels
 from ..heads import GLIPATSSHead, box_coder, class_wise_nms
 from ..heads.itc import ImageTextContrastiveHead
 from ..heads.itm import ImageTextMatchingHead, hard_negatives, shifted_negatives
+from ..heads.losses import check_loss_weight
 from ..heads.mask_head import GLIPMaskHead
 from ..heads.mlm import MLMHead, mask_tokens, maskable_tokens
 from ..heads.text_box import build_text_box_head, cxcywh_to_xyxy, xyxy_to_cxcywh
@@ -84,12 +85,8 @@ def check_loss_weights(cfg) -> None:
             silently, since the heads are built for weights > 0, and inf made every loss inf).
     """
     for key in LOSS_WEIGHT_KEYS:
-        value = cfg.MODEL.GLIP.LOSSES[key]
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(
-                f"MODEL.GLIP.LOSSES.{key} {value} is not a finite number >= 0: it multiplies its "
-                "loss, and 0 turns the loss off (docs/glipv2_xvlm.md)."
-            )
+        check_loss_weight(f"MODEL.GLIP.LOSSES.{key}", cfg.MODEL.GLIP.LOSSES[key],
+                          "it multiplies its loss, and 0 turns the loss off (docs/glipv2_xvlm.md).")
 
 
 def _last_linear_prefix(module: Optional[nn.Module], name: str) -> Tuple[str, ...]:
@@ -172,7 +169,6 @@ class GLIP(CPUFallbackMixin, PromptingMixin, nn.Module):
     # its mask head trains the images without masks of a mixed batch on boxes only (read by the
     # data side's checks, glip_d2/data/build.py, without importing the model)
     trains_box_only_images = True
-
 
     @configurable
     def __init__(
